@@ -1,0 +1,193 @@
+"""``rrg``: the one console command.
+
+Subcommands stay thin: parse, load + validate the config (so a bad config
+fails here, before Ray or any worker starts), then call one function of the
+component that does the work.  Heavy imports happen inside the handlers so
+``rrg --help`` and config errors are instant.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from launcher.configbase import ConfigError
+
+
+def _add_config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("config", nargs="?" if not required else None, default=None,
+                   help="YAML run config (default: the embedded configs/demo.yaml)")
+    p.add_argument("overrides", nargs="*", help="dot-path overrides, e.g. train.lr=1e-4")
+
+
+def _split_config(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """argparse cannot tell `rrg train a=b` (no config) from `rrg train cfg.yaml`."""
+    config, overrides = args.config, list(args.overrides or [])
+    if config is not None and "=" in config and not os.path.exists(config):
+        overrides.insert(0, config)
+        config = None
+    return config, overrides
+
+
+def _load(args: argparse.Namespace):
+    from launcher.config import load_config
+
+    config, overrides = _split_config(args)
+    return load_config(config, overrides)
+
+
+def cmd_config_show(args):
+    import yaml
+
+    print(yaml.safe_dump(_load(args).to_dict(), sort_keys=False), end="")
+
+
+def cmd_shards_build(args):
+    from shards.writer import build_from_config
+
+    cfg = _load(args)
+    manifest = build_from_config(cfg.data, seed=cfg.seed, out_dir=args.out)
+    print(f"shards: {manifest.root}  studies: {manifest.splits}  fingerprint: {manifest.fingerprint[:16]}")
+
+
+def cmd_shards_inspect(args):
+    from shards.inspect import inspect_shards
+
+    inspect_shards(args.path, out_png=args.out, index=args.index, split=args.split)
+
+
+def cmd_bench_loader(args):
+    from shards.bench import bench_loader
+
+    bench_loader(_load(args), workers=args.workers, batches=args.batches)
+
+
+def cmd_bench_train(args):
+    from trainer.bench import bench_train
+
+    bench_train(_load(args), steps=args.steps, repeats=args.repeats)
+
+
+def cmd_train(args):
+    cfg = _load(args)  # validate before anything heavy is imported or started
+    from launcher.ray_launch import run_training
+
+    if args.resume is not None:
+        cfg.checkpoint.resume = args.resume
+    run_training(cfg, address=args.address or os.environ.get("RAY_ADDRESS"))
+
+
+def cmd_eval(args):
+    from trainer.evaluate import run_eval, score_predictions_file
+
+    if args.predictions:
+        if not args.out:
+            raise ConfigError("--out", "scoring a predictions file needs --out DIR")
+        score_predictions_file(args.predictions, args.out, bootstrap=args.bootstrap)
+        return
+    cfg = _load(args)
+    run_eval(cfg, checkpoint=args.checkpoint, model_dir=args.model_dir, out=args.out,
+             image_ablation=args.image_ablation, address=args.address or os.environ.get("RAY_ADDRESS"))
+
+
+def cmd_label(args):
+    from trainer.labeler import label_file
+
+    label_file(args.file, args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rrg", description="radiology report generation: data, training, evaluation")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model (Ray + DeepSpeed)")
+    _add_config_args(p)
+    p.add_argument("--address", help="join this Ray cluster instead of starting a local one (or RAY_ADDRESS)")
+    p.add_argument("--resume", help="auto | none | checkpoint path (overrides checkpoint.resume)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="generate reports and score them")
+    _add_config_args(p)
+    p.add_argument("--checkpoint", default=None, help="checkpoint dir or 'latest'")
+    p.add_argument("--model-dir", default=None, help="an exported Hugging Face model directory")
+    p.add_argument("--predictions", default=None, help="score this predictions JSONL instead of generating")
+    p.add_argument("--out", default=None, help="output directory")
+    p.add_argument("--image-ablation", choices=["black", "shuffle"], default=None)
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--address", default=None)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("label", help="CheXpert-14 labels for reports, as CSV")
+    p.add_argument("file", help="JSONL with a 'report' field, or text with one report per line")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser("demo-data", help="make the synthetic phantom dataset and its shards")
+    _add_config_args(p)
+    p.add_argument("--out", default=None, help="shard directory (default data.shards_dir)")
+    p.set_defaults(func=cmd_shards_build)
+
+    shards = sub.add_parser("shards", help="build or inspect WebDataset shards").add_subparsers(dest="shards_cmd", required=True)
+    p = shards.add_parser("build", help="read a dataset through its adapter and write shards + manifest")
+    _add_config_args(p)
+    p.add_argument("--out", default=None, help="shard directory (default data.shards_dir)")
+    p.set_defaults(func=cmd_shards_build)
+    p = shards.add_parser("inspect", help="manifest summary and a rendered sample (PNG)")
+    p.add_argument("path", help="shard directory (or its manifest.json)")
+    p.add_argument("--out", default=None, help="PNG to write (default <path>/inspect.png)")
+    p.add_argument("--index", type=int, default=0, help="which sample of the split")
+    p.add_argument("--split", default=None)
+    p.set_defaults(func=cmd_shards_inspect)
+
+    bench = sub.add_parser("bench", help="benchmarks printing side-by-side ratios").add_subparsers(dest="bench_cmd", required=True)
+    p = bench.add_parser("loader", help="loader samples/s with 0, 1 and 2 workers")
+    _add_config_args(p)
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--batches", type=int, default=40)
+    p.set_defaults(func=cmd_bench_loader)
+    p = bench.add_parser("train", help="rrg engine vs plain PyTorch step time; loader headroom")
+    _add_config_args(p)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=3)
+    p.set_defaults(func=cmd_bench_train)
+
+    cfg = sub.add_parser("config", help="configuration tools").add_subparsers(dest="config_cmd", required=True)
+    p = cfg.add_parser("show", help="print the fully resolved config")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_config_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    t0 = time.time()
+    try:
+        args.func(args)
+    except ConfigError as err:
+        print(f"rrg: invalid configuration: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rrg: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - clear one-line errors for known data problems
+        from shards.manifest import ManifestError
+
+        known = (ManifestError,)
+        try:
+            from shards.reader import DataError
+
+            known += (DataError,)
+        except ImportError:
+            pass
+        if isinstance(err, known):
+            print(f"rrg: {err}", file=sys.stderr)
+            return 3
+        raise
+    if os.environ.get("RRG_VERBOSE"):
+        print(f"rrg: done in {time.time() - t0:.1f}s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

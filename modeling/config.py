@@ -1,0 +1,58 @@
+"""Typed config section for the model: family, vision encoder, projector, LM, attention."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from launcher.configbase import ConfigError
+
+
+@dataclass
+class VisionConfig:
+    path: Optional[str] = None  # local Hugging Face model dir (real runs)
+    hf_config: dict[str, Any] = field(default_factory=dict)  # used when path is None (tests, demo)
+    image_size: int = 224  # model input size; shards hold larger pre-resized images
+    select_layer: int = -1  # hidden layer whose patch tokens feed the projector
+    channels: int = 3  # grayscale radiographs are repeated to this many channels
+
+
+@dataclass
+class LMConfig:
+    path: Optional[str] = None  # local Hugging Face causal LM dir (real runs)
+    hf_config: dict[str, Any] = field(default_factory=dict)  # used when path is None
+    tokenizer: Optional[str] = None  # local tokenizer dir; None = path, or train one on the train reports
+    tokenizer_vocab_size: int = 1024  # when rrg trains the tokenizer itself
+    chat_template: str = "plain"  # registry name, see modeling/templates.py
+
+
+@dataclass
+class ProjectorConfig:
+    type: Literal["mlp", "linear"] = "mlp"
+    depth: int = 2
+
+
+@dataclass
+class ModelConfig:
+    family: str = "llava_rad"
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    lm: LMConfig = field(default_factory=LMConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    attn_implementation: Literal["auto", "flash", "sdpa", "eager"] = "auto"
+    max_text_len: int = 160  # prompt + report tokens (image tokens come on top)
+    prompt: str = "Write the findings and impression of this chest X-ray."
+    family_args: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, key: str = "model") -> None:
+        for part in ("vision", "lm"):
+            sub = getattr(self, part)
+            if sub.path is None and not sub.hf_config:
+                raise ConfigError(f"{key}.{part}.path", "missing: give a local model path or an hf_config")
+            if sub.path is not None and not os.path.isdir(sub.path):
+                raise ConfigError(f"{key}.{part}.path", f"no such model directory: {sub.path}")
+        if self.lm.tokenizer is not None and not os.path.exists(self.lm.tokenizer):
+            raise ConfigError(f"{key}.lm.tokenizer", f"no such tokenizer: {self.lm.tokenizer}")
+        if self.vision.image_size < 16:
+            raise ConfigError(f"{key}.vision.image_size", "must be >= 16")
+        if self.max_text_len < 8:
+            raise ConfigError(f"{key}.max_text_len", "must be >= 8")

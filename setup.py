@@ -1,0 +1,33 @@
+from setuptools import find_packages, setup
+
+# torch is pinned and installed first (see README / .ci/run): a bare requirement on
+# torch here would let pip pull a newer CUDA build.  Keep this list in step with
+# constraints.txt.
+setup(
+    name="rrg",
+    version="0.1.0",
+    description="Distributed training of chest X-ray report-generation models",
+    python_requires=">=3.10",
+    packages=find_packages(include=["launcher*", "trainer*", "modeling*", "shards*", "cluster*"]),
+    include_package_data=True,
+    install_requires=[
+        "torch==2.13.0",
+        "deepspeed==0.19.8",
+        "transformers==5.23.0",
+        "peft==0.21.2",
+        "accelerate==1.15.0",
+        "safetensors==0.8.0",
+        "tokenizers",
+        "webdataset==1.0.2",
+        "pillow==13.0.0",
+        "ray[train]==2.60.0",
+        "wandb==0.31.0",
+        "pyyaml==6.0.3",
+        "numpy",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-timeout", "pycocoevalcap==1.2"],
+    },
+    entry_points={"console_scripts": ["rrg=launcher.cli:main"]},
+)

@@ -1,0 +1,141 @@
+"""The shard manifest: the one file that says what a shard set holds.
+
+``<shards_dir>/manifest.json``::
+
+    {
+      "format_version": 1,
+      "adapter": {"name": "demo", "args": {...}},
+      "preprocess": {"image_size": 512, "image_format": "png", ...},
+      "fingerprint": "<sha256 over adapter, preprocess and every shard's checksum>",
+      "splits": {"train": 1600, "validate": 200, "test": 200},
+      "shards": [{"file": "train-000000.tar", "split": "train", "num_samples": 125,
+                  "num_bytes": 1234567, "sha256": "..."}, ...],
+      "mask_bytes": {"total": ..., "mean_per_study": ...},
+      "created": "2026-11-22T05:00:00Z"
+    }
+
+It is written atomically (temp file + rename) after every shard is complete,
+so a manifest that exists always describes finished shards.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shards.records import FORMAT_VERSION
+
+MANIFEST_NAME = "manifest.json"
+
+
+class ManifestError(RuntimeError):
+    """The manifest is missing, unreadable, or disagrees with the shards."""
+
+
+@dataclass
+class ShardInfo:
+    file: str
+    split: str
+    num_samples: int
+    num_bytes: int
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    root: Path
+    adapter: dict[str, Any]
+    preprocess: dict[str, Any]
+    shards: list[ShardInfo]
+    fingerprint: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def split_shards(self, split: str) -> list[ShardInfo]:
+        found = [s for s in self.shards if s.split == split]
+        if not found:
+            raise ManifestError(
+                f"{self.root / MANIFEST_NAME}: no shards for split '{split}' "
+                f"(splits present: {sorted({s.split for s in self.shards})})"
+            )
+        return found
+
+    def path_of(self, shard: ShardInfo) -> Path:
+        return self.root / shard.file
+
+    @property
+    def splits(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for s in self.shards:
+            out[s.split] = out.get(s.split, 0) + s.num_samples
+        return out
+
+    def compute_fingerprint(self) -> str:
+        h = hashlib.sha256()
+        h.update(json.dumps([self.adapter, self.preprocess], sort_keys=True, default=str).encode())
+        for s in sorted(self.shards, key=lambda s: s.file):
+            h.update(f"{s.file}:{s.num_samples}:{s.sha256}".encode())
+        return h.hexdigest()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "adapter": self.adapter,
+            "preprocess": self.preprocess,
+            "fingerprint": self.fingerprint or self.compute_fingerprint(),
+            "splits": self.splits,
+            "shards": [vars(s) for s in self.shards],
+            **self.extra,
+        }
+
+    def write(self) -> Path:
+        """Atomically publish ``manifest.json`` in ``root``."""
+        self.fingerprint = self.compute_fingerprint()
+        path = self.root / MANIFEST_NAME
+        tmp = path.with_name(f".{MANIFEST_NAME}.{os.getpid()}.tmp")
+        with open(tmp, "w") as f:
+            json.dump(self.to_json(), f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return path
+
+
+def load_manifest(shards_dir: str | os.PathLike) -> Manifest:
+    root = Path(shards_dir)
+    path = root / MANIFEST_NAME if root.is_dir() or not root.suffix else root
+    root = path.parent
+    if not path.is_file():
+        raise ManifestError(
+            f"no shard manifest at {path}: build the shards first (`rrg shards build CONFIG`) "
+            f"or point data.shards_dir at a finished build"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ManifestError(f"manifest {path} is unreadable: {err}") from None
+    if data.get("format_version") != FORMAT_VERSION:
+        raise ManifestError(
+            f"manifest {path} has format_version {data.get('format_version')!r}, "
+            f"this rrg reads {FORMAT_VERSION}: rebuild the shards"
+        )
+    try:
+        shards = [ShardInfo(**s) for s in data["shards"]]
+        known = {"format_version", "adapter", "preprocess", "fingerprint", "splits", "shards"}
+        m = Manifest(root, data["adapter"], data["preprocess"], shards, data["fingerprint"],
+                     {k: v for k, v in data.items() if k not in known})
+    except (KeyError, TypeError) as err:
+        raise ManifestError(f"manifest {path} is malformed ({err!r}): rebuild the shards") from None
+    if m.compute_fingerprint() != m.fingerprint:
+        raise ManifestError(f"manifest {path}: fingerprint does not match its shard list (edited by hand?)")
+    return m
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
