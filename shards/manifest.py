@@ -139,3 +139,17 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def iter_json_records(manifest: Manifest, split: str):
+    """The ``.json`` study records of a split, in shard order, without decoding images.
+
+    For driver-side passes over text (training a tokenizer, label priors, baselines).
+    """
+    import tarfile
+
+    for shard in manifest.split_shards(split):
+        with tarfile.open(manifest.path_of(shard), "r") as tar:
+            for member in tar:
+                if member.isfile() and member.name.endswith(".json"):
+                    yield json.loads(tar.extractfile(member).read())

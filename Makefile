@@ -1,0 +1,36 @@
+# Two set-up commands (see README): `make demo` and `make test`.
+# torch is installed pinned, first, so nothing later pulls a CUDA build.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip -q --disable-pip-version-check
+# everything a run writes stays inside the work tree
+export DS_ACCELERATOR ?= cpu
+export RAY_USAGE_STATS_ENABLED := 0
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test test-fast bench
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py constraints.txt
+	python3 -m venv $(VENV)
+	$(PIP) install torch==2.13.0
+	$(PIP) install -c constraints.txt -e '.[test]'
+	touch $@
+
+# the main job end to end on the embedded default: demo data, 2 Ray workers, ZeRO-2, export, evaluation
+demo: install
+	$(VENV)/bin/rrg train configs/demo.yaml
+	$(VENV)/bin/rrg eval configs/demo.yaml --checkpoint latest
+
+# the whole suite, slow end-to-end tests included (CI runs exactly this)
+test: install
+	$(PY) -m pytest -v --durations=15
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+bench: install
+	$(VENV)/bin/rrg bench loader configs/demo.yaml
+	$(VENV)/bin/rrg bench train configs/demo.yaml

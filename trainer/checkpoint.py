@@ -1,0 +1,209 @@
+"""Sharded checkpoints that are published atomically and never destroy the previous one.
+
+Layout under ``checkpoint_dir``::
+
+    latest                      text file naming the newest complete checkpoint (replaced atomically)
+    step_000200/
+        ds/                     DeepSpeed's sharded model + optimizer state (every rank writes its part)
+        client/rank_00000.json  per-rank client state: reader state, python/numpy RNG
+        client/rank_00000.rng.safetensors   per-rank torch RNG state
+        meta.json               global step, world size, ZeRO stage, tuning, manifest fingerprint,
+                                W&B run id, resolved config
+        COMPLETE                written last, before the rename: the checkpoint is valid iff it exists
+        universal/              made on demand when resuming with another world size
+    .tmp-step_000300/           a save in progress (or one a crash interrupted); ignored and cleaned
+
+A save writes everything into ``.tmp-step_N``, waits for every rank, writes
+``COMPLETE``, renames the directory to ``step_N`` and only then points ``latest``
+at it, so a crash at any moment leaves the previous checkpoint loadable.
+Nothing here is a pickle except DeepSpeed's own files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+STEP_PREFIX = "step_"
+DS_TAG = "ds"
+UNIVERSAL_TAG = "universal"
+
+
+def step_name(step: int) -> str:
+    return f"{STEP_PREFIX}{step:07d}"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- RNG state, without pickles ---------------------------------------------------------
+def rng_state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    py = random.getstate()
+    np_state = np.random.get_state()
+    meta = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors["cuda"] = torch.cuda.get_rng_state()
+    return meta, tensors
+
+
+def set_rng_state(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    v, state, gauss = meta["python"]
+    random.setstate((v, tuple(state), gauss))
+    name, keys, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(tensors["torch"])
+    if "cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["cuda"])
+
+
+@dataclass
+class ResumePoint:
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        return int(self.meta["global_step"])
+
+    @property
+    def world_size(self) -> int:
+        return int(self.meta["world_size"])
+
+    def client_state(self, rank: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        client = self.path / "client"
+        meta = json.loads((client / f"rank_{rank:05d}.json").read_text())
+        tensors = load_file(str(client / f"rank_{rank:05d}.rng.safetensors"))
+        return meta, tensors
+
+
+class CheckpointManager:
+    """Save / find / prune checkpoints.  ``barrier`` synchronises the ranks (no-op for one)."""
+
+    def __init__(self, root: str | os.PathLike, *, rank: int, world_size: int, keep_last: int,
+                 barrier: Callable[[], None] = lambda: None):
+        self.root = Path(root)
+        self.rank, self.world_size, self.keep_last = rank, world_size, keep_last
+        self.barrier = barrier
+
+    # -- finding -------------------------------------------------------------------------
+    def complete_checkpoints(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        found = [p for p in self.root.iterdir()
+                 if p.is_dir() and p.name.startswith(STEP_PREFIX) and (p / "COMPLETE").is_file()]
+        return sorted(found, key=lambda p: int(p.name[len(STEP_PREFIX):]))
+
+    def latest(self) -> Optional[Path]:
+        """The checkpoint ``latest`` names if it is complete, else the newest complete one."""
+        pointer = self.root / "latest"
+        if pointer.is_file():
+            candidate = self.root / pointer.read_text().strip()
+            if (candidate / "COMPLETE").is_file():
+                return candidate
+        done = self.complete_checkpoints()
+        return done[-1] if done else None
+
+    def resolve(self, resume: str) -> Optional[ResumePoint]:
+        """``auto`` (latest if any), ``none``, or an explicit checkpoint directory."""
+        if resume == "none":
+            return None
+        if resume in ("auto", "latest"):
+            path = self.latest()
+            if path is None:
+                if resume == "latest":
+                    raise FileNotFoundError(f"no complete checkpoint under {self.root}")
+                return None
+        else:
+            path = Path(resume)
+            if not (path / "COMPLETE").is_file():
+                raise FileNotFoundError(f"{path} is not a complete rrg checkpoint (no COMPLETE marker)")
+        return ResumePoint(path, json.loads((path / "meta.json").read_text()))
+
+    # -- saving --------------------------------------------------------------------------
+    def save(self, step: int, *, write_shards: Callable[[str, str], None], meta: dict[str, Any],
+             client: dict[str, Any]) -> Path:
+        """Collective: every rank calls with its own ``client`` state.  Returns the published path."""
+        name = step_name(step)
+        tmp = self.root / f".tmp-{name}"
+        final = self.root / name
+        if self.rank == 0:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            (tmp / "client").mkdir(parents=True)
+        self.barrier()
+        write_shards(str(tmp), DS_TAG)
+        rng_meta, rng_tensors = rng_state()
+        client_dir = tmp / "client"
+        _atomic_write(client_dir / f"rank_{self.rank:05d}.json", json.dumps({**client, "rng": rng_meta}))
+        save_file(rng_tensors, str(client_dir / f"rank_{self.rank:05d}.rng.safetensors"))
+        self.barrier()
+        if self.rank == 0:
+            _atomic_write(tmp / "meta.json", json.dumps({**meta, "global_step": step,
+                                                         "world_size": self.world_size}, indent=1))
+            _atomic_write(tmp / "COMPLETE", name)
+            if final.exists():  # a re-save of the same step (e.g. after a restart): replace it
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+            _fsync_dir(self.root)
+            _atomic_write(self.root / "latest", name)
+            self._prune(keep=final)
+        self.barrier()
+        return final
+
+    def _prune(self, keep: Path) -> None:
+        done = self.complete_checkpoints()
+        for old in done[: max(0, len(done) - self.keep_last)]:
+            if old != keep:
+                shutil.rmtree(old, ignore_errors=True)
+        for stale in self.root.glob(".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+    # -- world-size changes -----------------------------------------------------------------
+    def ensure_universal(self, point: ResumePoint) -> str:
+        """Convert ``point`` to DeepSpeed's universal format once (rank 0); returns the tag to load."""
+        target = point.path / UNIVERSAL_TAG
+        if self.rank == 0 and not (target / "COMPLETE").is_file():
+            tmp = point.path / f".tmp-{UNIVERSAL_TAG}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
+                   "--input_folder", str(point.path / DS_TAG), "--output_folder", str(tmp),
+                   "--num_extract_workers", "1", "--num_merge_workers", "1"]
+            if int(point.meta.get("zero_stage", 0)) < 3:
+                cmd.append("--inject_missing_state")
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"universal checkpoint conversion of {point.path} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+            _atomic_write(tmp / "COMPLETE", "universal")
+            shutil.rmtree(target, ignore_errors=True)
+            os.rename(tmp, target)
+        self.barrier()
+        return UNIVERSAL_TAG

@@ -1,0 +1,144 @@
+"""The training loop: reads top to bottom; checkpoints, logging and evaluation are objects it calls."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class LoopState:
+    step: int = 0  # optimizer steps done
+    preempted: bool = False
+    step_losses: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # kept on device until a log step
+
+
+class StepMeter:
+    """Throughput and efficiency over one logging window (cheap: no device syncs per step)."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.t0 = time.perf_counter()
+        self.wait = 0.0
+        self.samples = 0
+        self.tokens = 0
+        self.padded_tokens = 0
+
+    def batch(self, batch: dict[str, Any]) -> None:
+        mask = batch.get("attention_mask")
+        if mask is not None:
+            self.tokens += int(mask.sum())
+            self.padded_tokens += mask.numel()
+        weight = batch.get("sample_weight")
+        self.samples += int(weight.sum()) if weight is not None else len(batch.get("keys", []))
+
+    def summary(self, world_size: int) -> dict[str, float]:
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        return {
+            "samples_per_s": self.samples * world_size / dt,
+            "tokens_per_s": self.tokens * world_size / dt,
+            "padding_efficiency": self.tokens / max(1, self.padded_tokens),
+            "data_wait_fraction": self.wait / dt,
+        }
+
+
+def to_device(batch: dict[str, Any], device: torch.device, float_dtype: torch.dtype) -> dict[str, Any]:
+    """Tensors to the device (floating ones in the compute dtype); lists of keys etc. stay behind."""
+    out = {}
+    for k, v in batch.items():
+        if torch.is_tensor(v):
+            v = v.to(device, non_blocking=True)
+            if v.is_floating_point() and k != "sample_weight":
+                v = v.to(float_dtype)
+            out[k] = v
+    return out
+
+
+class Trainer:
+    """Runs optimizer steps until ``max_steps`` or a preemption request, checkpointing on the way."""
+
+    def __init__(self, *, cfg, strategy, loader, checkpoints, logger, rank: int, world_size: int,
+                 state: LoopState, save_checkpoint: Callable[[int], Path], stop_requested: Callable[[], bool],
+                 evaluator: Optional[Callable[[int], None]] = None):
+        self.cfg, self.strategy, self.loader = cfg, strategy, loader
+        self.checkpoints, self.logger = checkpoints, logger
+        self.rank, self.world_size = rank, world_size
+        self.state = state
+        self.save_checkpoint = save_checkpoint
+        self.stop_requested = stop_requested
+        self.evaluator = evaluator
+        self.float_dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+
+    def fit(self) -> LoopState:
+        train, st = self.cfg.train, self.state
+        meter = StepMeter()
+        window_loss = torch.zeros((), dtype=torch.float64)
+        window_steps = 0
+        micro = 0
+        while st.step < train.max_steps:
+            batches = iter(self.loader)
+            while st.step < train.max_steps:
+                t_wait = time.perf_counter()
+                batch = next(batches, None)
+                if batch is None:  # epoch done: the loader moves on to the next epoch
+                    break
+                meter.wait += time.perf_counter() - t_wait
+                meter.batch(batch)
+                out = self.strategy.forward(to_device(batch, self.strategy.device, self.float_dtype))
+                loss = out.loss
+                self.strategy.backward_and_step(loss)
+                micro += 1
+                st.step_losses.append((st.step + 1, loss.detach().float()))
+                if micro % train.grad_accum:
+                    continue
+                st.step += 1
+                window_steps += 1
+                self.logger.advance()
+                window_loss += sum(l for s, l in st.step_losses if s == st.step).double().cpu() / train.grad_accum
+                if st.step % self.cfg.logging.every_steps == 0 or st.step == train.max_steps:
+                    self._log(meter, window_loss, window_steps)
+                    window_loss.zero_()
+                    window_steps = 0
+                    meter.reset()
+                if self._agree(self.stop_requested()):
+                    st.preempted = True
+                    self.logger.note(f"preemption requested: checkpointing at step {st.step}")
+                    self.save_checkpoint(st.step)
+                    return st
+                if st.step % self.cfg.checkpoint.every_steps == 0 or st.step == train.max_steps:
+                    self.save_checkpoint(st.step)
+                if self.evaluator and self.cfg.eval.every_steps and st.step % self.cfg.eval.every_steps == 0:
+                    self.evaluator(st.step)
+        return st
+
+    def _agree(self, flag: bool) -> bool:
+        """True on every rank if any rank saw ``flag`` (one tiny all-reduce per step)."""
+        if self.world_size == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.strategy.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def _log(self, meter: StepMeter, window_loss: torch.Tensor, window_steps: int) -> None:
+        st = self.state
+        # exact per-step losses of rank 0 (for reproducibility checks), then the window mean over all ranks
+        per_step: dict[int, float] = {}
+        for s, l in st.step_losses:
+            per_step[s] = per_step.get(s, 0.0) + float(l) / self.cfg.train.grad_accum
+        st.step_losses.clear()
+        mean = window_loss.to(self.strategy.device, torch.float32) / max(1, window_steps)
+        if self.world_size > 1:
+            dist.all_reduce(mean, op=dist.ReduceOp.SUM)
+            mean /= self.world_size
+        metrics = {"loss": float(mean), "lr": self.strategy.lr()}
+        norm = self.strategy.grad_norm()
+        if norm is not None:
+            metrics["grad_norm"] = norm
+        metrics.update(meter.summary(self.world_size))
+        self.logger.log(st.step, metrics, per_step_losses=sorted(per_step.items()))

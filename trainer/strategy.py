@@ -1,0 +1,185 @@
+"""One object owns every DeepSpeed call: config, init, backward/step, save/load, gather.
+
+The DeepSpeed config is generated here from the typed ``TrainConfig`` (never a
+hand-kept JSON); ``train.deepspeed_overrides`` is merged in last for experts.
+Model code never imports DeepSpeed: the family builds a plain ``nn.Module`` and
+this strategy wraps it.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from typing import Any, Iterator, Optional
+
+import torch
+
+from launcher.configbase import deep_merge
+from trainer.config import TrainConfig
+
+
+def build_ds_config(train: TrainConfig, world_size: int, *, load_universal: bool = False,
+                    use_gpu: bool = False) -> dict[str, Any]:
+    """The DeepSpeed config for ``train`` on ``world_size`` ranks."""
+    zero: dict[str, Any] = {"stage": train.zero_stage}
+    if train.zero_stage >= 1:
+        zero.update(contiguous_gradients=True, overlap_comm=use_gpu, reduce_scatter=True)
+    if train.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": use_gpu}
+    if train.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": use_gpu}
+    if train.zero_stage == 3:
+        # export gathers weights itself (trainer/export.py); keep the 16-bit copy off
+        zero.update(stage3_gather_16bit_weights_on_model_save=False)
+    # DeepSpeed's fused CPU Adam needs a ~30 s JIT build; torch's Adam(W) is used
+    # unless the optimizer state lives on the CPU (offload), where CPU Adam is required.
+    optimizer_params: dict[str, Any] = {
+        "lr": train.lr, "betas": list(train.betas), "eps": 1e-8, "weight_decay": train.weight_decay,
+    }
+    if not train.offload_optimizer:
+        optimizer_params["torch_adam"] = True
+        optimizer_params["adam_w_mode"] = True
+    cfg: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": train.micro_batch_size,
+        "gradient_accumulation_steps": train.grad_accum,
+        "train_batch_size": train.micro_batch_size * train.grad_accum * world_size,
+        "gradient_clipping": train.grad_clip,
+        "optimizer": {"type": "AdamW", "params": optimizer_params},
+        "zero_optimization": zero,
+        "bf16": {"enabled": train.precision == "bf16"},
+        "fp16": {"enabled": False},
+        "steps_per_print": 10**9,  # rrg logs; keep DeepSpeed quiet
+        "wall_clock_breakdown": False,
+        "checkpoint": {"load_universal": load_universal},
+    }
+    if train.activation_checkpointing:
+        cfg["activation_checkpointing"] = {"partition_activations": False, "contiguous_memory_optimization": False}
+    return deep_merge(cfg, train.deepspeed_overrides)
+
+
+def cosine_with_warmup(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
+    """LR multiplier: linear warmup to 1, then cosine down to ``min_ratio`` at ``total``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class DeepSpeedStrategy:
+    """Wraps a model in a DeepSpeed engine and exposes the handful of calls the loop needs."""
+
+    def __init__(self, train: TrainConfig, *, world_size: int, rank: int, use_gpu: bool):
+        self.train = train
+        self.world_size, self.rank, self.use_gpu = world_size, rank, use_gpu
+        self.engine = None
+        self._hf_ds_config = None  # keeps transformers' ZeRO-3 awareness alive while models are built
+
+    # -- set-up ---------------------------------------------------------------------
+    @staticmethod
+    def init_distributed(use_gpu: bool) -> None:
+        """Join (or create) the process group; reuses one set up by Ray Train or torchrun."""
+        os.environ.setdefault("DS_ACCELERATOR", "cuda" if use_gpu else "cpu")
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
+
+    def ds_config(self, load_universal: bool = False) -> dict[str, Any]:
+        return build_ds_config(self.train, self.world_size, load_universal=load_universal, use_gpu=self.use_gpu)
+
+    @contextlib.contextmanager
+    def model_init_context(self) -> Iterator[None]:
+        """Under ZeRO-3, Hugging Face models built here are partitioned as they are created."""
+        if self.train.zero_stage == 3:
+            from transformers.integrations import HfDeepSpeedConfig
+
+            self._hf_ds_config = HfDeepSpeedConfig(self.ds_config())
+        yield
+
+    def release_model_init_context(self) -> None:
+        """Stop building ZeRO-3-partitioned models (e.g. for an undistributed export copy)."""
+        self._hf_ds_config = None
+
+    def setup(self, model: torch.nn.Module, *, load_universal: bool = False) -> Any:
+        import deepspeed
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise RuntimeError("no trainable parameters: check train.tuning")
+        cfg = self.ds_config(load_universal)
+        total = self.train.max_steps
+        engine, _, _, _ = deepspeed.initialize(
+            model=model,
+            model_parameters=params,
+            config=cfg,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda s: cosine_with_warmup(s, warmup=self.train.warmup_steps, total=total,
+                                                  min_ratio=self.train.min_lr_ratio)),
+        )
+        self.engine = engine
+        return engine
+
+    # -- the step ---------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.engine.device
+
+    def forward(self, batch: dict[str, Any]):
+        return self.engine(**batch)
+
+    def backward_and_step(self, loss: torch.Tensor) -> bool:
+        """Backward + (at an accumulation boundary) clip, optimizer and LR step.  True on a boundary."""
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        self.engine.backward(loss)
+        self.engine.step()
+        return boundary
+
+    def grad_norm(self) -> Optional[float]:
+        norm = self.engine.get_global_grad_norm()
+        if norm is None:
+            return None
+        return float(norm.item() if torch.is_tensor(norm) else norm)
+
+    def lr(self) -> float:
+        return float(self.engine.get_lr()[0])
+
+    # -- checkpoints -------------------------------------------------------------------
+    def save(self, directory: str, tag: str) -> None:
+        """Every rank writes its shard of model and optimizer state to ``directory/tag``."""
+        self.engine.save_checkpoint(directory, tag=tag, save_latest=False,
+                                    exclude_frozen_parameters=False)
+
+    def load(self, directory: str, tag: str) -> None:
+        path, _ = self.engine.load_checkpoint(directory, tag=tag, load_optimizer_states=True,
+                                              load_lr_scheduler_states=True)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load checkpoint {directory}/{tag}")
+
+    def full_state_dict(self, *, only_trainable: bool = False) -> dict[str, torch.Tensor]:
+        """The unpartitioned module state on rank 0 (other ranks get {}); all ranks must call.
+
+        Under ZeRO-3 parameters are gathered one at a time so peak memory stays one
+        parameter above the shard size.
+        """
+        module = self.engine.module
+        if self.train.zero_stage != 3:
+            if self.rank != 0:
+                return {}
+            return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()
+                    if not only_trainable or k in _trainable_names(module)}
+        import deepspeed
+
+        out: dict[str, torch.Tensor] = {}
+        for name, param in module.named_parameters():
+            if only_trainable and not param.requires_grad:
+                continue
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                if self.rank == 0:
+                    out[name] = param.detach().cpu().clone()
+        if self.rank == 0 and not only_trainable:
+            for name, buf in module.named_buffers():
+                out[name] = buf.detach().cpu().clone()
+        return out
+
+
+def _trainable_names(module: torch.nn.Module) -> set[str]:
+    return {n for n, p in module.named_parameters() if p.requires_grad}
