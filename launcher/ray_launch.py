@@ -30,7 +30,7 @@ def worker_env(cfg: RunConfig) -> dict[str, str]:
         "DS_ACCELERATOR": "cuda" if cfg.cluster.use_gpu else "cpu",
         "RAY_USAGE_STATS_ENABLED": "0",
         "TOKENIZERS_PARALLELISM": "false",
-        "WANDB_DIR": str(Path(cfg.output_dir).resolve()),
+        "WANDB_DIR": os.environ.get("WANDB_DIR") or str(Path(cfg.output_dir).resolve()),
         "OMP_NUM_THREADS": str(max(1, int(cfg.cluster.cpus_per_worker))),
     }
     for key in ("WANDB_MODE", "WANDB_API_KEY", "TORCH_EXTENSIONS_DIR", "HF_HOME", "PYTHONPATH"):

@@ -52,6 +52,9 @@ class ModelConfig:
                 raise ConfigError(f"{key}.{part}.path", f"no such model directory: {sub.path}")
         if self.lm.tokenizer is not None and not os.path.exists(self.lm.tokenizer):
             raise ConfigError(f"{key}.lm.tokenizer", f"no such tokenizer: {self.lm.tokenizer}")
+        if self.lm.tokenizer is None and self.lm.path is None and self.lm.tokenizer_vocab_size < 300:
+            raise ConfigError(f"{key}.lm.tokenizer_vocab_size",
+                              "must be >= 300 (byte-level BPE: 256 bytes + specials + merges)")
         if self.vision.image_size < 16:
             raise ConfigError(f"{key}.vision.image_size", "must be >= 16")
         if self.max_text_len < 8:

@@ -31,9 +31,12 @@ def wandb_mode(requested: str) -> str:
 
 
 def new_run_id() -> str:
-    import wandb
+    """An 8-character W&B-style run id."""
+    import secrets
+    import string
 
-    return wandb.util.generate_id()
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
 class RunLogger:

@@ -116,8 +116,29 @@ class TrainingRun:
         self.logger.note(f"checkpoint: {path}")
         return path
 
+    def eval_loss(self) -> float:
+        """Loss on the first eval-split batch of this rank (weights as trained; a fixed reference point)."""
+        from shards.reader import make_loader
+        from trainer.loop import to_device
+
+        loader = make_loader(self.cfg.data, self.cfg.data.eval_split, rank=self.rank, world_size=self.world_size,
+                             batch_size=self.cfg.train.micro_batch_size, seed=self.cfg.seed,
+                             builder=self.family.sample_builder(self.tokenizer, train=True),
+                             collate=self.family.collate(self.tokenizer), mode="eval")
+        batch = next(iter(loader))
+        engine = self.strategy.engine
+        engine.eval()
+        with torch.no_grad():
+            dtype = torch.bfloat16 if self.cfg.train.precision == "bf16" else torch.float32
+            loss = float(engine(**to_device(batch, engine.device, dtype)).loss)
+        engine.train()
+        return loss
+
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
+        pid_dir = Path(cfg.output_dir) / "pids"
+        pid_dir.mkdir(parents=True, exist_ok=True)
+        (pid_dir / f"rank_{self.rank}.pid").write_text(str(os.getpid()))
         self._build()
         state = LoopState()
         if self.resume is not None:
@@ -144,7 +165,8 @@ class TrainingRun:
         if not state.preempted and cfg.checkpoint.export != "none":
             export_dir = export_model(self.strategy, self.family, self.tokenizer, cfg,
                                       Path(cfg.output_dir) / "export", rank=self.rank)
-        result = {"step": state.step, "preempted": state.preempted,
+        final_eval_loss = None if state.preempted else self.eval_loss()
+        result = {"step": state.step, "preempted": state.preempted, "final_eval_loss": final_eval_loss,
                   "checkpoint": str(self.checkpoints.latest() or ""), "export": str(export_dir or ""),
                   "skipped_samples": getattr(self.loader, "skipped", 0)}
         if self.rank == 0:

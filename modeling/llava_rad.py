@@ -1,0 +1,312 @@
+"""LLaVA-Rad style VLM: vision encoder -> MLP projector -> patch embeddings spliced into a causal LM.
+
+The pieces are module-level so later families reuse them: ``splice_image_features``
+(one ``<image>`` placeholder becomes the projected patch embeddings),
+``weighted_lm_loss`` (report tokens only, per-sample weights),
+``build_prompt_sample`` / ``collate_prompt_batch`` (DecodedSample -> tensors -> batch),
+and :class:`LlavaRad` itself as the base module with export/import.
+The model never imports distributed code: ZeRO, checkpoint engines and
+gathering under ZeRO-3 are applied by the trainer around these calls.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBase
+from transformers.utils import ModelOutput
+
+from launcher.configbase import ConfigError, to_dict
+from modeling.attention import hf_attn_name
+from modeling.config import ModelConfig
+from modeling.projector import build_projector
+from modeling.registry import FAMILIES, MODEL_JSON, ModelFamily, read_model_json
+from modeling.templates import get_template
+from modeling.tokenizer import get_tokenizer, image_token_id
+from modeling.tuning import is_peft, lm_state_dict_for_export
+from modeling.vision import VisionEncoder, image_stats, load_vision_model, preprocess_image
+
+IGNORE = -100
+
+
+@dataclass
+class VLMOutput(ModelOutput):
+    loss: Optional[torch.Tensor] = None
+    logits: Optional[torch.Tensor] = None
+    weight_sum: Optional[torch.Tensor] = None  # sum of sample weights over counted tokens (for global averaging)
+
+
+def splice_image_features(embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                          feats: torch.Tensor, image_token_id: int, labels: Optional[torch.Tensor] = None):
+    """Replace each ``<image>`` placeholder by its ``feats`` block (N embeddings), shifting the rest.
+
+    embeds (B, L, D); feats (B * k, N, D) for k placeholders per row (every row the same k).
+    Returns (embeds (B, L + k(N-1), D), attention_mask, labels or None); image positions are
+    attended and never counted in the loss.  Works for left- and right-padded rows alike.
+    """
+    bsz, length, dim = embeds.shape
+    is_img = input_ids == image_token_id
+    counts = is_img.sum(1)
+    k = int(counts[0])
+    if k == 0 or bool((counts != k).any()):
+        raise ValueError(f"every sample needs the same number (>0) of image placeholders, got {counts.tolist()}")
+    n = feats.shape[1]
+    if feats.shape[0] != bsz * k:
+        raise ValueError(f"{feats.shape[0]} images for {bsz} samples x {k} placeholders")
+    before = torch.cumsum(is_img.long(), 1) - is_img.long()  # placeholders strictly before each token
+    new_pos = torch.arange(length, device=embeds.device) + before * (n - 1)
+    new_len = length + k * (n - 1)
+    rows = torch.arange(bsz, device=embeds.device)[:, None].expand(bsz, length)
+    text = ~is_img
+    starts = new_pos[is_img].view(bsz, k, 1) + torch.arange(n, device=embeds.device)
+    img_rows = torch.arange(bsz, device=embeds.device)[:, None].expand(bsz, k * n)
+
+    out = embeds.new_zeros(bsz, new_len, dim)
+    out = out.index_put((rows[text], new_pos[text]), embeds[text])
+    out = out.index_put((img_rows, starts.view(bsz, k * n)), feats.reshape(bsz, k * n, dim).to(embeds.dtype))
+    mask = attention_mask.new_ones(bsz, new_len)
+    mask[rows[text], new_pos[text]] = attention_mask[text]
+    new_labels = None
+    if labels is not None:
+        new_labels = labels.new_full((bsz, new_len), IGNORE)
+        new_labels[rows[text], new_pos[text]] = labels[text]
+    return out, mask, new_labels
+
+
+def weighted_lm_loss(logits: torch.Tensor, labels: torch.Tensor, sample_weight: Optional[torch.Tensor] = None):
+    """Next-token cross-entropy over labelled tokens, each weighted by its sample's weight.
+
+    Returns (loss, weight_sum).  With all weights 0 the loss is an exact 0 that still
+    depends on the logits, so backward runs (needed on every rank under ZeRO).
+    """
+    logits, target = logits[:, :-1].float(), labels[:, 1:]
+    valid = target != IGNORE
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.clamp(min=0).reshape(-1),
+                         reduction="none").view_as(target)
+    w = valid.float()
+    if sample_weight is not None:
+        w = w * sample_weight.to(w.device, torch.float32)[:, None]
+    total = w.sum()
+    return (ce * w).sum() / total.clamp(min=1e-12), total.detach()
+
+
+class LlavaRad(nn.Module):
+    """vision encoder + projector + HF causal LM; the LM sees ``<image>`` expanded to patch embeddings."""
+
+    family_name = "llava_rad"
+
+    def __init__(self, cfg: ModelConfig, vision: VisionEncoder, projector: nn.Module, lm: nn.Module,
+                 tokenizer: PreTrainedTokenizerBase):
+        super().__init__()
+        self.cfg, self.vision, self.projector, self.lm = cfg, vision, projector, lm
+        self.tokenizer = tokenizer  # plain attribute: exported with the model
+        self.image_token_id = image_token_id(tokenizer)
+        self.pad_token_id, self.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+        self.rrg_tuning = "full"
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) or (B, k, C, H, W) -> (B * k, N, lm_hidden)."""
+        if pixel_values.ndim == 5:
+            pixel_values = pixel_values.flatten(0, 1)
+        return self.projector(self.vision(pixel_values))
+
+    def embed(self, pixel_values, input_ids, attention_mask, labels=None):
+        """Input embeddings with image features spliced in; returns (embeds, mask, labels)."""
+        table = self.lm.get_input_embeddings()
+        embeds = table(input_ids.masked_fill(input_ids == self.image_token_id, 0))
+        feats = self.image_features(pixel_values)
+        return splice_image_features(embeds, input_ids, attention_mask, feats, self.image_token_id, labels)
+
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                labels: Optional[torch.Tensor] = None, sample_weight: Optional[torch.Tensor] = None,
+                **ignored: Any) -> VLMOutput:
+        embeds, mask, labels = self.embed(pixel_values, input_ids, attention_mask, labels)
+        logits = self.lm(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
+        if labels is None:
+            return VLMOutput(logits=logits)
+        loss, weight_sum = weighted_lm_loss(logits, labels, sample_weight)
+        return VLMOutput(loss=loss, logits=logits, weight_sum=weight_sum)
+
+    @torch.no_grad()
+    def generate(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 max_new_tokens: int, num_beams: int = 1, synced_gpus: bool = False, **kw: Any) -> torch.Tensor:
+        """New tokens only, (B, <= max_new_tokens), pad after eos.  Greedy unless ``kw`` says otherwise.
+
+        Prompts must be left-padded (the collate does it when samples carry no labels).
+        """
+        embeds, mask, _ = self.embed(pixel_values, input_ids, attention_mask)
+        kw.setdefault("do_sample", False)
+        return self.lm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                num_beams=num_beams, synced_gpus=synced_gpus, pad_token_id=self.pad_token_id,
+                                eos_token_id=self.eos_token_id, **kw)
+
+    def enable_activation_checkpointing(self) -> None:
+        """HF activation checkpointing on the LM and the vision tower (non-reentrant: frozen inputs are fine)."""
+        lm = self.lm.get_base_model() if is_peft(self.lm) else self.lm
+        for module in (lm, self.vision.model):
+            if getattr(module, "supports_gradient_checkpointing", False):
+                module.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
+    # ---- export -------------------------------------------------------------------------
+    def save_pretrained(self, directory: str, merge: bool = False) -> None:
+        """Write a directory plain transformers/peft can load (see module docs of tuning.py for LoRA).
+
+        Reads parameters only (never mutates the model), so the trainer may call it on rank 0
+        inside ``GatheredParameters`` under ZeRO-3.
+        """
+        os.makedirs(directory, exist_ok=True)
+        adapter = is_peft(self.lm) and not merge
+        base_lm, state = lm_state_dict_for_export(self.lm, merge=merge)
+        base_lm.save_pretrained(os.path.join(directory, "lm"), state_dict=state)
+        if adapter:
+            self.lm.save_pretrained(os.path.join(directory, "lm_adapter"))
+        vision_dir = os.path.join(directory, "vision")
+        self.vision.model.save_pretrained(vision_dir)
+        mean, std = image_stats(self.cfg.vision)
+        with open(os.path.join(vision_dir, "preprocessor_config.json"), "w") as fh:
+            json.dump({"image_mean": mean, "image_std": std, "size": self.cfg.vision.image_size}, fh)
+        proj = {k: v.detach().cpu().contiguous() for k, v in self.projector.state_dict().items()}
+        save_file(proj, os.path.join(directory, "projector.safetensors"))
+        self.tokenizer.save_pretrained(os.path.join(directory, "tokenizer"))
+        meta = {"family": self.family_name, "model_config": to_dict(self.cfg), "tuning": self.rrg_tuning,
+                "lm_adapter": adapter, "image_token_id": self.image_token_id}
+        with open(os.path.join(directory, MODEL_JSON), "w") as fh:
+            json.dump(meta, fh, indent=2)
+
+    @classmethod
+    def from_pretrained(cls, directory: str) -> "LlavaRad":
+        """Rebuild from ``save_pretrained`` output (adapter re-attached with plain peft)."""
+        family_name, cfg, meta = read_model_json(directory)
+        cfg.vision.path, cfg.vision.hf_config = os.path.join(directory, "vision"), {}
+        cfg.lm.path, cfg.lm.hf_config = os.path.join(directory, "lm"), {}
+        cfg.lm.tokenizer = os.path.join(directory, "tokenizer")
+        family = FAMILIES.get(family_name, "model.family")(cfg)
+        model = family.build_model(family.tokenizer())
+        model.projector.load_state_dict(load_file(os.path.join(directory, "projector.safetensors")))
+        if meta.get("lm_adapter"):
+            from peft import PeftModel
+
+            model.lm = PeftModel.from_pretrained(model.lm, os.path.join(directory, "lm_adapter"))
+        model.rrg_tuning = meta.get("tuning", "full")
+        return model
+
+
+# ---- samples and batches ------------------------------------------------------------------
+def prompt_ids(tok: PreTrainedTokenizerBase, cfg: ModelConfig) -> list[int]:
+    """bos + the templated prompt; it must leave room for report tokens within ``max_text_len``."""
+    ids = tok(get_template(cfg.lm.chat_template).prompt(cfg.prompt), add_special_tokens=False)["input_ids"]
+    if tok.bos_token_id is not None:
+        ids = [tok.bos_token_id] + ids
+    if len(ids) >= cfg.max_text_len:
+        raise ConfigError("model.max_text_len", f"{cfg.max_text_len} leaves no room for the report after "
+                          f"the {len(ids)}-token prompt")
+    return ids
+
+
+def build_prompt_sample(sample: Any, tok: PreTrainedTokenizerBase, cfg: ModelConfig, train: bool,
+                        mean: list[float], std: list[float], prompt: list[int]) -> dict:
+    """DecodedSample -> {pixel_values, input_ids, labels (train), key, study_id, reference (eval)}.
+
+    Train: bos + prompt + report + eos, labels -100 on bos/prompt, cut to ``max_text_len``.
+    Eval: bos + prompt only (the model generates the report), the reference text kept aside.
+    """
+    out: dict[str, Any] = {
+        "pixel_values": preprocess_image(sample.images[0], cfg.vision.image_size, cfg.vision.channels, mean, std),
+        "key": sample.key,
+        "study_id": sample.record.get("study_id", sample.key),
+    }
+    if not train:
+        out["input_ids"] = torch.tensor(prompt, dtype=torch.long)
+        out["reference"] = sample.report
+        return out
+    target = tok(get_template(cfg.lm.chat_template).target(sample.report), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    target = target[: cfg.max_text_len - len(prompt)]
+    out["input_ids"] = torch.tensor(prompt + target, dtype=torch.long)
+    out["labels"] = torch.tensor([IGNORE] * len(prompt) + target, dtype=torch.long)
+    return out
+
+
+def collate_prompt_batch(items: list[dict], pad_token_id: int) -> dict:
+    """Pad and stack; right padding for training items (with labels), left padding for prompts."""
+    left = "labels" not in items[0]
+    length = max(len(it["input_ids"]) for it in items)
+    bsz = len(items)
+    input_ids = torch.full((bsz, length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((bsz, length), dtype=torch.long)
+    labels = None if left else torch.full((bsz, length), IGNORE, dtype=torch.long)
+    for i, it in enumerate(items):
+        n = len(it["input_ids"])
+        span = slice(length - n, length) if left else slice(0, n)
+        input_ids[i, span] = it["input_ids"]
+        attention_mask[i, span] = 1
+        if labels is not None:
+            labels[i, span] = it["labels"]
+    batch: dict[str, Any] = {
+        "pixel_values": torch.stack([it["pixel_values"] for it in items]),
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "sample_weight": torch.tensor([float(it.get("sample_weight", 1.0)) for it in items]),
+        "keys": [it["key"] for it in items],
+        "study_ids": [it["study_id"] for it in items],
+    }
+    if labels is not None:
+        batch["labels"] = labels
+    if "reference" in items[0]:
+        batch["references"] = [it["reference"] for it in items]
+    return batch
+
+
+# ---- the family ---------------------------------------------------------------------------
+@FAMILIES.register("llava_rad")
+class LlavaRadFamily(ModelFamily):
+    """SigLIP/CLIP encoder + MLP projector + causal LM, prompt ``<image>\\n{prompt}\\n``, report loss."""
+
+    name = "llava_rad"
+    model_class = LlavaRad
+
+    def tokenizer(self, train_reports: Optional[Iterable[str]] = None,
+                  save_dir: Optional[str] = None) -> PreTrainedTokenizerBase:
+        lm = self.cfg.lm
+        path = lm.tokenizer or lm.path
+        texts = None
+        if path is None and train_reports is not None:
+            # the prompt text is part of every sample, so the tokenizer learns it too
+            texts = [get_template(lm.chat_template).prompt(self.cfg.prompt), *train_reports]
+        return get_tokenizer(path, texts, lm.tokenizer_vocab_size, save_dir)
+
+    def build_lm(self, tok: PreTrainedTokenizerBase, attn: str) -> nn.Module:
+        lm_cfg = self.cfg.lm
+        if lm_cfg.path is not None:
+            lm = AutoModelForCausalLM.from_pretrained(lm_cfg.path, local_files_only=True, attn_implementation=attn)
+            if len(tok) > lm.get_input_embeddings().num_embeddings:
+                lm.resize_token_embeddings(len(tok))
+            return lm
+        hf = dict(lm_cfg.hf_config, vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                  bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+        return AutoModelForCausalLM.from_config(AutoConfig.for_model(**hf), attn_implementation=attn)
+
+    def build_model(self, tok: PreTrainedTokenizerBase) -> LlavaRad:
+        attn = hf_attn_name(self.cfg.attn_implementation)
+        vision = VisionEncoder(load_vision_model(self.cfg.vision, attn), self.cfg.vision.select_layer)
+        lm = self.build_lm(tok, attn)
+        projector = build_projector(self.cfg.projector, vision.hidden_size, lm.config.hidden_size)
+        return self.model_class(self.cfg, vision, projector, lm, tok)
+
+    def sample_builder(self, tok: PreTrainedTokenizerBase, train: bool) -> Callable[[Any], dict]:
+        mean, std = image_stats(self.cfg.vision)
+        return partial(build_prompt_sample, tok=tok, cfg=self.cfg, train=train, mean=mean, std=std,
+                       prompt=prompt_ids(tok, self.cfg))
+
+    def collate(self, tok: PreTrainedTokenizerBase) -> Callable[[list[dict]], dict]:
+        return partial(collate_prompt_batch, pad_token_id=tok.pad_token_id)
+
+    @classmethod
+    def load_pretrained(cls, directory: str) -> LlavaRad:
+        return cls.model_class.from_pretrained(directory)

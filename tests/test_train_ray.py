@@ -1,0 +1,132 @@
+"""The main job through Ray: worker death, preemption (SIGTERM), crash during a checkpoint save."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.trainkit import ROOT, TINY, env_offline, result, rrg, step_losses, torchrun, wait_for_step
+
+STEPS = 24
+LONG = [f"train.max_steps={STEPS}", "checkpoint.every_steps=5", "cluster.num_workers=2"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("tiny_shards_ray")
+    proc = subprocess.run([sys.executable, "-m", "launcher.cli", "shards", "build", TINY, "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def baseline(shards, tmp_path_factory) -> dict[int, float]:
+    """The uninterrupted run's per-step losses (torchrun; Ray gives bit-identical numbers)."""
+    out = tmp_path_factory.mktemp("baseline")
+    torchrun(2, LONG + [f"data.shards_dir={shards}", f"output_dir={out}"])
+    losses = step_losses(out)
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    return losses
+
+
+@pytest.mark.slow
+def test_killed_worker_is_restarted_and_run_matches_uninterrupted(shards, baseline, tmp_path):
+    out = tmp_path / "killed"
+    proc = rrg(["train", TINY, *LONG, f"data.shards_dir={shards}", f"output_dir={out}", "cluster.max_failures=2"],
+               env=env_offline(tmp_path))
+    wait_for_step(out, 12, proc)
+    pid = int((out / "pids" / "rank_1.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, log[-5000:]
+    assert result(out)["step"] == STEPS
+    assert int((out / "pids" / "rank_1.pid").read_text()) != pid, "worker group was not restarted"
+    assert step_losses(out)[STEPS] == baseline[STEPS]
+
+
+@pytest.mark.slow
+def test_sigterm_publishes_checkpoint_and_resume_loses_no_step(shards, baseline, tmp_path):
+    out = tmp_path / "preempted"
+    args = ["train", TINY, *LONG, f"data.shards_dir={shards}", f"output_dir={out}", "logging.wandb.mode=offline"]
+    env = env_offline(tmp_path)
+    proc = rrg(args, env=env)
+    wait_for_step(out, 7, proc)
+    proc.send_signal(signal.SIGTERM)
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 75, log[-5000:]
+    res = result(out)
+    assert res["preempted"] and res["step"] >= 7
+    ckpt = out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip()
+    assert (ckpt / "COMPLETE").is_file() and ckpt.name == f"step_{res['step']:07d}"
+    stopped_at = res["step"]
+
+    proc = rrg(args, env=env)  # the same command again, as a requeued job would
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, log[-5000:]
+    assert f"resumed from {ckpt}" in log
+    losses = step_losses(out)
+    assert sorted(losses) == list(range(1, STEPS + 1)), "a step was lost"
+    assert [losses[s] for s in range(stopped_at + 1, STEPS + 1)] == \
+           [baseline[s] for s in range(stopped_at + 1, STEPS + 1)]
+    runs = {p.name.rsplit("-", 1)[-1] for p in (tmp_path / "wandb").glob("offline-run-*")}
+    assert runs == {(out / "wandb_run_id").read_text().strip()}, "W&B run split on resume"
+
+
+CRASH_SCRIPT = textwrap.dedent("""
+    import os, sys, time, torch
+    from types import SimpleNamespace
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    from trainer.config import TrainConfig
+    from trainer.strategy import DeepSpeedStrategy
+    from trainer.checkpoint import CheckpointManager, DS_TAG
+    class M(torch.nn.Module):
+        def __init__(s):
+            super().__init__(); s.a = torch.nn.Linear(64, 64)
+        def forward(s, x):
+            return SimpleNamespace(loss=s.a(x).square().mean())
+    DeepSpeedStrategy.init_distributed(False)
+    st = DeepSpeedStrategy(TrainConfig(zero_stage=2, max_steps=10), world_size=1, rank=0, use_gpu=False)
+    torch.manual_seed(0)
+    st.setup(M())
+    ck = CheckpointManager(sys.argv[1], rank=0, world_size=1, keep_last=2)
+    mode = sys.argv[3]
+    if mode == "save":
+        st.backward_and_step(st.forward({"x": torch.ones(2, 64)}).loss)
+        ck.save(1, write_shards=st.save, meta={"w": float(st.engine.module.a.weight.sum())}, client={})
+        st.backward_and_step(st.forward({"x": torch.ones(2, 64)}).loss)
+        def slow_write(directory, tag):
+            st.save(directory, tag)
+            print("WRITING", flush=True)
+            time.sleep(60)
+        ck.save(2, write_shards=slow_write, meta={}, client={})
+    else:
+        point = ck.resolve("auto")
+        st.load(str(point.path), DS_TAG)
+        print("LOADED", point.step, float(st.engine.module.a.weight.sum()) == point.meta["w"], flush=True)
+""")
+
+
+def test_crash_during_save_keeps_previous_checkpoint(tmp_path):
+    from tests.trainkit import free_port
+
+    script = tmp_path / "crash.py"
+    script.write_text(CRASH_SCRIPT)
+    ckdir = tmp_path / "ck"
+    proc = subprocess.Popen([sys.executable, str(script), str(ckdir), str(free_port()), "save"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith("WRITING"):
+            proc.kill()  # SIGKILL while step 2's shards sit in the temporary directory
+            break
+    proc.wait(timeout=60)
+    assert (ckdir / ".tmp-step_0000002").is_dir(), "the interrupted save left no trace to test against"
+    assert (ckdir / "latest").read_text().strip() == "step_0000001"
+    out = subprocess.run([sys.executable, str(script), str(ckdir), str(free_port()), "load"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=180)
+    assert "LOADED 1 True" in out.stdout, out.stdout + out.stderr
