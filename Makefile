@@ -9,7 +9,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast bench
+.PHONY: install system-deps demo test test-fast bench
 
 install: $(VENV)/.installed
 
@@ -24,8 +24,14 @@ demo: install
 	$(VENV)/bin/rrg train configs/demo.yaml
 	$(VENV)/bin/rrg eval configs/demo.yaml --checkpoint latest
 
+# system tools the tests use for real: headless Chromium (HTML report) and Java (METEOR, PTB tokenizer)
+system-deps:
+	@command -v chromium >/dev/null && command -v java >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium default-jre-headless >/dev/null; \
+	  else echo "install chromium and a Java runtime (apt-get install chromium default-jre-headless)"; exit 1; fi; }
+
 # the whole suite, slow end-to-end tests included (CI runs exactly this)
-test: install
+test: install system-deps
 	$(PY) -m pytest -v --durations=15
 
 test-fast: install

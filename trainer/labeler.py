@@ -71,7 +71,7 @@ _M = {
     "Support Devices": [
         r"(?<!septal )(?<!kerley b )(?<!kerley )\blines?\b", r"tubes?\b", r"catheters?", r"pacemakers?", r"pacer",
         r"\bleads\b", r"wires?\b", r"clips?\b", r"valves?\b", r"\bports?\b", r"port-a-cath", r"\bpicc\b", r"drains?\b",
-        r"stents?", r"swan[- ]?ganz", r"\ba?icd\b", r"defibrillator", r"hardware", r"prosthe\w*", r"tracheostomy",
+        r"\bstents?\b", r"swan[- ]?ganz", r"\ba?icd\b", r"defibrillator", r"hardware", r"prosthe\w*", r"tracheostomy",
         r"\btrach\b", r"sternotomy", r"devices?\b", r"coils?\b"],
 }
 _MENTIONS = {obs: re.compile("|".join(rf"(?:{p})" for p in ps)) for obs, ps in _M.items()}
