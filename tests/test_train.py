@@ -43,7 +43,8 @@ def test_invalid_config_fails_fast_and_names_the_key(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("stage,tuning", [(2, "full"), (3, "full"), (2, "lora"), (3, "lora")])
 def test_resume_in_new_process_is_bit_identical(shards, tmp_path, stage, tuning):
-    common = [f"data.shards_dir={shards}", f"train.zero_stage={stage}", f"train.tuning={tuning}"]
+    common = [f"data.shards_dir={shards}", f"train.zero_stage={stage}", f"train.tuning={tuning}",
+              f"train.train_vision={'true' if tuning == 'full' else 'false'}"]
     torchrun(2, common + [f"output_dir={tmp_path / 'full'}"])
     ckpt = tmp_path / "full" / "checkpoints" / "step_0000004"
     assert (ckpt / "COMPLETE").is_file()
@@ -82,7 +83,7 @@ def test_lora_zero3_adapter_loads_in_plain_peft(shards, tmp_path):
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "lora3"
-    torchrun(2, [f"data.shards_dir={shards}", "train.zero_stage=3", "train.tuning=lora",
+    torchrun(2, [f"data.shards_dir={shards}", "train.zero_stage=3", "train.tuning=lora", "train.train_vision=false",
                  "checkpoint.export=adapter", f"output_dir={out}"])
     export = out / "export"
     assert (export / "lm_adapter" / "adapter_config.json").is_file()

@@ -1,2 +1,239 @@
-"""Evaluation entry points used by the CLI (the lead adds run_eval here)."""
-from trainer.scoring import score_predictions_file  # noqa: F401
+"""``rrg eval``: generate reports with Ray workers, score them, compare with baselines, write a report.
+
+Outputs in ``--out`` (default ``<output_dir>/eval/<split>-<checkpoint>``):
+
+* ``predictions.jsonl`` — one line per study: id, reference, generated, ref_labels, gen_labels
+  (sorted by study id, so the file does not depend on the number of workers);
+  ``predictions_<ablation>.jsonl`` for ``--image-ablation black|shuffle``;
+* ``metrics.json`` — flat keys: the model's (see trainer/scoring.py), then
+  ``baseline_label_prior_<key>`` and ``baseline_retrieval_<key>`` (same split, same scorer),
+  ``ablation_<name>_<key>`` and ``ablation_<name>_drop_<key>`` (model minus ablated);
+* ``report.html`` — metric table with intervals and baselines, per-label F1 chart, studies.
+
+Baselines: *label prior* draws each study's labels from the training split's label
+distribution (as the rrg labeler reads the training reports): clinical scores only.
+*Retrieval* answers with the training report of the most similar training image
+(cosine similarity of 32x32 grayscale thumbnails).
+"""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from trainer.scoring import clinical_scores, label_prior_baseline, retrieval_baseline, score, score_predictions_file
+
+__all__ = ["run_eval", "score_predictions_file", "InTrainingEvaluator"]
+
+HEADLINE = ("ce_macro_f1_5", "ce_micro_f1_5", "ce_macro_f1_14", "bleu_1", "bleu_4", "rouge_l", "cider", "meteor")
+THUMB = 32
+
+
+def _resolve_model(cfg, checkpoint: Optional[str], model_dir: Optional[str], out: Path) -> tuple[Path, str]:
+    """An export directory to evaluate, and a name for it; checkpoints are consolidated first."""
+    if model_dir:
+        return Path(model_dir).resolve(), Path(model_dir).name
+    from trainer.checkpoint import CheckpointManager
+    from trainer.export import export_checkpoint
+
+    point = CheckpointManager(cfg.checkpoint_dir, rank=0, world_size=1, keep_last=1).resolve(
+        "latest" if checkpoint in (None, "latest") else checkpoint)
+    target = out / "model"
+    if not (target / "rrg_model.json").is_file():
+        export_checkpoint(cfg, point, target)
+    return target, point.path.name
+
+
+def _thumbs(cfg, split: str) -> tuple[list[str], np.ndarray, list[str]]:
+    """(study ids, thumbnails (n, THUMB*THUMB), report texts) of a split, read with the streaming reader."""
+    from PIL import Image
+
+    from shards.reader import make_loader
+
+    def build(s):
+        im = Image.fromarray(s.images[0]).convert("L").resize((THUMB, THUMB), Image.BILINEAR)
+        return {"id": s.record.get("study_id", s.key), "thumb": np.asarray(im, np.float32).ravel(), "report": s.report}
+
+    loader = make_loader(cfg.data, split, rank=0, world_size=1, batch_size=64, seed=cfg.seed, builder=build,
+                         collate=lambda items: {"items": items}, mode="eval")
+    ids, thumbs, reports = [], [], []
+    for batch in loader:
+        for item, w in zip(batch["items"], batch["sample_weight"].tolist()):
+            if w > 0:
+                ids.append(item["id"]), thumbs.append(item["thumb"] - item["thumb"].mean()), reports.append(item["report"])
+    return ids, np.stack(thumbs), reports
+
+
+def _baselines(cfg, records: list[dict], bootstrap: int) -> dict[str, dict]:
+    from trainer.labeler import LABELERS
+
+    _, train_thumbs, train_reports = _thumbs(cfg, cfg.data.train_split)
+    ids, test_thumbs, _ = _thumbs(cfg, cfg.eval.split)
+    order = {i: k for k, i in enumerate(ids)}
+    labeler = LABELERS.get(cfg.eval.labeler, "eval.labeler")(**cfg.eval.labeler_args)
+    prior = label_prior_baseline(labeler(train_reports), len(records), seed=cfg.seed)
+    prior_records = [{**r, "generated": "", "gen_labels": p} for r, p in zip(records, prior)]
+    prior_metrics = score(prior_records, bootstrap=bootstrap, meteor=False)
+    prior_metrics = {k: v for k, v in prior_metrics.items() if k.startswith("ce_") or k in ("n", "convention")}
+    retrieved = retrieval_baseline(train_reports, train_thumbs, test_thumbs[[order[r["id"]] for r in records]])
+    retrieval_records = [{"id": r["id"], "reference": r["reference"], "ref_labels": r["ref_labels"], "generated": g}
+                         for r, g in zip(records, retrieved)]
+    return {"label_prior": prior_metrics, "retrieval": score(retrieval_records, bootstrap=bootstrap)}
+
+
+def _report_samples(cfg, records: list[dict], limit: int = 16) -> list[dict]:
+    from shards.reader import make_loader
+
+    wanted = {r["id"]: r for r in records[:limit]}
+
+    def build(s):
+        sid = s.record.get("study_id", s.key)
+        if sid not in wanted:
+            return {"id": None}
+        return {"id": sid, "image": s.images[0], "masks": s.masks, "mask_channels": list(s.mask_channels)}
+
+    loader = make_loader(cfg.data, cfg.eval.split, rank=0, world_size=1, batch_size=32, seed=cfg.seed,
+                         builder=build, collate=lambda items: {"items": items}, mode="eval")
+    found = {}
+    for batch in loader:
+        for item in batch["items"]:
+            if item["id"] in wanted:
+                found[item["id"]] = item
+        if len(found) == len(wanted):
+            break
+    return [{**wanted[i], **found.get(i, {"image": None, "masks": None, "mask_channels": []})} for i in wanted]
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    with open(path, "w") as f:
+        for r in records:
+            f.write(json.dumps({k: r[k] for k in ("id", "reference", "generated", "ref_labels", "gen_labels")
+                                if k in r}) + "\n")
+
+
+def run_eval(cfg, *, checkpoint: Optional[str] = None, model_dir: Optional[str] = None, out: Optional[str] = None,
+             image_ablation: Optional[str] = None, address: Optional[str] = None) -> dict[str, Any]:
+    import ray
+
+    from launcher.ray_launch import ensure_shards, worker_env
+    from launcher.ray_util import ensure_ray
+    from trainer.generate import generate_slice
+    from trainer.report_html import write_report
+
+    ensure_shards(cfg)
+    cfg.data.shards_dir = str(Path(cfg.data.shards_dir).resolve())
+    out_dir = Path(out) if out else None
+    tmp_out = out_dir or Path(cfg.output_dir) / "eval" / "pending"
+    tmp_out.mkdir(parents=True, exist_ok=True)
+    model, name = _resolve_model(cfg, checkpoint, model_dir, tmp_out)
+    if out_dir is None:
+        out_dir = Path(cfg.output_dir) / "eval" / f"{cfg.eval.split}-{name}"
+        if out_dir != tmp_out:
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+            if out_dir.exists():
+                import shutil
+
+                shutil.rmtree(out_dir)
+            tmp_out.rename(out_dir)
+            model = out_dir / "model" if (out_dir / "model").is_dir() and not model_dir else model
+
+    ensure_ray(address=address, temp_dir=cfg.cluster.ray_temp_dir)
+    env = worker_env(cfg)
+    task = ray.remote(generate_slice).options(num_cpus=cfg.cluster.cpus_per_worker,
+                                              num_gpus=1 if cfg.cluster.use_gpu else 0,
+                                              runtime_env={"env_vars": env})
+    world = cfg.cluster.num_workers
+    ablations = (image_ablation,) if image_ablation else ()
+    parts = ray.get([task.remote(str(model), cfg.to_dict(), r, world, ablations) for r in range(world)])
+    runs = {k: sorted((p for part in parts for p in part[k]), key=lambda r: r["id"]) for k in parts[0]}
+    ids = [r["id"] for r in runs["model"]]
+    if len(set(ids)) != len(ids):
+        raise RuntimeError("evaluation produced duplicate studies")
+
+    metrics = score(runs["model"], bootstrap=cfg.eval.bootstrap)
+    _write_jsonl(out_dir / "predictions.jsonl", runs["model"])
+    baselines = _baselines(cfg, runs["model"], cfg.eval.bootstrap)
+    flat = dict(metrics)
+    for bname, bm in baselines.items():
+        flat.update({f"baseline_{bname}_{k}": v for k, v in bm.items() if k != "convention"})
+    ablation_metrics = {}
+    for aname in ablations:
+        am = score(runs[aname], bootstrap=cfg.eval.bootstrap)
+        _write_jsonl(out_dir / f"predictions_{aname}.jsonl", runs[aname])
+        ablation_metrics[f"image={aname}"] = am
+        for k, v in am.items():
+            if isinstance(v, float) and not k.endswith(("_ci_low", "_ci_high")):
+                flat[f"ablation_{aname}_{k}"] = v
+                if isinstance(metrics.get(k), float):
+                    flat[f"ablation_{aname}_drop_{k}"] = metrics[k] - v
+    (out_dir / "metrics.json").write_text(json.dumps(flat, indent=1, sort_keys=True))
+    report = write_report(out_dir, metrics=metrics, baselines=baselines, ablations=ablation_metrics,
+                          samples=_report_samples(cfg, runs["model"]),
+                          title=f"rrg evaluation: {cfg.name}, {cfg.eval.split} split, {name}")
+    _print_summary(metrics, baselines, ablation_metrics)
+    print(f"rrg: predictions: {out_dir / 'predictions.jsonl'}\nrrg: metrics: {out_dir / 'metrics.json'}\n"
+          f"rrg: report: {report}", flush=True)
+    return flat
+
+
+def _print_summary(metrics: dict, baselines: dict[str, dict], ablations: dict[str, dict]) -> None:
+    cols = {"model": metrics, **{f"baseline:{k}": v for k, v in baselines.items()}, **ablations}
+    print(f"{'metric':<16}" + "".join(f"{c:>22}" for c in cols))
+    for key in HEADLINE:
+        cells = []
+        for m in cols.values():
+            v = m.get(key)
+            cells.append(f"{v:.3f} [{m.get(key + '_ci_low', float('nan')):.2f},{m.get(key + '_ci_high', float('nan')):.2f}]"
+                         if isinstance(v, float) else "-")
+        print(f"{key:<16}" + "".join(f"{c:>22}" for c in cells))
+
+
+class InTrainingEvaluator:
+    """Every ``eval.every_steps``: generate on a fixed validation subset, log the metrics.
+
+    All ranks generate their share (same number of batches on every rank; ZeRO-3
+    uses synced_gpus), predictions are gathered on rank 0 as JSON, and rank 0
+    scores them in a background thread so the other ranks are held up only for
+    the generation itself.
+    """
+
+    def __init__(self, run, logger):
+        self.run, self.logger = run, logger
+        self._thread: Optional[threading.Thread] = None
+
+    def __call__(self, step: int) -> None:
+        import torch
+
+        from trainer.generate import eval_loader, generate_batches
+        from trainer.worker import gather_json
+
+        run, cfg = self.run, self.run.cfg
+        per_rank_batches = max(1, -(-cfg.eval.subset // (run.world_size * cfg.eval.batch_size)))
+        loader = eval_loader(cfg, run.family, run.tokenizer, rank=run.rank, world_size=run.world_size,
+                             split=cfg.data.eval_split)
+        batches = (b for _, b in zip(range(per_rank_batches), loader))
+        engine = run.strategy.engine
+        engine.eval()
+        dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+        preds = list(generate_batches(engine.module, run.tokenizer, batches, max_new_tokens=cfg.eval.max_new_tokens,
+                                      num_beams=cfg.eval.num_beams, synced_gpus=cfg.train.zero_stage == 3,
+                                      device=engine.device, dtype=dtype))
+        engine.train()
+        gathered = gather_json(preds)
+        if run.rank == 0:
+            if self._thread is not None:
+                self._thread.join()
+            records = [p for part in gathered for p in part]
+            self._thread = threading.Thread(target=self._score, args=(step, records), daemon=True)
+            self._thread.start()
+
+    def _score(self, step: int, records: list[dict]) -> None:
+        m = score(records, bootstrap=0, meteor=False)
+        self.logger.log_eval(step, {k: m[k] for k in HEADLINE if isinstance(m.get(k), float)}, samples=records[:8])
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.join()

@@ -49,3 +49,37 @@ def export_model(strategy, family, tokenizer, cfg, out_dir: Path, *, rank: int) 
     model.save_pretrained(str(out_dir), merge=cfg.checkpoint.export == "merged")
     tokenizer.save_pretrained(str(out_dir / "tokenizer"))
     return out_dir
+
+
+def export_checkpoint(cfg, point, out_dir: Path) -> Path:
+    """Consolidate an rrg checkpoint (any ZeRO stage, any world size) into an export directory.
+
+    Runs in one process without a process group: DeepSpeed's zero_to_fp32 rebuilds
+    the full fp32 state from the shards.
+    """
+    import json as _json
+
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from launcher.config import config_from_dict
+    from modeling.registry import build_family
+    from modeling.tuning import apply_tuning
+    from trainer.checkpoint import DS_TAG
+
+    run_cfg = config_from_dict(point.meta["config"]) if "config" in point.meta else cfg
+    family = build_family(run_cfg.model)
+    tok_dir = Path(run_cfg.output_dir) / "tokenizer"
+    if not tok_dir.is_dir():
+        tok_dir = Path(cfg.output_dir) / "tokenizer"
+    tokenizer = family.tokenizer(None, save_dir=str(tok_dir))
+    state = get_fp32_state_dict_from_zero_checkpoint(str(point.path), tag=DS_TAG)
+    model = apply_tuning(family.build_model(tokenizer), run_cfg.train)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("inv_freq")]
+    if missing or unexpected:
+        raise RuntimeError(f"{point.path}: checkpoint does not fit the model: missing={missing[:5]} "
+                           f"unexpected={unexpected[:5]}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out_dir), merge=True)
+    (out_dir / "source.json").write_text(_json.dumps({"checkpoint": str(point.path), "step": point.step}))
+    return out_dir

@@ -155,31 +155,30 @@ class DeepSpeedStrategy:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {directory}/{tag}")
 
     def full_state_dict(self, *, only_trainable: bool = False) -> dict[str, torch.Tensor]:
-        """The unpartitioned module state on rank 0 (other ranks get {}); all ranks must call.
+        """The unpartitioned ``module.state_dict()`` on rank 0 (other ranks get {}); all ranks must call.
 
-        Under ZeRO-3 parameters are gathered one at a time so peak memory stays one
-        parameter above the shard size.
+        Under ZeRO-3 parameters are gathered one at a time (tied ones once), so peak
+        memory stays one parameter above the shard size.
         """
         module = self.engine.module
+        entries = module.state_dict(keep_vars=True)
+        if only_trainable:
+            entries = {k: v for k, v in entries.items() if isinstance(v, torch.nn.Parameter) and v.requires_grad}
         if self.train.zero_stage != 3:
             if self.rank != 0:
                 return {}
-            return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()
-                    if not only_trainable or k in _trainable_names(module)}
+            return {k: v.detach().cpu().clone() for k, v in entries.items()}
         import deepspeed
 
         out: dict[str, torch.Tensor] = {}
-        for name, param in module.named_parameters():
-            if only_trainable and not param.requires_grad:
-                continue
-            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-                if self.rank == 0:
-                    out[name] = param.detach().cpu().clone()
-        if self.rank == 0 and not only_trainable:
-            for name, buf in module.named_buffers():
-                out[name] = buf.detach().cpu().clone()
+        done: dict[int, torch.Tensor] = {}
+        for name, tensor in entries.items():
+            if id(tensor) not in done:
+                if hasattr(tensor, "ds_id"):
+                    with deepspeed.zero.GatheredParameters([tensor], modifier_rank=None):
+                        done[id(tensor)] = tensor.detach().cpu().clone() if self.rank == 0 else torch.empty(0)
+                else:
+                    done[id(tensor)] = tensor.detach().cpu().clone()
+            if self.rank == 0:
+                out[name] = done[id(tensor)]
         return out
-
-
-def _trainable_names(module: torch.nn.Module) -> set[str]:
-    return {n for n, p in module.named_parameters() if p.requires_grad}

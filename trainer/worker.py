@@ -200,6 +200,23 @@ def broadcast_json(obj: Any) -> Any:
     return json.loads(bytes(data.tolist()).decode())
 
 
+def gather_json(obj: Any) -> list[Any] | None:
+    """Every rank's JSON-able object, as a list on rank 0 (None elsewhere); no pickle."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    data = torch.tensor(list(json.dumps(obj).encode()), dtype=torch.uint8)
+    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([data.numel()], dtype=torch.long))
+    longest = int(max(int(s) for s in sizes))
+    padded = torch.zeros(longest, dtype=torch.uint8)
+    padded[: data.numel()] = data
+    chunks = [torch.zeros(longest, dtype=torch.uint8) for _ in sizes]
+    dist.all_gather(chunks, padded)
+    if dist.get_rank() != 0:
+        return None
+    return [json.loads(bytes(c[: int(n)].tolist()).decode()) for c, n in zip(chunks, sizes)]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the workers without Ray: ``torchrun --nproc_per_node N -m trainer.worker CONFIG [k=v ...]``.
 
