@@ -50,6 +50,23 @@ def _keep_loopback() -> None:
         ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+class _DropStateApiNoise(logging.Filter):
+    """Ray Train's placement-group cleaner polls the State API, which needs the dashboard we do
+    not start; it would warn once a second for the whole run.  Only that message is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "State API may be temporarily unavailable" not in record.getMessage()
+
+
+def quiet_worker_logs() -> None:
+    """Runs in every Ray worker process of an rrg job (``worker_process_setup_hook``)."""
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").addFilter(
+        _DropStateApiNoise())
+
+
+_RUNTIME_ENV = {"worker_process_setup_hook": "launcher.ray_util.quiet_worker_logs"}
+
+
 def ensure_ray(address: str | None = None, temp_dir: str | None = None, num_cpus: int | None = None) -> None:
     """Make sure this process is connected to Ray.
 
@@ -65,7 +82,7 @@ def ensure_ray(address: str | None = None, temp_dir: str | None = None, num_cpus
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, runtime_env=_RUNTIME_ENV)
         return
     _keep_loopback()
     ray.init(
@@ -76,4 +93,5 @@ def ensure_ray(address: str | None = None, temp_dir: str | None = None, num_cpus
         _node_ip_address="127.0.0.1",  # the node registers (and listens) on loopback
         logging_level=logging.WARNING,
         log_to_driver=True,
+        runtime_env=_RUNTIME_ENV,
     )

@@ -95,6 +95,7 @@ class EvalConfig:
     max_new_tokens: int = 120
     num_beams: int = 1
     batch_size: int = 16
-    bootstrap: int = 1000
+    bootstrap: int = 1000  # resamples for the 95% intervals; 0 = none
+    meteor: bool = True  # METEOR through the reference jar (needs java; says so plainly when absent)
     labeler: str = "rrg"  # registry name; e.g. a local CheXbert plug-in
     labeler_args: dict[str, Any] = field(default_factory=dict)

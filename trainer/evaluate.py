@@ -81,7 +81,8 @@ def _baselines(cfg, records: list[dict], bootstrap: int) -> dict[str, dict]:
     retrieved = retrieval_baseline(train_reports, train_thumbs, test_thumbs[[order[r["id"]] for r in records]])
     retrieval_records = [{"id": r["id"], "reference": r["reference"], "ref_labels": r["ref_labels"], "generated": g}
                          for r, g in zip(records, retrieved)]
-    return {"label_prior": prior_metrics, "retrieval": score(retrieval_records, bootstrap=bootstrap)}
+    return {"label_prior": prior_metrics,
+            "retrieval": score(retrieval_records, bootstrap=bootstrap, meteor=cfg.eval.meteor)}
 
 
 def _report_samples(cfg, records: list[dict], limit: int = 16) -> list[dict]:
@@ -153,7 +154,7 @@ def run_eval(cfg, *, checkpoint: Optional[str] = None, model_dir: Optional[str] 
     if len(set(ids)) != len(ids):
         raise RuntimeError("evaluation produced duplicate studies")
 
-    metrics = score(runs["model"], bootstrap=cfg.eval.bootstrap)
+    metrics = score(runs["model"], bootstrap=cfg.eval.bootstrap, meteor=cfg.eval.meteor)
     _write_jsonl(out_dir / "predictions.jsonl", runs["model"])
     baselines = _baselines(cfg, runs["model"], cfg.eval.bootstrap)
     flat = dict(metrics)
@@ -161,7 +162,7 @@ def run_eval(cfg, *, checkpoint: Optional[str] = None, model_dir: Optional[str] 
         flat.update({f"baseline_{bname}_{k}": v for k, v in bm.items() if k != "convention"})
     ablation_metrics = {}
     for aname in ablations:
-        am = score(runs[aname], bootstrap=cfg.eval.bootstrap)
+        am = score(runs[aname], bootstrap=cfg.eval.bootstrap, meteor=cfg.eval.meteor)
         _write_jsonl(out_dir / f"predictions_{aname}.jsonl", runs[aname])
         ablation_metrics[f"image={aname}"] = am
         for k, v in am.items():

@@ -161,6 +161,8 @@ class TrainingRun:
                           evaluator=evaluator)
         if state.step < cfg.train.max_steps:
             state = trainer.fit()
+        if evaluator is not None:
+            evaluator.close()  # rank 0 may still be scoring the last evaluation
         export_dir = None
         if not state.preempted and cfg.checkpoint.export != "none":
             export_dir = export_model(self.strategy, self.family, self.tokenizer, cfg,
