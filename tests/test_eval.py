@@ -22,10 +22,8 @@ def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[str, Path]:
+def trained(shards, tmp_path_factory) -> tuple[str, Path]:
     """A tiny model trained for a few steps (with in-training evaluation every 4 steps)."""
-    shards = tmp_path_factory.mktemp("eval_shards")
-    cli("shards", "build", TINY, "--out", str(shards))
     out = tmp_path_factory.mktemp("eval_run")
     torchrun(2, [f"data.shards_dir={shards}", f"output_dir={out}", "eval.every_steps=4", "eval.subset=8",
                  *FAST_EVAL])

@@ -13,15 +13,6 @@ import pytest
 from tests.trainkit import ROOT, TINY, result, rrg, step_losses, torchrun, wait_for_step
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("tiny_shards")
-    proc = subprocess.run([sys.executable, "-m", "launcher.cli", "shards", "build", TINY, "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return str(out)
-
-
 def test_invalid_config_fails_fast_and_names_the_key(tmp_path):
     cases = {
         "train.zero_stage=5": "train.zero_stage",

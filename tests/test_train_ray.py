@@ -17,15 +17,6 @@ LONG = [f"train.max_steps={STEPS}", "checkpoint.every_steps=5", "cluster.num_wor
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("tiny_shards_ray")
-    proc = subprocess.run([sys.executable, "-m", "launcher.cli", "shards", "build", TINY, "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return str(out)
-
-
-@pytest.fixture(scope="module")
 def baseline(shards, tmp_path_factory) -> dict[int, float]:
     """The uninterrupted run's per-step losses (torchrun; Ray gives bit-identical numbers)."""
     out = tmp_path_factory.mktemp("baseline")

@@ -1,0 +1,65 @@
+"""Typed run configuration: shipped configs, overrides, validation naming the key, resolved dump."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from launcher.config import RunConfig, load_config
+from launcher.configbase import ConfigError, apply_overrides
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_validates(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, RunConfig)
+    assert cfg.model.family and cfg.data.shards_dir and cfg.train.max_steps >= 1
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config(CONFIGS[0], ["train.lr=1e-4", "train.zero_stage=3", "train.lora.target_modules=[q_proj]",
+                                   "model.vision.hf_config.hidden_size=64", "logging.wandb.mode=disabled"])
+    assert cfg.train.lr == 1e-4 and cfg.train.zero_stage == 3
+    assert cfg.train.lora.target_modules == ["q_proj"]
+    assert cfg.model.vision.hf_config["hidden_size"] == 64
+    assert cfg.logging.wandb.mode == "disabled"
+
+
+@pytest.mark.parametrize("override,key,why", [
+    ("train.zero_stage=5", "train.zero_stage", "must be 0, 1, 2 or 3"),
+    ("train.lr=fast", "train.lr", "expected a number"),
+    ("train.tuning=half", "train.tuning", "must be one of"),
+    ("data.bogus=1", "data.bogus", "unknown key"),
+    ("train.offload_params=true", "train.offload_params", "zero_stage 3"),
+    ("model.vision.path=/no/such/dir", "model.vision.path", "no such model directory"),
+    ("data.max_skip_fraction=1.5", "data.max_skip_fraction", "within [0, 1)"),
+    ("train.lr.value=3", "train.lr", "is a value"),
+])
+def test_bad_values_name_the_key(override, key, why):
+    with pytest.raises(ConfigError) as err:
+        load_config(CONFIGS[0], [override])
+    assert err.value.key == key and why in str(err.value)
+
+
+def test_base_chain_and_resolved_dump(tmp_path):
+    demo = CONFIGS[0].parent / "demo.yaml"
+    (tmp_path / "a.yaml").write_text(f"base: {demo}\nname: a\ntrain: {{lr: 0.5, max_steps: 7}}\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nname: b\ntrain: {max_steps: 9}\n")
+    cfg = load_config(tmp_path / "b.yaml")
+    assert (cfg.name, cfg.train.lr, cfg.train.max_steps) == ("b", 0.5, 9)
+    cfg.dump(tmp_path / "out" / "config.yaml")
+    again = load_config(tmp_path / "out" / "config.yaml")
+    assert again == cfg
+    assert yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())["train"]["zero_stage"] == 2  # defaults spelled out
+    (tmp_path / "c.yaml").write_text("base: c.yaml\n")
+    with pytest.raises(ConfigError, match="circular"):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_override_syntax_errors():
+    with pytest.raises(ConfigError):
+        apply_overrides({}, ["no_equals_sign"])
+    assert apply_overrides({"a": {"b": 1}}, ["a.c=x"]) == {"a": {"b": 1, "c": "x"}}
