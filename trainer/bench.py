@@ -32,7 +32,7 @@ def _single_process_group() -> None:
     DeepSpeedStrategy.init_distributed(False)
 
 
-def _time_steps(step_fn, batches) -> list[float]:
+def _time_steps(step_fn, batches: list) -> list[float]:
     times = []
     for batch in batches:
         t0 = time.perf_counter()
@@ -98,12 +98,13 @@ def bench_train(cfg: RunConfig, steps: int = 20, repeats: int = 3) -> dict[str, 
     def rrg_step(batch):
         strategy.backward_and_step(strategy.forward(batch).loss)
 
-    plain_t, rrg_t = [], []
-    for fn, _ in ((plain_step, None), (rrg_step, None)):  # warm-up both (allocations, first-call costs)
+    for fn in (plain_step, rrg_step):  # warm-up both (allocations, first-call costs)
         _time_steps(fn, batches[:warm])
-    for _ in range(repeats):
-        plain_t.append(statistics.median(_time_steps(plain_step, batches[warm:])))
-        rrg_t.append(statistics.median(_time_steps(rrg_step, batches[warm:])))
+    plain_t, rrg_t = [], []
+    for _ in range(repeats):  # alternate step by step: each pair sees the machine in the same state
+        for batch in batches[warm:]:
+            plain_t += _time_steps(plain_step, [batch])
+            rrg_t += _time_steps(rrg_step, [batch])
     plain_s, rrg_s = statistics.median(plain_t), statistics.median(rrg_t)
     train_sps = bs / rrg_s
 
@@ -121,7 +122,8 @@ def bench_train(cfg: RunConfig, steps: int = 20, repeats: int = 3) -> dict[str, 
            "train_samples_per_s": train_sps, "loader_samples_per_s": loader_sps,
            "loader_headroom": loader_sps / train_sps}
     print(f"model: {cfg.model.family}, tuning {cfg.train.tuning}, ZeRO-{cfg.train.zero_stage}, "
-          f"{cfg.train.precision}, micro-batch {bs}, {steps} steps x {repeats} alternating rounds")
+          f"{cfg.train.precision}, micro-batch {bs}, {steps} batches x {repeats} rounds, "
+          f"plain and rrg alternating step by step")
     print(f"plain PyTorch step (median): {plain_s * 1e3:8.2f} ms")
     print(f"rrg engine step    (median): {rrg_s * 1e3:8.2f} ms")
     print(f"overhead ratio rrg/plain:    {res['overhead_ratio']:.3f}   (goal <= 1.05)")
