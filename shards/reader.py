@@ -400,8 +400,7 @@ class ShardLoader:
     def __iter__(self) -> Iterator[dict]:
         if self.segments[-1].consumed >= self._segment_batches():
             self.set_epoch(self.epoch + 1)
-        # the loader's own generator: creating the iterator must not draw from the global torch RNG,
-        # or a resumed run's dropout masks would differ from the uninterrupted run's
+        # own generator: a new iterator must not draw from the global RNG (resumed dropout would differ)
         gen = torch.Generator().manual_seed(hash((self.seed, self.epoch, self.rank)) % 2**62)
         dl = DataLoader(_RankStream(self), batch_size=None, num_workers=self.num_workers, collate_fn=_identity,
                         prefetch_factor=self.prefetch_factor if self.num_workers else None, generator=gen)

@@ -99,3 +99,13 @@ def test_score_predictions_file_and_label_commands(tmp_path):
     assert [t["Cardiomegaly"] for t in table] == ["1.0", "", ""]
     assert [t["Pleural Effusion"] for t in table] == ["0.0", "1.0", ""]
     assert table[2]["Pneumothorax"] == "0.0"
+
+
+@pytest.mark.slow
+def test_in_training_evaluation_under_zero3_does_not_hang(shards, tmp_path):
+    # 21 validation studies over 2 ranks: uneven slices, padded to equal batch counts; synced generation
+    out = tmp_path / "z3"
+    torchrun(2, [f"data.shards_dir={shards}", f"output_dir={out}", "train.zero_stage=3", "eval.every_steps=4",
+                 "eval.subset=12", *FAST_EVAL], timeout=300)
+    evals = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines() if '"eval"' in l]
+    assert [e["step"] for e in evals] == [4, 8]

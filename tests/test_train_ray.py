@@ -1,6 +1,7 @@
 """The main job through Ray: worker death, preemption (SIGTERM), crash during a checkpoint save."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,8 +13,8 @@ import pytest
 
 from tests.trainkit import ROOT, TINY, env_offline, result, rrg, step_losses, torchrun, wait_for_step
 
-STEPS = 24
-LONG = [f"train.max_steps={STEPS}", "checkpoint.every_steps=5", "cluster.num_workers=2"]
+STEPS = 200  # long enough that a signal sent at step 7-12 lands mid-run (tiny steps are fast)
+LONG = [f"train.max_steps={STEPS}", "checkpoint.every_steps=25", "cluster.num_workers=2"]
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +32,16 @@ def test_killed_worker_is_restarted_and_run_matches_uninterrupted(shards, baseli
     out = tmp_path / "killed"
     proc = rrg(["train", TINY, *LONG, f"data.shards_dir={shards}", f"output_dir={out}", "cluster.max_failures=2"],
                env=env_offline(tmp_path))
-    wait_for_step(out, 12, proc)
+    wait_for_step(out, 30, proc)  # past the step-25 checkpoint: the restarted group resumes from it
     pid = int((out / "pids" / "rank_1.pid").read_text())
     os.kill(pid, signal.SIGKILL)
     log, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, log[-5000:]
     assert result(out)["step"] == STEPS
     assert int((out / "pids" / "rank_1.pid").read_text()) != pid, "worker group was not restarted"
+    records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    step26 = [r for r in records if set(r) == {"step", "loss"} and r["step"] == 26]
+    assert len(step26) == 2, "the restart did not resume from the step-25 checkpoint"
     assert step_losses(out)[STEPS] == baseline[STEPS]
 
 

@@ -78,8 +78,6 @@ class Trainer:
     def fit(self) -> LoopState:
         train, st = self.cfg.train, self.state
         meter = StepMeter()
-        window_loss = torch.zeros((), dtype=torch.float64)
-        window_steps = 0
         micro = 0
         while st.step < train.max_steps:
             batches = iter(self.loader)
@@ -98,15 +96,13 @@ class Trainer:
                 if micro % train.grad_accum:
                     continue
                 st.step += 1
-                window_steps += 1
                 self.logger.advance()
-                window_loss += sum(l for s, l in st.step_losses if s == st.step).double().cpu() / train.grad_accum
-                if st.step % self.cfg.logging.every_steps == 0 or st.step == train.max_steps:
-                    self._log(meter, window_loss, window_steps)
-                    window_loss.zero_()
-                    window_steps = 0
+                log_step = st.step % self.cfg.logging.every_steps == 0 or st.step == train.max_steps
+                if log_step:  # the only host-device syncs of the loop happen here
+                    self._log(meter)
                     meter.reset()
-                if self._agree(self.stop_requested()):
+                # ranks agree on preemption at logging steps (all see the stop file, maybe not at the same step)
+                if log_step and self._agree(self.stop_requested()):
                     st.preempted = True
                     self.logger.note(f"preemption requested: checkpointing at step {st.step}")
                     self.save_checkpoint(st.step)
@@ -125,14 +121,14 @@ class Trainer:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
-    def _log(self, meter: StepMeter, window_loss: torch.Tensor, window_steps: int) -> None:
+    def _log(self, meter: StepMeter) -> None:
         st = self.state
         # exact per-step losses of rank 0 (for reproducibility checks), then the window mean over all ranks
         per_step: dict[int, float] = {}
         for s, l in st.step_losses:
             per_step[s] = per_step.get(s, 0.0) + float(l) / self.cfg.train.grad_accum
         st.step_losses.clear()
-        mean = window_loss.to(self.strategy.device, torch.float32) / max(1, window_steps)
+        mean = torch.tensor(sum(per_step.values()) / max(1, len(per_step)), device=self.strategy.device)
         if self.world_size > 1:
             dist.all_reduce(mean, op=dist.ReduceOp.SUM)
             mean /= self.world_size
