@@ -32,19 +32,21 @@ HEADLINE = ("ce_macro_f1_5", "ce_micro_f1_5", "ce_macro_f1_14", "bleu_1", "bleu_
 THUMB = 32
 
 
-def _resolve_model(cfg, checkpoint: Optional[str], model_dir: Optional[str], out: Path) -> tuple[Path, str]:
-    """An export directory to evaluate, and a name for it; checkpoints are consolidated first."""
+def _resolve_model(cfg, checkpoint: Optional[str], model_dir: Optional[str], out: Optional[str]) -> tuple[Path, Path]:
+    """(export directory to evaluate, output directory); a checkpoint is consolidated into ``<out>/model`` once."""
     if model_dir:
-        return Path(model_dir).resolve(), Path(model_dir).name
+        model = Path(model_dir).resolve()
+        return model, Path(out) if out else Path(cfg.output_dir) / "eval" / f"{cfg.eval.split}-{model.name}"
     from trainer.checkpoint import CheckpointManager
     from trainer.export import export_checkpoint
 
     point = CheckpointManager(cfg.checkpoint_dir, rank=0, world_size=1, keep_last=1).resolve(
         "latest" if checkpoint in (None, "latest") else checkpoint)
-    target = out / "model"
-    if not (target / "rrg_model.json").is_file():
-        export_checkpoint(cfg, point, target)
-    return target, point.path.name
+    out_dir = Path(out) if out else Path(cfg.output_dir) / "eval" / f"{cfg.eval.split}-{point.path.name}"
+    model = out_dir / "model"
+    if not (model / "rrg_model.json").is_file():
+        export_checkpoint(cfg, point, model)
+    return model, out_dir
 
 
 def _thumbs(cfg, split: str) -> tuple[list[str], np.ndarray, list[str]]:
@@ -126,20 +128,9 @@ def run_eval(cfg, *, checkpoint: Optional[str] = None, model_dir: Optional[str] 
 
     ensure_shards(cfg)
     cfg.data.shards_dir = str(Path(cfg.data.shards_dir).resolve())
-    out_dir = Path(out) if out else None
-    tmp_out = out_dir or Path(cfg.output_dir) / "eval" / "pending"
-    tmp_out.mkdir(parents=True, exist_ok=True)
-    model, name = _resolve_model(cfg, checkpoint, model_dir, tmp_out)
-    if out_dir is None:
-        out_dir = Path(cfg.output_dir) / "eval" / f"{cfg.eval.split}-{name}"
-        if out_dir != tmp_out:
-            out_dir.parent.mkdir(parents=True, exist_ok=True)
-            if out_dir.exists():
-                import shutil
-
-                shutil.rmtree(out_dir)
-            tmp_out.rename(out_dir)
-            model = out_dir / "model" if (out_dir / "model").is_dir() and not model_dir else model
+    model, out_dir = _resolve_model(cfg, checkpoint, model_dir, out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = out_dir.name
 
     ensure_ray(address=address, temp_dir=cfg.cluster.ray_temp_dir)
     env = worker_env(cfg)
