@@ -81,7 +81,7 @@ def image_stats(cfg: VisionConfig) -> tuple[list[float], list[float]]:
 
 def preprocess_image(image: np.ndarray, size: int, channels: int, mean: list[float], std: list[float]) -> torch.Tensor:
     """uint8 (H, W) or (H, W, 3) -> float (channels, size, size), resized and normalised."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).float().div_(255.0)
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)  # a fresh, writable array
     x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)
     if x.shape[0] != channels:
         x = x.mean(0, keepdim=True).expand(channels, -1, -1) if x.shape[0] == 3 else x.expand(channels, -1, -1)
