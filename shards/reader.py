@@ -96,9 +96,8 @@ def default_collate(items: list[dict]) -> dict:
     return out
 
 
-def _identity(x):
+def _identity(x):  # the DataLoader's collate: batches are built in the workers already
     return x
-
 
 # ---------------------------------------------------------------- stage 6: read
 class ShardFiles:

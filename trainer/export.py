@@ -31,24 +31,31 @@ def save_trainable(strategy, path: Path, *, rank: int, tuning: str) -> None:
         save_file({k: v.contiguous() for k, v in state.items()}, str(path))
 
 
+def write_export(family, tokenizer, train_cfg, state: dict[str, torch.Tensor], out_dir: Path, *,
+                 merge: bool, where: str) -> Path:
+    """Load a full state dict into a clean, undistributed model copy, check it, and save it."""
+    from modeling.tuning import apply_tuning
+
+    model = apply_tuning(family.build_model(tokenizer), train_cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("inv_freq")]  # recomputed buffers
+    if missing or unexpected:
+        raise RuntimeError(f"{where}: state does not fit the model: missing={missing[:5]} unexpected={unexpected[:5]}")
+    if train_cfg.tuning == "lora":
+        check_adapter(state, where)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out_dir), merge=merge)  # writes tokenizer/ too
+    return out_dir
+
+
 def export_model(strategy, family, tokenizer, cfg, out_dir: Path, *, rank: int) -> Path | None:
     """Collective: every rank calls; rank 0 writes ``out_dir`` and returns it."""
     state = strategy.full_state_dict()
     if rank != 0:
         return None
-    from modeling.tuning import apply_tuning
-
     strategy.release_model_init_context()
-    model = apply_tuning(family.build_model(tokenizer), cfg.train)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise RuntimeError(f"export: state mismatch, missing={missing[:5]} unexpected={unexpected[:5]}")
-    if cfg.train.tuning == "lora":
-        check_adapter(state, "export")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out_dir), merge=cfg.checkpoint.export == "merged")
-    tokenizer.save_pretrained(str(out_dir / "tokenizer"))
-    return out_dir
+    return write_export(family, tokenizer, cfg.train, state, out_dir, merge=cfg.checkpoint.export == "merged",
+                        where="export")
 
 
 def export_checkpoint(cfg, point, out_dir: Path) -> Path:
@@ -57,13 +64,12 @@ def export_checkpoint(cfg, point, out_dir: Path) -> Path:
     Runs in one process without a process group: DeepSpeed's zero_to_fp32 rebuilds
     the full fp32 state from the shards.
     """
-    import json as _json
+    import json
 
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     from launcher.config import config_from_dict
     from modeling.registry import build_family
-    from modeling.tuning import apply_tuning
     from trainer.checkpoint import DS_TAG
 
     run_cfg = config_from_dict(point.meta["config"]) if "config" in point.meta else cfg
@@ -73,13 +79,6 @@ def export_checkpoint(cfg, point, out_dir: Path) -> Path:
         tok_dir = Path(cfg.output_dir) / "tokenizer"
     tokenizer = family.tokenizer(None, save_dir=str(tok_dir))
     state = get_fp32_state_dict_from_zero_checkpoint(str(point.path), tag=DS_TAG)
-    model = apply_tuning(family.build_model(tokenizer), run_cfg.train)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("inv_freq")]
-    if missing or unexpected:
-        raise RuntimeError(f"{point.path}: checkpoint does not fit the model: missing={missing[:5]} "
-                           f"unexpected={unexpected[:5]}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out_dir), merge=True)
-    (out_dir / "source.json").write_text(_json.dumps({"checkpoint": str(point.path), "step": point.step}))
+    write_export(family, tokenizer, run_cfg.train, state, out_dir, merge=True, where=str(point.path))
+    (out_dir / "source.json").write_text(json.dumps({"checkpoint": str(point.path), "step": point.step}))
     return out_dir

@@ -108,11 +108,12 @@ class TrainingRun:
                 save_trainable(self.strategy, Path(directory) / "trainable.safetensors", rank=self.rank,
                                tuning=cfg.train.tuning)
 
+        reader = self.loader.state_dict()
         meta = {"zero_stage": cfg.train.zero_stage, "tuning": cfg.train.tuning, "wandb_id": self.wandb_id,
-                "manifest_fingerprint": self.loader.state_dict().get("fingerprint"),
+                "manifest_fingerprint": reader.get("fingerprint"),
                 "precision": cfg.train.precision, "config": cfg.to_dict()}
         path = self.checkpoints.save(step, write_shards=write_shards, meta=meta,
-                                     client={"reader": self.loader.state_dict(), "step": step})
+                                     client={"reader": reader, "step": step})
         self.logger.note(f"checkpoint: {path}")
         return path
 
