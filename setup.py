@@ -8,7 +8,7 @@ setup(
     version="0.1.0",
     description="Distributed training of chest X-ray report-generation models",
     python_requires=">=3.10",
-    packages=find_packages(include=["launcher*", "trainer*", "modeling*", "shards*", "cluster*"]),
+    packages=find_packages(include=["configs", "launcher*", "trainer*", "modeling*", "shards*", "cluster*"]),
     include_package_data=True,
     install_requires=[
         "torch==2.13.0",

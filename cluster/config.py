@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from launcher.configbase import ConfigError
+from configs.schema import ConfigError
 
 
 @dataclass

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from launcher.configbase import ConfigError
+from configs.schema import ConfigError
 
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = False) -> None:

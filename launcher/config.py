@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from cluster.config import ClusterConfig
-from launcher.configbase import ConfigError, apply_overrides, deep_merge, from_dict, to_dict
+from configs.schema import ConfigError, apply_overrides, deep_merge, from_dict, to_dict
 from modeling.config import ModelConfig
 from shards.config import DataConfig
 from trainer.config import CheckpointConfig, EvalConfig, LoggingConfig, TrainConfig

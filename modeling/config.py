@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
-from launcher.configbase import ConfigError
+from configs.schema import ConfigError
 
 
 @dataclass

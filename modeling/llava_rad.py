@@ -23,7 +23,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
 
-from launcher.configbase import ConfigError, to_dict
+from configs.schema import ConfigError, to_dict
 from modeling.attention import hf_attn_name
 from modeling.config import ModelConfig
 from modeling.projector import build_projector

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Optional
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from launcher.configbase import Registry, from_dict
+from configs.schema import Registry, from_dict
 from modeling.config import ModelConfig
 
 FAMILIES: Registry[type["ModelFamily"]] = Registry("model family")

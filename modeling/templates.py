@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from launcher.configbase import Registry
+from configs.schema import Registry
 
 IMAGE_TOKEN = "<image>"
 

@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from launcher.configbase import Registry
+from configs.schema import Registry
 from shards.records import CHEXPERT_LABELS, Study, View
 
 ADAPTERS: Registry = Registry("dataset adapter")
@@ -38,7 +38,7 @@ def make_adapter(name: str, args: dict[str, Any], seed: int) -> Any:
     try:
         return cls(**kwargs)
     except TypeError as err:  # unknown/missing argument
-        from launcher.configbase import ConfigError
+        from configs.schema import ConfigError
 
         raise ConfigError("data.source.args", f"adapter '{name}': {err}") from None
 

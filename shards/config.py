@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from launcher.configbase import ConfigError
+from configs.schema import ConfigError
 
 
 @dataclass

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from launcher.config import RunConfig, load_config
-from launcher.configbase import ConfigError, apply_overrides
+from configs.schema import ConfigError, apply_overrides
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
 

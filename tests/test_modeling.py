@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from launcher.configbase import ConfigError, from_dict
+from configs.schema import ConfigError, from_dict
 from modeling.attention import attention, hf_attn_name, resolve_impl
 from modeling.config import ModelConfig
 from modeling.registry import build_family, load_pretrained

@@ -38,7 +38,7 @@ import os
 import re
 from typing import Optional
 
-from launcher.configbase import Registry
+from configs.schema import Registry
 from shards.records import CHEXPERT_LABELS
 
 Labels = dict[str, Optional[float]]

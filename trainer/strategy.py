@@ -14,7 +14,7 @@ from typing import Any, Iterator, Optional
 
 import torch
 
-from launcher.configbase import deep_merge
+from configs.schema import deep_merge
 from trainer.config import TrainConfig
 
 
