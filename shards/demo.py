@@ -159,7 +159,7 @@ def make_study(index: int, seed: int = 0, image_size: int = 512, two_view_fracti
 
 def label_frequencies(studies: list[Study]) -> dict[str, dict[str, Optional[float]]]:
     """Per CheXpert label: fraction positive, uncertain, negative, blank (for reports and tests)."""
-    from shards.records import CHEXPERT_LABELS
+    from configs.labelsets import CHEXPERT_LABELS
 
     n = max(len(studies), 1)
     out = {}

@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from shards.records import CHEXPERT_LABELS
+from configs.labelsets import CHEXPERT_LABELS
 
 Mentions = list[tuple[str, float]]
 Sentence = tuple[str, str, Mentions]  # (text, topic, mentions)

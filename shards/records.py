@@ -21,25 +21,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-# CheXpert labeler column order (the 14 observations).
-CHEXPERT_LABELS = [
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Lesion",
-    "Lung Opacity",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-]
-# The usual 5-label subset of clinical-efficacy scores.
-CHEXPERT_5 = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
+from configs.labelsets import CHEXPERT_5, CHEXPERT_LABELS  # noqa: F401 (re-exported)
 # label values: 1.0 positive, 0.0 negative, -1.0 uncertain, None not mentioned (blank)
 
 SPLITS = ("train", "validate", "test")

@@ -11,7 +11,7 @@ import pytest
 
 from shards.demo import (DEMO_MASK_CHANNELS, FINDINGS, PATHOLOGIES, build_study, demo_entry, label_frequencies,
                          make_study, sample_findings)
-from shards.records import CHEXPERT_5, CHEXPERT_LABELS
+from configs.labelsets import CHEXPERT_5, CHEXPERT_LABELS
 
 PATHOLOGY_LABEL = {"cardiomegaly": "Cardiomegaly", "pleural_effusion": "Pleural Effusion", "pneumothorax": "Pneumothorax",
                    "consolidation": "Consolidation", "atelectasis": "Atelectasis", "edema": "Edema"}

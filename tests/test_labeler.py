@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from shards.records import CHEXPERT_LABELS
+from configs.labelsets import CHEXPERT_LABELS
 from trainer.labeler import LABELERS, CheXbertLabeler, label_file, label_report
 
 # (report, expected non-blank labels); every other label must be blank.

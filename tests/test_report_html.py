@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from shards.demo import make_study
-from shards.records import CHEXPERT_LABELS
+from configs.labelsets import CHEXPERT_LABELS
 from trainer.labeler import label_report
 from trainer.report_html import METRIC_ROWS, disagreements, metric_table, overlay_image, write_report
 from trainer.scoring import score

@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 
-from shards.records import CHEXPERT_5, CHEXPERT_LABELS
+from configs.labelsets import CHEXPERT_5, CHEXPERT_LABELS
 from trainer.evaluate import score_predictions_file as reexported
 from trainer.scoring import (bootstrap_ci, clinical_scores, label_prior_baseline, retrieval_baseline,
                              score_predictions_file)

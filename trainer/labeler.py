@@ -39,7 +39,7 @@ import re
 from typing import Optional
 
 from configs.schema import Registry
-from shards.records import CHEXPERT_LABELS
+from configs.labelsets import CHEXPERT_LABELS
 
 Labels = dict[str, Optional[float]]
 LABELERS: Registry = Registry("report labeler")

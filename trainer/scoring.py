@@ -29,7 +29,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from shards.records import CHEXPERT_5, CHEXPERT_LABELS
+from configs.labelsets import CHEXPERT_5, CHEXPERT_LABELS
 from trainer import nlg
 from trainer.labeler import LABELERS
 
