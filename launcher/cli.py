@@ -31,10 +31,18 @@ def _split_config(args: argparse.Namespace) -> tuple[str | None, list[str]]:
 
 
 def _load(args: argparse.Namespace):
-    from launcher.config import load_config
+    from trainer.config import load_config
 
     config, overrides = _split_config(args)
     return load_config(config, overrides)
+
+
+def _pool(cfg, address: str | None = None):
+    """Ray tasks (embedded local Ray on loopback, or the given cluster) for the data passes and eval."""
+    from cluster.ray_util import RayTaskPool
+
+    return RayTaskPool(address=address or cfg.cluster.address or os.environ.get("RAY_ADDRESS"),
+                       temp_dir=cfg.cluster.ray_temp_dir)
 
 
 def cmd_config_show(args):
@@ -47,7 +55,7 @@ def cmd_shards_build(args):
     from shards.writer import build_from_config
 
     cfg = _load(args)
-    manifest = build_from_config(cfg.data, seed=cfg.seed, out_dir=args.out)
+    manifest = build_from_config(cfg.data, seed=cfg.seed, out_dir=args.out, pool=_pool(cfg))
     print(f"shards: {manifest.root}  studies: {manifest.splits}  fingerprint: {manifest.fingerprint[:16]}")
 
 
@@ -71,11 +79,11 @@ def cmd_bench_train(args):
 
 def cmd_train(args):
     cfg = _load(args)  # validate before anything heavy is imported or started
-    from launcher.ray_launch import run_training
+    from cluster.ray_train import run_training
 
     if args.resume is not None:
         cfg.checkpoint.resume = args.resume
-    run_training(cfg, address=args.address or os.environ.get("RAY_ADDRESS"))
+    run_training(cfg, address=args.address or cfg.cluster.address or os.environ.get("RAY_ADDRESS"))
 
 
 def cmd_eval(args):
@@ -87,8 +95,8 @@ def cmd_eval(args):
         score_predictions_file(args.predictions, args.out, bootstrap=args.bootstrap)
         return
     cfg = _load(args)
-    run_eval(cfg, checkpoint=args.checkpoint, model_dir=args.model_dir, out=args.out,
-             image_ablation=args.image_ablation, address=args.address or os.environ.get("RAY_ADDRESS"))
+    run_eval(cfg, pool=_pool(cfg, args.address), checkpoint=args.checkpoint, model_dir=args.model_dir,
+             out=args.out, image_ablation=args.image_ablation)
 
 
 def cmd_label(args):
