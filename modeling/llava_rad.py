@@ -180,9 +180,10 @@ class LlavaRad(nn.Module):
             json.dump(meta, fh, indent=2)
 
     @classmethod
-    def from_pretrained(cls, directory: str) -> "LlavaRad":
+    def from_pretrained(cls, directory: str, cfg: Optional[ModelConfig] = None) -> "LlavaRad":
         """Rebuild from ``save_pretrained`` output (adapter re-attached with plain peft)."""
-        family_name, cfg, meta = read_model_json(directory)
+        family_name, saved_cfg, meta = read_model_json(directory)
+        cfg = cfg or saved_cfg
         cfg.vision.path, cfg.vision.hf_config = os.path.join(directory, "vision"), {}
         cfg.lm.path, cfg.lm.hf_config = os.path.join(directory, "lm"), {}
         cfg.lm.tokenizer = os.path.join(directory, "tokenizer")

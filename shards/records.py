@@ -45,7 +45,8 @@ class Study:
     views: list[View]
     findings: str = ""
     impression: str = ""
-    labels: dict[str, Optional[float]] = field(default_factory=dict)  # CHEXPERT_LABELS keys
+    labels: dict[str, Optional[float]] = field(default_factory=dict)  # keys of the label set below
+    label_set: str = "chexpert"  # configs.labelsets name: chexpert (14) or padchest
     topics: list[dict[str, str]] = field(default_factory=list)  # [{"text": sentence, "topic": name}]
     masks: Optional[np.ndarray] = None  # bool (C, H, W), aligned with views[0]
     mask_channels: list[str] = field(default_factory=list)

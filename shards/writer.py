@@ -190,7 +190,7 @@ def pack_study(study: Study, index: int, split: str, key: str, build: BuildConfi
     record = {
         "study_id": study.study_id, "patient_id": study.patient_id, "split": split, "key": key, "index": index,
         "report": {"text": study.report, "findings": study.findings, "impression": study.impression},
-        "labels": study.labels, "topics": study.topics, "views": views, "masks": mask_meta, "kg": kg_meta,
+        "labels": study.labels, "label_set": study.label_set, "topics": study.topics, "views": views, "masks": mask_meta, "kg": kg_meta,
         "meta": study.meta,
     }
     sample["json"] = json.dumps(record, default=_json_default).encode()

@@ -158,6 +158,7 @@ class EvalConfig:
     batch_size: int = 16
     bootstrap: int = 1000  # resamples for the 95% intervals; 0 = none
     meteor: bool = True  # METEOR through the reference jar (needs java; says so plainly when absent)
+    meteor_language: str = "en"  # METEOR's -l; "es" for Spanish (PadChest) reports
     labeler: str = "rrg"  # registry name; e.g. a local CheXbert plug-in
     labeler_args: dict[str, Any] = field(default_factory=dict)
     family_options: dict[str, Any] = field(default_factory=dict)  # generation switches a family reads
