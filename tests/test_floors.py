@@ -12,10 +12,10 @@ ROOT = Path(__file__).resolve().parent.parent
 FLOORS = ["configs", "shards", "modeling", "trainer", "cluster", "launcher"]
 
 
-def package_edges() -> dict[tuple[str, str], set[str]]:
+def package_edges(root: Path = ROOT) -> dict[tuple[str, str], set[str]]:
     edges: dict[tuple[str, str], set[str]] = {}
     for pkg in FLOORS:
-        for path in (ROOT / pkg).rglob("*.py"):
+        for path in (root / pkg).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
                 if isinstance(node, ast.Import):
                     names = [a.name for a in node.names]
@@ -26,7 +26,7 @@ def package_edges() -> dict[tuple[str, str], set[str]]:
                 for name in names:
                     top = name.split(".")[0]
                     if top in FLOORS and top != pkg:
-                        edges.setdefault((pkg, top), set()).add(str(path.relative_to(ROOT)))
+                        edges.setdefault((pkg, top), set()).add(str(path.relative_to(root)))
     return edges
 
 
@@ -47,8 +47,7 @@ def test_no_circle_between_packages():
 
 
 def test_the_scan_sees_lazy_imports(tmp_path):
-    """The check must catch an import hidden inside a function, as rrg uses them for start-up speed."""
-    src = "def f():\n    from launcher.cli import main\n"
-    tree = ast.parse(src)
-    found = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
-    assert found == ["launcher.cli"]
+    """An import hidden inside a function (rrg defers heavy imports that way) still counts."""
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "x.py").write_text("def f():\n    from trainer.loop import Trainer\n")
+    assert package_edges(tmp_path) == {("shards", "trainer"): {"shards/x.py"}}
