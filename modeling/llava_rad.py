@@ -298,7 +298,9 @@ class LlavaRadFamily(ModelFamily):
             if len(tok) > lm.get_input_embeddings().num_embeddings:
                 lm.resize_token_embeddings(len(tok))
             return lm
-        hf = dict(lm_cfg.hf_config, vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+        # an inline architecture may state its own (larger) vocabulary, as real-scale configs do
+        hf = dict(lm_cfg.hf_config, vocab_size=max(len(tok), int(lm_cfg.hf_config.get("vocab_size", 0))),
+                  pad_token_id=tok.pad_token_id,
                   bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
         return AutoModelForCausalLM.from_config(AutoConfig.for_model(**hf), attn_implementation=attn)
 

@@ -166,7 +166,8 @@ class EvalConfig:
 
 @dataclass
 class ClusterConfig:
-    num_workers: int = 2  # Ray Train workers (= DeepSpeed ranks)
+    backend: Literal["ray", "torchrun"] = "ray"  # cluster/ray_train.py, or cluster/torchrun.py (no Ray)
+    num_workers: int = 2  # training workers (= DeepSpeed ranks)
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     address: Optional[str] = None  # join an existing Ray cluster; None = embedded local one on loopback
