@@ -91,6 +91,19 @@ def cmd_eval(args):
              image_ablation=args.image_ablation, address=args.address or os.environ.get("RAY_ADDRESS"))
 
 
+def cmd_generate(args):
+    from launcher.config import config_from_dict, load_config
+    from trainer.infer_files import GenerateError, generate_files
+
+    try:
+        generate_files(args.inputs, model_dir=args.model_dir, checkpoint=args.checkpoint, config=args.config,
+                       out=args.out, labels=args.labels, batch_size=args.batch_size, device=args.device,
+                       config_api=(load_config, config_from_dict))
+    except GenerateError as err:
+        print(str(err), file=sys.stderr)
+        sys.exit(3)
+
+
 def cmd_label(args):
     from trainer.labeler import label_file
 
@@ -117,6 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--address", default=None)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("generate", help="reports for PNG/JPEG/DICOM files or study folders, from an exported model")
+    p.add_argument("inputs", nargs="+", metavar="FILES_OR_FOLDERS",
+                   help="image files (one study each) or folders (a folder of images = one study)")
+    p.add_argument("--model-dir", required=True, help="an rrg export directory (written from --checkpoint if given)")
+    p.add_argument("--checkpoint", default=None, help="a checkpoint directory to export into --model-dir first")
+    p.add_argument("--config", default=None, help="run config (default: the export's or the checkpoint's)")
+    p.add_argument("--out", default="reports.jsonl", help="output JSONL, one line per study")
+    p.add_argument("--labels", action="store_true", help="add CheXpert-14 labels of each generated report")
+    p.add_argument("--batch-size", type=int, default=None, help="default eval.batch_size")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("label", help="CheXpert-14 labels for reports, as CSV")
     p.add_argument("file", help="JSONL with a 'report' field, or text with one report per line")

@@ -48,14 +48,25 @@ def write_export(family, tokenizer, train_cfg, state: dict[str, torch.Tensor], o
     return out_dir
 
 
+def write_run_config(cfg, out_dir: Path) -> None:
+    """The resolved run config beside the weights: ``rrg generate`` preprocesses as the shards were built."""
+    import yaml
+
+    from trainer.infer_files import RUN_CONFIG
+
+    (Path(out_dir) / RUN_CONFIG).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
 def export_model(strategy, family, tokenizer, cfg, out_dir: Path, *, rank: int) -> Path | None:
     """Collective: every rank calls; rank 0 writes ``out_dir`` and returns it."""
     state = strategy.full_state_dict()
     if rank != 0:
         return None
     strategy.release_model_init_context()
-    return write_export(family, tokenizer, cfg.train, state, out_dir, merge=cfg.checkpoint.export == "merged",
-                        where="export")
+    write_export(family, tokenizer, cfg.train, state, out_dir, merge=cfg.checkpoint.export == "merged",
+                 where="export")
+    write_run_config(cfg, out_dir)
+    return out_dir
 
 
 def export_checkpoint(cfg, point, out_dir: Path) -> Path:
@@ -80,5 +91,6 @@ def export_checkpoint(cfg, point, out_dir: Path) -> Path:
     tokenizer = family.tokenizer(None, save_dir=str(tok_dir))
     state = get_fp32_state_dict_from_zero_checkpoint(str(point.path), tag=DS_TAG)
     write_export(family, tokenizer, run_cfg.train, state, out_dir, merge=True, where=str(point.path))
+    write_run_config(run_cfg, out_dir)
     (out_dir / "source.json").write_text(json.dumps({"checkpoint": str(point.path), "step": point.step}))
     return out_dir
