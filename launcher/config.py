@@ -71,8 +71,18 @@ def _read_yaml(path: Path, seen: tuple = ()) -> dict:
         raise ConfigError("", f"{path} must hold a mapping at the top level")
     base = data.pop("base", None)
     if base is not None:
-        data = deep_merge(_read_yaml((path.parent / base).resolve(), seen + (path,)), data)
+        data = deep_merge(_without_other_adapter_args(_read_yaml((path.parent / base).resolve(), seen + (path,)),
+                                                      data), data)
     return data
+
+
+def _without_other_adapter_args(parent: dict, child: dict) -> dict:
+    """A file that names another ``data.source.adapter`` than its base does not inherit the base's adapter args."""
+    adapter = ((child.get("data") or {}).get("source") or {}).get("adapter")
+    source = (parent.get("data") or {}).get("source") or {}
+    if adapter is None or adapter == source.get("adapter") or "args" not in source:
+        return parent
+    return {**parent, "data": {**parent["data"], "source": {k: v for k, v in source.items() if k != "args"}}}
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> RunConfig:

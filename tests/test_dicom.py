@@ -112,3 +112,14 @@ def test_header_allow_list_and_detection(tmp_path):
     assert meta["ViewPosition"] == "PA" and meta["Rows"] == 40 and meta["PixelSpacing"] == [0.139, 0.139]
     shifted = safe_meta(ds, date_shift_days=10)
     assert shifted["StudyDateShifted"] == "20200305" and "20200315" not in repr(shifted)
+
+
+def test_salt_file_is_created_once_and_pseudonyms_are_stable(tmp_path):
+    from shards.dicom import load_salt, pseudonym
+
+    path = tmp_path / "keys" / "salt"
+    salt = load_salt(str(path))
+    assert path.is_file() and oct(path.stat().st_mode & 0o777) == "0o600" and len(salt) == 64
+    assert load_salt(str(path)) == salt
+    assert pseudonym(salt, "patient", "MRN1") == pseudonym(salt, "patient", "MRN1") != pseudonym(b"x" * 32, "patient", "MRN1")
+    assert "MRN1" not in pseudonym(salt, "patient", "MRN1")
