@@ -33,7 +33,7 @@ from shards.views import frontal_first
 
 SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 DEFAULT_SALT = "~/.config/rrg/phi_salt"
-_SECTION = re.compile(r"^\s*(FINDINGS|IMPRESSION)\s*:", re.IGNORECASE | re.MULTILINE)
+_SECTION = re.compile(r"\b(FINDINGS|IMPRESSION)\s*:", re.IGNORECASE)
 
 
 def _open_csv(path: str):

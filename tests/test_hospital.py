@@ -204,6 +204,12 @@ def test_generate_on_dicom_and_png_folders_equals_eval(hospital, tmp_path):
         assert from_dcm[folder.name]["generated"] == preds[sid]["generated"]
         assert from_dcm[folder.name]["labels"] == preds[sid]["gen_labels"]
         assert from_png[sid]["generated"] == preds[sid]["generated"]
+    # a checkpoint instead of an export: consolidated into --model-dir first, same weights, same reports
+    ckpt = tmp / "run" / "checkpoints" / (tmp / "run" / "checkpoints" / "latest").read_text().strip()
+    out_ck = tmp_path / "ck.jsonl"
+    rrg("generate", "--model-dir", str(tmp_path / "from_ckpt"), "--checkpoint", str(ckpt), str(pngs), "--out", str(out_ck))
+    assert {r["id"]: r["generated"] for r in map(json.loads, out_ck.read_text().splitlines())} == \
+        {k: v["generated"] for k, v in from_png.items()}
     assert "no pixel data" in gen.stderr or all(f.name != "study02" for f in folders)
     for text in (out_dcm.read_text(), gen.stdout + gen.stderr):
         assert MARK not in text
