@@ -27,11 +27,10 @@ import re
 from typing import Any, Optional
 
 from shards.adapters import ADAPTERS, AdapterError
-from shards.dicom import DicomSkip, date_shift_days, is_dicom, load_salt, pseudonym, read_header, safe_meta
+from shards.dicom import DicomSkip, date_shift_days, is_dicom, is_sr, load_salt, pseudonym, read_header, safe_meta
 from shards.records import CHEXPERT_LABELS, Study, View
 from shards.views import frontal_first
 
-SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 DEFAULT_SALT = "~/.config/rrg/phi_salt"
 _SECTION = re.compile(r"\b(FINDINGS|IMPRESSION)\s*:", re.IGNORECASE)
 
@@ -150,8 +149,7 @@ class DicomFolderAdapter(_DicomStudies):
                     continue
                 st = studies.setdefault(uid, {"uid": uid, "patient": str(ds.get("PatientID", "") or uid),
                                               "accession": str(ds.get("AccessionNumber", "")), "images": [], "sr": []})
-                is_sr = str(ds.get("SOPClassUID", "")).startswith(SR_CLASS_PREFIX) or ds.get("Modality") == "SR"
-                st["sr" if is_sr else "images"].append(path)
+                st["sr" if is_sr(ds) else "images"].append(path)
         kept, no_report, no_image = [], 0, 0
         for st in studies.values():
             lookup = st["uid"] if key == "study_instance_uid" else st["accession"]
@@ -172,12 +170,10 @@ class DicomFolderAdapter(_DicomStudies):
         return [(self.patient(st["patient"]), None) for st in self._studies]
 
     def load(self, index: int) -> Study:
-        import pydicom
-
         st = self._studies[index]
         findings, impression = st["report"] or ("", "")
         for path in st["sr"] if st["report"] is None else []:
-            f, i = _sr_text(pydicom.dcmread(path))
+            f, i = _sr_text(read_header(path))
             findings, impression = " ".join(x for x in (findings, f) if x), " ".join(x for x in (impression, i) if x)
         views, metas = self.views(st["images"], st["patient"])
         return Study(study_id="s" + pseudonym(self._salt, "study", st["uid"]), patient_id=self.patient(st["patient"]),

@@ -33,6 +33,7 @@ import numpy as np
 DicomWindow = Literal["voi", "minmax", "none"]
 WINDOWS = ("voi", "minmax", "none")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
+SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 ALLOWED = ("Modality", "ViewPosition", "Rows", "Columns", "PhotometricInterpretation", "PixelSpacing",
            "ImagerPixelSpacing")
 
@@ -64,10 +65,18 @@ def is_dicom(path: str) -> bool:
     return len(head) == 132 and head[128:] == b"DICM"
 
 
+def _pydicom():
+    """pydicom with value validation off: its warnings quote header values, and those can be PHI."""
+    import pydicom
+    from pydicom import config
+
+    config.settings.reading_validation_mode = config.IGNORE
+    return pydicom
+
+
 def read_header(path: str):
     """The dataset without pixel data (cheap: for adapters grouping files into studies)."""
-    import pydicom
-
+    pydicom = _pydicom()
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)
     except Exception as err:  # noqa: BLE001 - pydicom raises many kinds on a bad file
@@ -143,7 +152,7 @@ def _value_range(ds, stored: np.ndarray, slope: float, intercept: float) -> tupl
 
 def decode_dicom(path: str, window: DicomWindow = "voi") -> DicomImage:
     """Read a DICOM radiograph as float32 (H, W) in [0, 1]; raises DicomSkip when it cannot be used."""
-    import pydicom
+    pydicom = _pydicom()
 
     if window not in WINDOWS:
         raise ValueError(f"dicom_window must be one of {WINDOWS}, got {window!r}")
@@ -181,6 +190,11 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (int, float)):
         return float(value) if not isinstance(value, int) else int(value)
     return str(value)
+
+
+def is_sr(ds) -> bool:
+    """A structured report (text), not an image."""
+    return str(ds.get("SOPClassUID", "")).startswith(SR_CLASS_PREFIX) or ds.get("Modality") == "SR"
 
 
 def shifted_date(date: str, days: int) -> Optional[str]:

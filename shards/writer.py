@@ -12,6 +12,12 @@ Two passes:
    ``{file}.info.json``.  Tars use a fixed mtime, so a rebuilt shard is
    byte-identical and the manifest fingerprint does not change.
 
+A view the writer cannot use (a DICOM with no pixel data or a transfer syntax no
+installed decoder reads: ``shards.dicom.DicomSkip``) is left out and counted; a
+study left with no view is not written.  ``build_summary.json`` beside the
+manifest lists every skip with its file and reason, and more than
+``build.max_skip_fraction`` of the studies left out fails the build.
+
 Re-running is safe: ``build.json`` (written first) pins the adapter and
 preprocess settings, and a different config pointed at the same directory is
 refused; shards whose tar + sidecar are complete are kept; temp leftovers are

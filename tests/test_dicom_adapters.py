@@ -64,3 +64,27 @@ def test_dicom_folder_by_study_uid_with_report_column(tmp_path):
 def test_split_sections():
     assert split_sections("findings: a\n b\nImpression: c") == ("a b", "c")
     assert split_sections("no headings here") == ("no headings here", "")
+
+
+def test_generate_inputs_group_into_studies(tmp_path):
+    from PIL import Image
+
+    from tests.dicomkit import write_sr
+    from trainer.infer_files import GenerateError, collect_studies
+
+    cases = tmp_path / "cases"
+    write_dicom(cases / "a" / "lat.dcm", IMG, view="LATERAL", study_uid="1.1")
+    write_dicom(cases / "a" / "pa.dcm", IMG, view="PA", study_uid="1.1")
+    write_sr(cases / "a" / "zz_sr.dcm", study_uid="1.1", patient_id="P", findings="x", impression="y")
+    (cases / "b").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(cases / "b" / "v.png")
+    (cases / "b" / "notes.txt").write_text("ignored")
+    single = tmp_path / "one.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(single)
+    studies = collect_studies([str(cases), str(single)])
+    assert [(s.id, [f.split("/")[-1] for f in s.files]) for s in studies] == [
+        ("a", ["pa.dcm", "lat.dcm"]), ("b", ["v.png"]), ("one", ["one.png"])]
+    with pytest.raises(GenerateError, match="two studies named 'a'"):
+        collect_studies([str(cases / "a"), str(cases)])
+    with pytest.raises(GenerateError, match="no such file or folder: .*missing"):
+        collect_studies([str(tmp_path / "missing")])

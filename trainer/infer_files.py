@@ -28,7 +28,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from shards.dicom import DICOM_EXTENSIONS, DicomSkip, is_dicom, read_header
+from shards.dicom import DICOM_EXTENSIONS, DicomSkip, is_dicom, is_sr, read_header
 from shards.records import DecodedSample
 from shards.views import decode_image, encode_view, frontal_first
 from shards.writer import sample_key
@@ -52,15 +52,18 @@ def _is_image(path: str) -> bool:
 
 
 def _ordered(files: list[str]) -> list[str]:
-    """Sorted by name; DICOM views frontal (PA, AP) first, as the DICOM adapters order them."""
-    files = sorted(files)
-    positions = []
-    for f in files:
+    """Sorted by name; DICOM views frontal (PA, AP) first, as the DICOM adapters order them; SR documents dropped."""
+    views, positions = [], []
+    for f in sorted(files):
         try:
-            positions.append(str(read_header(f).get("ViewPosition", "")) if is_dicom(f) else None)
+            ds = read_header(f) if is_dicom(f) else None
         except DicomSkip:
-            positions.append(None)
-    return [files[i] for i in frontal_first(positions)]
+            ds = None  # reported when its pixels fail to load
+        if ds is not None and is_sr(ds):
+            continue
+        views.append(f)
+        positions.append(str(ds.get("ViewPosition", "")) if ds is not None else None)
+    return [views[i] for i in frontal_first(positions)]
 
 
 def collect_studies(inputs: list[str]) -> list[InputStudy]:
@@ -69,17 +72,17 @@ def collect_studies(inputs: list[str]) -> list[InputStudy]:
     for arg in inputs:
         path = os.path.abspath(arg)
         if os.path.isfile(path):
-            studies.append(InputStudy(Path(path).name.split(".")[0], [path]))
+            studies.append(InputStudy(Path(path).stem, [path]))
             continue
         if not os.path.isdir(path):
             raise GenerateError(f"rrg generate: no such file or folder: {arg}")
         found = 0
         for dirpath, dirnames, files in os.walk(path):
             dirnames.sort()
-            images = [os.path.join(dirpath, f) for f in files if _is_image(os.path.join(dirpath, f))]
+            images = _ordered([os.path.join(dirpath, f) for f in files if _is_image(os.path.join(dirpath, f))])
             if images:
                 rel = os.path.relpath(dirpath, path)
-                studies.append(InputStudy(Path(path).name if rel == "." else rel, _ordered(images)))
+                studies.append(InputStudy(Path(path).name if rel == "." else rel, images))
                 found += 1
         if not found:
             raise GenerateError(f"rrg generate: no image files (png, jpg, dcm, ...) under {arg}")
