@@ -203,9 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         print("rrg: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - clear one-line errors for known data problems
+        from shards.adapters import AdapterError
         from shards.manifest import ManifestError
 
-        known = (ManifestError,)
+        known = (ManifestError, AdapterError)
         try:
             from shards.reader import DataError
 

@@ -97,10 +97,10 @@ class _DicomStudies:
 class DicomFolderAdapter(_DicomStudies):
     def __init__(self, root: str, reports: Optional[str] = None, salt_file: str = DEFAULT_SALT,
                  study_date: str = "drop", seed: int = 0):
-        super().__init__(salt_file, study_date)
         self.root = os.path.abspath(root)
         if not os.path.isdir(self.root):
             raise AdapterError(f"dicom_folder adapter: no such directory {self.root}")
+        super().__init__(salt_file, study_date)
         self.reports = os.path.abspath(reports) if reports else None
         self._studies = self._scan()
 
@@ -188,11 +188,11 @@ class MimicCxrDicomAdapter(_DicomStudies):
 
     def __init__(self, root: str, reports_root: Optional[str] = None, salt_file: str = DEFAULT_SALT,
                  study_date: str = "drop", seed: int = 0):
-        super().__init__(salt_file, study_date)
         self.root = os.path.abspath(root)
         self.reports_root = os.path.abspath(reports_root) if reports_root else self.root
         if not os.path.isdir(os.path.join(self.root, "files")):
             raise AdapterError(f"mimic_cxr_dicom adapter: {self.root} has no files/ directory")
+        super().__init__(salt_file, study_date)
         self._studies = self._scan()
         self._labels = self._read_labels()
 

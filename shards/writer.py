@@ -36,7 +36,6 @@ The ``.json`` record of a sample::
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
