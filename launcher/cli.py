@@ -118,6 +118,17 @@ def cmd_plan(args):
              mfu=args.mfu, peak_tflops=args.peak_tflops)
 
 
+def cmd_generate(args):
+    from trainer.infer_files import GenerateError, generate_files
+
+    try:
+        generate_files(args.inputs, model_dir=args.model_dir, checkpoint=args.checkpoint, config=args.config,
+                       out=args.out, labels=args.labels, batch_size=args.batch_size, device=args.device)
+    except GenerateError as err:
+        print(str(err), file=sys.stderr)
+        sys.exit(3)
+
+
 def cmd_label(args):
     from trainer.labeler import label_file
 
@@ -156,6 +167,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mfu", type=float, default=0.40, help="model FLOPs utilisation assumed (default 0.40)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="GPU bf16 peak (default H100: 989)")
     p.set_defaults(func=cmd_plan)
+    p = sub.add_parser("generate", help="reports for PNG/JPEG/DICOM files or study folders, from an exported model")
+    p.add_argument("inputs", nargs="+", metavar="FILES_OR_FOLDERS",
+                   help="image files (one study each) or folders (a folder of images = one study)")
+    p.add_argument("--model-dir", required=True, help="an rrg export directory (written from --checkpoint if given)")
+    p.add_argument("--checkpoint", default=None, help="a checkpoint directory to export into --model-dir first")
+    p.add_argument("--config", default=None, help="run config (default: the export's or the checkpoint's)")
+    p.add_argument("--out", default="reports.jsonl", help="output JSONL, one line per study")
+    p.add_argument("--labels", action="store_true", help="add CheXpert-14 labels of each generated report")
+    p.add_argument("--batch-size", type=int, default=None, help="default eval.batch_size")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("label", help="CheXpert-14 labels for reports, as CSV")
     p.add_argument("file", help="JSONL with a 'report' field, or text with one report per line")
@@ -217,9 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         print("rrg: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - clear one-line errors for known data problems
+        from shards.adapters import AdapterError
         from shards.manifest import ManifestError
 
-        known = (ManifestError,)
+        known = (ManifestError, AdapterError)
         try:
             from shards.reader import DataError
 

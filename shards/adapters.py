@@ -33,6 +33,8 @@ class AdapterError(ValueError):
 
 def make_adapter(name: str, args: dict[str, Any], seed: int) -> Any:
     """Construct the named adapter: ``args`` from the config win over the build ``seed``."""
+    import shards.adapter_dicom  # noqa: F401 (registers dicom_folder, mimic_cxr_dicom)
+
     cls = ADAPTERS.get(name, "data.source.adapter")
     kwargs = {"seed": seed, **args}
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from configs.atomic import atomic_write_text
-from configs.schema import ConfigError, apply_overrides, from_dict, read_yaml_chain, to_dict
+from configs.schema import ConfigError, apply_overrides, deep_merge, from_dict, read_yaml_chain, to_dict
 from modeling.config import LoraConfig, ModelConfig
 from shards.config import DataConfig
 
@@ -223,8 +223,18 @@ class RunConfig:
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
 
+def _merge_base(base: dict, child: dict) -> dict:
+    """``base:`` merge, except that a file naming another ``data.source.adapter`` than its base does not
+    inherit the base's adapter args (``base: demo.yaml`` must not hand ``num_studies`` to a DICOM adapter)."""
+    adapter = ((child.get("data") or {}).get("source") or {}).get("adapter")
+    source = (base.get("data") or {}).get("source") or {}
+    if adapter is not None and adapter != source.get("adapter") and "args" in source:
+        base = {**base, "data": {**base["data"], "source": {k: v for k, v in source.items() if k != "args"}}}
+    return deep_merge(base, child)
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> RunConfig:
-    data = read_yaml_chain(Path(path) if path else DEFAULT_CONFIG)
+    data = read_yaml_chain(Path(path) if path else DEFAULT_CONFIG, merge=_merge_base)
     data = apply_overrides(data, overrides or [])
     return from_dict(RunConfig, data).validate()
 
