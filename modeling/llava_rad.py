@@ -234,6 +234,11 @@ def build_prompt_sample(sample: Any, tok: PreTrainedTokenizerBase, cfg: ModelCon
     return out
 
 
+def rows_of(items: list) -> list[dict]:
+    """Builder outputs (a row dict, or a list of rows per study) flattened into rows."""
+    return [row for it in items for row in (it if isinstance(it, list) else [it])]
+
+
 def collate_prompt_batch(items: list[dict], pad_token_id: int) -> dict:
     """Pad and stack; right padding for training items (with labels), left padding for prompts."""
     items = rows_of(items)
@@ -266,11 +271,6 @@ def collate_prompt_batch(items: list[dict], pad_token_id: int) -> dict:
 
 
 # ---- the family ---------------------------------------------------------------------------
-def rows_of(items: list) -> list[dict]:
-    """Builder outputs (a row dict, or a list of rows per study) flattened into rows."""
-    return [row for it in items for row in (it if isinstance(it, list) else [it])]
-
-
 @FAMILIES.register("llava_rad")
 class LlavaRadFamily(ModelFamily):
     """SigLIP/CLIP encoder + MLP projector + causal LM, prompt ``<image>\\n{prompt}\\n``, report loss."""

@@ -21,8 +21,6 @@ from torch import nn
 
 from modeling.config import LoraConfig
 
-
-
 MODES = ("projector", "lora", "full")
 
 
