@@ -84,17 +84,39 @@ def cmd_eval(args):
     if args.predictions:
         if not args.out:
             raise ConfigError("--out", "scoring a predictions file needs --out DIR")
-        score_predictions_file(args.predictions, args.out, bootstrap=args.bootstrap)
+        score_predictions_file(args.predictions, args.out, bootstrap=args.bootstrap,
+                               labeler=_labeler_from_args(args))
         return
     cfg = _load(args)
     run_eval(cfg, checkpoint=args.checkpoint, model_dir=args.model_dir, out=args.out,
              image_ablation=args.image_ablation, address=args.address or os.environ.get("RAY_ADDRESS"))
 
 
-def cmd_label(args):
-    from trainer.labeler import label_file
+def _labeler_from_args(args):
+    """``--labeler NAME --labeler-arg key=value ...`` -> a labeler instance (default: the English rule labeler)."""
+    import yaml
 
-    label_file(args.file, args.out)
+    from shards.labeling import make_labeler
+
+    kwargs = {}
+    for item in args.labeler_arg or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError("--labeler-arg", f"expected key=value, got {item!r}")
+        kwargs[key] = yaml.safe_load(value)
+    return make_labeler(args.labeler, kwargs, "--labeler")
+
+
+def cmd_label(args):
+    from shards.labeling import label_file
+
+    label_file(args.file, args.out, labeler=_labeler_from_args(args), explain=args.explain, max_chars=args.max_chars)
+
+
+def _add_labeler_args(p: argparse.ArgumentParser, help_text: str) -> None:
+    p.add_argument("--labeler", default="rrg", help=help_text)
+    p.add_argument("--labeler-arg", action="append", metavar="KEY=VALUE",
+                   help="labeler argument, e.g. checkpoint=chexbert.pth tokenizer=DIR (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,11 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-ablation", choices=["black", "shuffle"], default=None)
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--address", default=None)
+    _add_labeler_args(p, "labeler for --predictions (a config's eval.labeler otherwise)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("label", help="CheXpert-14 labels for reports, as CSV")
+    p = sub.add_parser("label", help="clinical labels for reports (CheXpert-14 or PadChest), as CSV")
     p.add_argument("file", help="JSONL with a 'report' field, or text with one report per line")
     p.add_argument("--out", required=True)
+    p.add_argument("--explain", action="store_true", help="print, per label, the mention and the rule that decided it")
+    p.add_argument("--max-chars", type=int, default=100_000, help="truncate longer reports (counted in the summary)")
+    _add_labeler_args(p, "which registered labeler: rrg (English, CheXpert-14), rrg_es (Spanish, PadChest), chexbert")
     p.set_defaults(func=cmd_label)
 
     p = sub.add_parser("demo-data", help="make the synthetic phantom dataset and its shards")
@@ -178,9 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         print("rrg: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - clear one-line errors for known data problems
+        from shards.labeling import LabelInputError
         from shards.manifest import ManifestError
 
-        known = (ManifestError,)
+        known = (ManifestError, LabelInputError)
         try:
             from shards.reader import DataError
 

@@ -30,7 +30,7 @@ from PIL import Image
 
 from shards.inspect import PALETTE, _overlay
 from configs.labelsets import CHEXPERT_LABELS
-from trainer.labeler import label_sentence_mentions, sentences
+from shards.labeling import label_sentence_mentions, sentences
 
 METRIC_ROWS = [("BLEU-1", "bleu_1"), ("BLEU-2", "bleu_2"), ("BLEU-3", "bleu_3"), ("BLEU-4", "bleu_4"),
                ("METEOR", "meteor"), ("ROUGE-L", "rouge_l"), ("CIDEr", "cider")] + [

@@ -1,220 +1,214 @@
-"""Offline rule-based CheXpert-14 report labeler (no weights, no network).
+"""Offline rule-based CheXpert-14 labeler for English reports (no weights, no network).
 
-Pipeline, after the CheXpert labeler's design (written afresh here):
+Pipeline (the CheXpert labeler's design, written afresh; engine in :mod:`shards.labeling.engine`):
 
-1. **Sentences**: lower-case, drop section headers, split on ``.``/``;``/list
-   numbers (decimals such as ``4.5`` stay whole).
-2. **Mentions**: per-observation phrase lists with synonyms (``_MENTIONS``);
-   "heart size is normal", "normal heart size", "cardiac silhouette is within
-   normal limits" and the like are explicit *negative* mentions of Cardiomegaly
-   (likewise a normal/unremarkable cardiomediastinal silhouette or mediastinum
-   for Enlarged Cardiomediastinum).
-3. **Negation / uncertainty**: a trigger before a mention (``no``, ``without``,
-   ``free of``, ``negative for``, ``no evidence of``, ``rather than``,
-   ``removal of`` / ``may``, ``possible``, ``likely``, ``suggest``,
-   ``concerning for``, ``cannot exclude``, ``versus`` ...) or after it
-   (``has resolved``, ``is not seen`` / ``cannot be excluded``, ``is likely``)
-   decides the mention.  The nearest preceding trigger wins; a trigger after
-   the mention overrides.  Scope ends at ``but``/``however``/``which``/...
-   and at a comma that starts a new phrase (``no effusion, small
-   pneumothorax``) but runs through a list (``no effusion, consolidation, or
-   pneumothorax``).
-4. **Aggregation** over the report per observation: positive (1) beats
-   uncertain (-1) beats negative (0); never mentioned -> blank (None).
-5. **No Finding** = 1 when none of the 12 pathologies (everything but No
-   Finding and Support Devices; Fracture and Pleural Other count) is positive
-   or uncertain, else blank -- as the CheXpert labeler does (it never emits 0).
+1. **Sections and sentences** (:func:`sentences`): lower-case; text under INDICATION, HISTORY,
+   COMPARISON, TECHNIQUE, EXAMINATION and similar headers is dropped (a radiologist labels what
+   the study shows, not why it was ordered: "r/o pneumonia" is no finding); FINDINGS,
+   IMPRESSION, CONCLUSION and unheaded text are kept; split on ``.``/``;``/``?``/list numbers
+   (decimals such as ``4.5`` stay whole).
+2. **Mentions**, one phrase list per observation (CheXpert definitions):
 
-Documented decisions: "lungs are clear" is *not* a mention (the CheXpert
-labeler leaves opacity-type labels blank for it); old/healed fractures are
-Fracture 1 (the CheXpert labeler does not grade age); an empty report gets all
-blanks.
+   * *Enlarged Cardiomediastinum*: widened/enlarged mediastinum or cardiomediastinal silhouette.
+     "normal cardiomediastinal silhouette" and the like are explicit negatives.
+   * *Cardiomegaly*: cardiomegaly, enlarged heart / cardiac silhouette; "heart size is normal",
+     "top-normal", "upper limits of normal" are explicit negatives.
+   * *Lung Lesion*: nodule, mass, lung lesion, tumour, neoplasm, metastasis, carcinoma
+     (not lytic / sclerotic / osseous lesions; a calcified *granuloma* is outside the 14).
+   * *Lung Opacity*: opacity / opacification, infiltrate, density, haziness, airspace disease,
+     ground glass.  "Lungs are clear" is *not* a mention (the CheXpert labeler leaves it blank).
+   * *Edema*: edema, vascular / pulmonary congestion, cephalization, CHF / heart failure.
+   * *Consolidation*, *Pneumonia* (pneumonia, pneumonitis, infection), *Atelectasis*
+     (atelectasis, collapse), *Pneumothorax* (incl. hydropneumothorax), *Fracture* (old and
+     healed fractures count: the CheXpert labeler does not grade age).
+   * *Pleural Effusion*: effusion (not pericardial), pleural fluid, hydrothorax,
+     hydropneumothorax.  **Blunting of the costophrenic angle alone is uncertain (-1)**: it is
+     a small effusion or pleural thickening; an effusion named in the report decides.
+   * *Pleural Other*: pleural thickening / plaques / scarring / calcification, fibrothorax,
+     apical cap.  *Support Devices*: lines, tubes, catheters, pacemakers, leads, wires, clips,
+     valves, ports, drains, stents, hardware, prostheses (not Kerley / septal / pleural lines).
+3. **Negation and uncertainty** (engine): pre-negation ("no", "without", "free of", "negative
+   for", "no evidence of", "resolution of", "removal of", "rather than"), pre-uncertainty
+   ("may", "possible", "likely", "suggestive of", "concerning for", "may represent", "question
+   of", "cannot exclude", "versus", "borderline"), post-negation ("has resolved", "is not
+   seen", "has been removed"), post-uncertainty ("cannot be excluded", "X versus Y").  Pseudo-
+   negations ("no change in", "without interval change", "not significantly changed") keep a
+   finding positive; so do temporal words ("unchanged", "stable", "persistent", "improved"):
+   a finding described as unchanged is present.  A resolved or removed finding is absent (0).
+4. **Aggregation** over the report per observation: positive (1) beats uncertain (-1) beats
+   negative (0); never mentioned -> blank (None).
+5. **No Finding** = 1 exactly when none of the 12 pathologies (every label but No Finding and
+   Support Devices; Fracture and Pleural Other count) is positive or uncertain, else blank --
+   the CheXpert rule (it never emits 0).  Findings outside the 14 (granuloma, scoliosis,
+   hiatal hernia) do not change it.
 """
 from __future__ import annotations
 
-import csv
-import json
-import os
 import re
-from typing import Optional
 
-from configs.schema import Registry
 from configs.labelsets import CHEXPERT_LABELS
-
-Labels = dict[str, Optional[float]]
-LABELERS: Registry = Registry("report labeler")
+from shards.labeling.engine import Mention, RuleSet, aggregate, compile_alternatives, sentence_mentions
+from shards.labeling.registry import LABELERS, Labels
 
 _M = {
     "Enlarged Cardiomediastinum": [
-        r"(?:mediastinal|mediastinum) (?:is )?widen\w*", r"widen\w* (?:of the )?mediastinum",
-        r"enlarge\w* (?:of the )?cardiomediastin\w*(?: silhouette)?",
+        r"(?:mediastinal|mediastinum) (?:is |appears )?(?:\w+ )?widen\w*", r"widen\w* (?:of the )?(?:superior )?mediastin\w*",
+        r"enlarge\w* (?:of the )?cardiomediastin\w*(?: silhouette| contours?)?",
         r"cardiomediastinal (?:silhouette|contours?) (?:\w+ ){0,3}(?:enlarged|widened)",
         r"mediastin\w* (?:enlargement|widening)"],
     "Cardiomegaly": [
         r"cardiomegaly", r"(?:enlarge\w*|large) (?:cardiac silhouette|heart)", r"cardiac enlargement",
+        r"enlargement of the (?:cardiac silhouette|heart)",
         r"(?:heart|cardiac silhouette|cardiac size|heart size)(?: size)? (?:\w+ ){0,3}(?:enlarged|large|increased)"],
-    "Lung Lesion": [r"nodul\w*", r"mass(?:es)?\b", r"lesions?", r"tumou?rs?", r"neoplas\w*", r"metasta\w*",
-                    r"carcinoma", r"malignan\w*"],
-    "Lung Opacity": [r"opaci\w*", r"infiltrat\w*", r"densit(?:y|ies)", r"haziness", r"hazy",
+    "Lung Lesion": [r"nodul\w*", r"\bmass(?:es)?\b", r"(?<!lytic )(?<!sclerotic )(?<!osseous )(?<!bony )(?<!skin )lesions?",
+                    r"tumou?rs?", r"neoplas\w*", r"metasta\w*", r"carcinoma", r"malignan\w*"],
+    "Lung Opacity": [r"opaci\w*", r"infiltrat\w*", r"densit(?:y|ies)", r"haziness", r"\bhazy",
                      r"air ?-?space (?:disease|process|opacit\w*)", r"ground ?-?glass"],
-    "Edema": [r"edema", r"(?:vascular|pulmonary|venous|hilar) congestion", r"cephalization",
-              r"congestive heart failure", r"\bchf\b", r"pulmonary venous (?:hypertension|engorgement)"],
+    "Edema": [r"(?<!soft tissue )edema", r"(?:vascular|pulmonary|venous|hilar) congestion", r"cephalization",
+              r"(?:congestive )?heart failure", r"\bchf\b", r"pulmonary venous (?:hypertension|engorgement)",
+              r"vascular engorgement", r"fluid overload"],
     "Consolidation": [r"consolidat\w*"],
-    "Pneumonia": [r"pneumoni\w*", r"infectio\w*", r"infectious process"],
+    "Pneumonia": [r"pneumoni\w*", r"infectio\w*"],
     "Atelectasis": [r"atelecta\w*", r"collapse"],
     "Pneumothorax": [r"pneumothora\w*", r"\bptx\b"],
-    "Pleural Effusion": [r"(?<!pericardial )effusions?", r"pleural fluid", r"hydropneumothorax",
-                         r"blunting of (?:the )?(?:\w+ )?costophrenic", r"costophrenic angles? (?:is |are )?blunt\w*"],
+    "Pleural Effusion": [r"(?<!pericardial )effusions?", r"pleural fluid", r"hydropneumothorax", r"hydrothorax",
+                         r"blunting of (?:the )?(?:\w+ )?costophrenic(?: angles?| sulc\w*)?",
+                         r"costophrenic (?:angles?|sulc\w*) (?:is |are )?(?:\w+ )?blunt\w*"],
     "Pleural Other": [r"pleural (?:thickening|plaques?|scar\w*|calcificat\w*)", r"fibrothorax",
-                      r"apical (?:pleural )?(?:scar\w*|cap|thickening)", r"\bscarring"],
+                      r"apical (?:pleural )?(?:scar\w*|cap|thickening)", r"calcified pleura"],
     "Fracture": [r"fractur\w*", r"\bfx\b"],
     "Support Devices": [
-        r"(?<!septal )(?<!kerley b )(?<!kerley )\blines?\b", r"tubes?\b", r"catheters?", r"pacemakers?", r"pacer",
-        r"\bleads\b", r"wires?\b", r"clips?\b", r"valves?\b", r"\bports?\b", r"port-a-cath", r"\bpicc\b", r"drains?\b",
-        r"\bstents?\b", r"swan[- ]?ganz", r"\ba?icd\b", r"defibrillator", r"hardware", r"prosthe\w*", r"tracheostomy",
-        r"\btrach\b", r"sternotomy", r"devices?\b", r"coils?\b"],
+        r"(?<!septal )(?<!kerley b )(?<!kerley )(?<!pleural )(?<!skin )\blines?\b", r"tubes?\b", r"catheters?",
+        r"pacemakers?", r"pacer", r"\bleads\b", r"wires?\b", r"clips?\b", r"valves?\b", r"\bports?\b",
+        r"port-a-cath", r"\bpicc\b", r"drains?\b", r"\bstents?\b", r"swan[- ]?ganz", r"\ba?icd\b", r"defibrillator",
+        r"hardware", r"prosthe\w*", r"tracheostomy", r"\btrach\b", r"sternotomy", r"devices?\b", r"coils?\b"],
 }
-_MENTIONS = {obs: re.compile("|".join(rf"(?:{p})" for p in ps)) for obs, ps in _M.items()}
-_NORMAL = {
+_NOT_ENLARGED = r"(?:(?!enlarg|large|increas|cardiomegaly)\w+ ){0,4}"
+_NORMAL_WORDS = r"(?:normal|within normal limits|unremarkable|upper limits? of normal|top[- ]normal|upper[- ]normal)"
+_NORMALS = {
     "Cardiomegaly": re.compile(
-        r"(?:heart|cardiac)(?: size| silhouette| contours?)? (?:\w+ ){0,3}(?:normal|within normal limits|"
-        r"unremarkable|upper limits of normal|top[- ]normal)|(?:normal|top[- ]normal) (?:heart|cardiac)"),
+        rf"(?:heart|cardiac)(?: size| silhouette| contours?)? {_NOT_ENLARGED}{_NORMAL_WORDS}"
+        r"|(?:normal|top[- ]normal) (?:heart|cardiac)"),
     "Enlarged Cardiomediastinum": re.compile(
-        r"(?:cardiomediastinal|mediastinal|mediastinum)(?: silhouette| contours?)? (?:\w+ ){0,3}"
-        r"(?:normal|within normal limits|unremarkable)|normal (?:cardio)?mediastin"),
+        rf"(?:cardiomediastinal|mediastinal|mediastinum)(?: silhouettes?| contours?)? {_NOT_ENLARGED}{_NORMAL_WORDS}"
+        r"|normal (?:cardio)?mediastin"),
 }
+_PSEUDO = [r"no (?:significant |appreciable |definite )?(?:interval )?change", r"not (?:significantly )?changed",
+           r"without (?:significant |appreciable )?(?:interval )?change", r"no (?:significant )?(?:increase|decrease)",
+           r"not only", r"no longer (?:requires?|needs?)"]
+_UNC = [r"\bmay\b", r"\bmight\b", r"\bcould\b", r"\bpossibl[ey]\b", r"\bprobabl[ey]\b", r"\b(?:un)?likely\b",
+        r"\bpresum\w*", r"\bsuggest\w*", r"\bconcern\w*(?: for)?", r"\bworrisome\b", r"\bsuspicious\b",
+        r"\bsuspect\w*", r"\bquestionabl[ey]\b", r"\bquestion of\b", r"\bcannot (?:be )?exclude\w*",
+        r"\bcan ?not (?:be )?(?:exclude\w*|rule\w* out)", r"\bcannot rule out\b", r"\bcan't (?:be )?exclude\w*",
+        r"\bnot (?:be )?(?:entirely )?(?:excluded|ruled out)", r"\bversus\b", r"\bvs\b", r"\bdifferential\b",
+        r"\bborderline\b", r"\bindeterminate\b", r"\bequivocal\b", r"\br/o\b", r"\brule out\b",
+        r"\bdifficult to exclude\b", r"\bconsider\w*\b", r"\buncertain\b", r"\bversus\b", r"\bor less likely\b"]
+_NEG = [r"\bno evidence of\b", r"\bno signs? of\b", r"\bno\b", r"\bnot\b", r"\bwithout\b", r"\bfree of\b",
+        r"\bclear of\b", r"\bnegative for\b", r"\babsence of\b", r"\bresolution of\b", r"\bresolved\b",
+        r"\bremoval of\b", r"\bremoved\b", r"\brather than\b", r"\bnor\b", r"\bno longer\b", r"\bneither\b"]
+_TRIGGERS = re.compile("(?P<pseudo>" + "|".join(_PSEUDO) + ")|(?P<unc>" + "|".join(_UNC) + ")|(?P<neg>"
+                       + "|".join(_NEG) + ")")
+_OPENERS = (r"there|the|a|an|small|large|mild|mildly|moderate|moderately|severe|new|increas\w*|decreas\w*|persist\w*|"
+            r"stable|unchanged|residual|minimal|trace|tiny|bilateral|left|right|likely|possibl\w*|probabl\w*|may|"
+            r"consistent|compatible|with|is|are|has|have|which|due|suggest\w*|concern\w*|in keeping|now|again|"
+            r"although|but|though|no|mild|focal|patchy|multifocal|worsening|improv\w*|interval|layering|loculated")
+_BREAKS = re.compile(
+    r"\b(?:but|however|although|though|which|whereas|except|aside from|apart from|otherwise|while|"
+    r"with the exception of)\b"
+    rf"|,\s*(?:(?:and|or)\s+(?:there|the|a|an|is|are|has|have|with)\b|(?:{_OPENERS})\b)"
+    r"|\b(?:is|are|was|were) (?:seen|noted|present|identified|demonstrated|visuali[sz]ed|appreciated|evident)\b"
+    r"|\band (?:there|the)\b")
+_W = r"(?:[\s,]+(?!(?:is|are|was|were|has|have|had|remains?|persists?|appears?|there|no|with)\b)[\w/-]+){0,8}?"
+_NEG_POST = re.compile(
+    rf"^{_W}[\s,]+(?:(?:is|are|was|were|has been|have been|has|have|had)\s+)?(?:now\s+)?"
+    r"(?:not (?:been )?(?:seen|identified|present|visuali[sz]ed|appreciated|evident|demonstrated|detected|noted)|"
+    r"resolved|cleared|absent|(?:been )?removed|no longer (?:seen|present|visuali[sz]ed|evident|identified))\b")
+_UNC_POST = re.compile(
+    rf"^{_W}[\s,]+(?:(?:is|are|was|were)\s+)?(?:(?:cannot|can ?not|can't|could not|may not)\s+(?:be\s+)?"
+    r"(?:entirely\s+)?(?:excluded|ruled out)|not (?:be )?(?:entirely )?(?:excluded|ruled out)|"
+    r"(?:suspected|questionable|questioned|a consideration|possible)\b|"
+    r"likely(?=\s*$|\s+(?:present|given|due|in|at|on|to|related|secondary)\b))"
+    r"|^\s*(?:versus|vs)\b|^\s*or\s+(?:\w+\s+)?(?:scar\w*|thickening)\b")
+RULES = RuleSet(mentions={k: compile_alternatives(v) for k, v in _M.items()}, normals=_NORMALS,
+                triggers=_TRIGGERS, breaks=_BREAKS, neg_post=_NEG_POST, unc_post=_UNC_POST)
 
-_NEG_PRE = re.compile(r"\b(?:no|not|without|free of|clear of|negative for|absence of|resolution of|"
-                      r"removal of|rather than|nor|no longer)\b")
-_UNC_PRE = re.compile(r"\b(?:may|might|possibl[ey]|probabl[ey]|likely|suggest\w*|could|would|concern\w* for|"
-                      r"suspicious for|suspect\w*|questionabl[ey]|question of|cannot (?:be )?exclude\w*|"
-                      r"can ?not (?:be )?exclude\w*|cannot rule out|can't (?:be )?exclude\w*|versus|vs\b|"
-                      r"differential|borderline|indeterminate|equivocal|r/o|rule out|not excluded)")
-_NEG_POST = re.compile(r"^(?:\s*(?:is|are|has|have|has been|have been|was|were))?\s*(?:not (?:seen|identified|"
-                       r"present|visualized|appreciated|evident|demonstrated)|resolved|absent|removed|"
-                       r"no longer (?:seen|present|visualized))")
-_UNC_POST = re.compile(r"^(?:\s*(?:is|are))?\s*(?:(?:cannot|can ?not|can't) (?:be )?(?:excluded|ruled out)|"
-                       r"not (?:be )?(?:excluded|ruled out)|versus|vs\b)|^\s*(?:is|are) (?:possible|likely|"
-                       r"suspected|questioned)")
-_BREAK = re.compile(r"\b(?:but|however|although|though|which|whereas|except|aside from|apart from|otherwise|"
-                    r"while)\b|,\s*(?:and |or )?(?:there|the|a|an|small|large|mild|moderate|severe|new|increas\w*|"
-                    r"decreas\w*|persist\w*|stable|unchanged|residual|minimal|trace|tiny|bilateral|left|right|"
-                    r"likely|possibl\w*|probabl\w*|may|consistent|with|is|are|has|have)\b")
-_HEADER = re.compile(r"\b(?:findings|impression|history|indication|comparison|technique|conclusion)\s*:")
+_SECTION = re.compile(r"\b(findings|impression|conclusions?|summary|history|clinical history|indications?|"
+                      r"comparisons?|technique|examination|exam|reason for (?:exam|examination|study)|"
+                      r"clinical information|notification|wet read)\s*:")
+_DROP = {"history", "clinical history", "indication", "indications", "comparison", "comparisons", "technique",
+         "examination", "exam", "clinical information", "notification", "wet read"}
 
 
 def sentences(report: str) -> list[str]:
-    text = _HEADER.sub(". ", report.lower().replace("\n", " "))
+    """Lower-cased sentences of the sections a labeler reads (see the module docstring)."""
+    text = report.lower().replace("\n", " ")
+    kept, pos, keep = [], 0, True
+    for m in _SECTION.finditer(text):
+        if keep:
+            kept.append(text[pos:m.start()])
+        name = m.group(1)
+        keep = not (name in _DROP or name.startswith("reason for"))
+        pos = m.end()
+    if keep:
+        kept.append(text[pos:])
+    text = ". ".join(kept)
     text = re.sub(r"(?:^|\s)\d+[.)]\s", ". ", text)  # numbered lists
     return [s.strip() for s in re.split(r"(?<!\d)\.(?!\d)|;|\?", text) if s.strip()]
 
 
-def _mention_value(sent: str, start: int, end: int) -> float:
-    after = sent[end:]
-    if _UNC_POST.match(after):
-        return -1.0
-    if _NEG_POST.match(after):
-        return 0.0
-    best: tuple[int, float] = (-1, 1.0)
-    spans = [(m, -1.0) for m in _UNC_PRE.finditer(sent, 0, end)]
-    unc_ranges = [(m.start(), m.end()) for m, _ in spans]
-    spans += [(m, 0.0) for m in _NEG_PRE.finditer(sent, 0, end)
-              if not any(a <= m.start() < b for a, b in unc_ranges)]
-    for m, value in spans:
-        gap = sent[m.end():start] if m.end() <= start else ""
-        if _BREAK.search(gap):
-            continue
-        if m.start() > best[0]:
-            best = (m.start(), value)
-    return best[1]
+def explain_sentence(sent: str) -> list[Mention]:
+    """The mentions of one sentence, each with its value and the rule that set it."""
+    out = []
+    for m in sentence_mentions(RULES, sent):
+        if m.label == "Pleural Effusion" and "blunt" in m.text and m.value == 1.0:
+            m = Mention(m.label, m.start, m.end, m.text, -1.0, "blunting alone is uncertain (CheXpert)")
+        out.append(m)
+    return out
 
 
 def label_sentence_mentions(sent: str) -> dict[str, list[float]]:
     found: dict[str, list[float]] = {}
-    for obs, rx in _NORMAL.items():
-        if rx.search(sent):
-            found.setdefault(obs, []).append(0.0)
-    for obs, rx in _MENTIONS.items():
-        if obs in found:
-            continue
-        for m in rx.finditer(sent):
-            found.setdefault(obs, []).append(_mention_value(sent, m.start(), m.end()))
-    if "hydropneumothorax" in sent:
-        found.setdefault("Pneumothorax", []).append(_mention_value(sent, sent.index("hydro"), sent.index("hydro") + 17))
+    for m in explain_sentence(sent):
+        found.setdefault(m.label, []).append(m.value)
     return found
+
+
+PATHOLOGIES = [n for n in CHEXPERT_LABELS if n not in ("No Finding", "Support Devices")]
+
+
+def no_finding(labels: Labels) -> None:
+    """The CheXpert No Finding rule (module docstring, step 5)."""
+    if all(labels[n] not in (1.0, -1.0) for n in PATHOLOGIES):
+        labels["No Finding"] = 1.0
+
+
+def explain_report(report: str) -> tuple[Labels, list[tuple[str, Mention]]]:
+    """(labels, [(sentence, mention), ...]) of one report."""
+    labels: Labels = {name: None for name in CHEXPERT_LABELS}
+    trace: list[tuple[str, Mention]] = []
+    if not report or not report.strip():
+        return labels, trace
+    for sent in sentences(report):
+        mentions = explain_sentence(sent)
+        aggregate(labels, mentions)
+        trace += [(sent, m) for m in mentions]
+    no_finding(labels)
+    return labels, trace
 
 
 def label_report(report: str) -> Labels:
     """CheXpert-14 labels of one report: 1.0 / 0.0 / -1.0 / None (not mentioned)."""
-    labels: Labels = {name: None for name in CHEXPERT_LABELS}
-    if not report or not report.strip():
-        return labels
-    for sent in sentences(report):
-        for obs, values in label_sentence_mentions(sent).items():
-            for v in values:
-                cur = labels[obs]
-                rank = {1.0: 3, -1.0: 2, 0.0: 1, None: 0}
-                if rank[v] > rank[cur]:
-                    labels[obs] = v
-    pathologies = [n for n in CHEXPERT_LABELS if n not in ("No Finding", "Support Devices")]
-    if all(labels[n] not in (1.0, -1.0) for n in pathologies):
-        labels["No Finding"] = 1.0
-    return labels
+    return explain_report(report)[0]
 
 
 @LABELERS.register("rrg")
 class RuleLabeler:
-    """The rule-based labeler above; ``__call__(reports) -> list of label dicts``."""
+    """The English rule labeler; ``__call__(reports) -> list of label dicts`` (label set ``chexpert``)."""
+
+    label_set = "chexpert"
 
     def __call__(self, reports: list[str]) -> list[Labels]:
         return [label_report(r) for r in reports]
 
-
-@LABELERS.register("chexbert")
-class CheXbertLabeler:
-    """A local CheXbert-style checkpoint: a Hugging Face sequence classifier directory whose
-    ``config.id2label`` names ``<Observation>:<value>`` heads is not standardised, so this
-    wrapper only loads a directory and expects 14 heads with 4 classes (blank, 1, 0, -1)."""
-
-    def __init__(self, path: str):
-        if not path or not os.path.isdir(path):
-            raise FileNotFoundError(f"CheXbert checkpoint directory not found: {path!r} (no download is attempted)")
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(path).eval()
-
-    def __call__(self, reports: list[str]) -> list[Labels]:
-        import torch
-
-        values = [None, 1.0, 0.0, -1.0]
-        with torch.no_grad():
-            enc = self.tokenizer(reports, padding=True, truncation=True, return_tensors="pt")
-            logits = self.model(**enc).logits.view(len(reports), len(CHEXPERT_LABELS), 4)
-        return [{n: values[int(c)] for n, c in zip(CHEXPERT_LABELS, row)} for row in logits.argmax(-1)]
-
-
-def read_reports(path: str) -> list[str]:
-    """JSONL with a ``report`` field, or plain text with one report per line."""
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            if line.startswith("{"):
-                out.append(str(json.loads(line)["report"]))
-            else:
-                out.append(line)
-    return out
-
-
-def label_file(path: str, out_csv: str) -> None:
-    """``rrg label``: CSV with ``Reports`` + the 14 labels (1.0/0.0/-1.0/empty), CheXpert-labeler style."""
-    reports = read_reports(path)
-    os.makedirs(os.path.dirname(os.path.abspath(out_csv)), exist_ok=True)
-    with open(out_csv, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["Reports"] + CHEXPERT_LABELS)
-        for rep, lab in zip(reports, RuleLabeler()(reports)):
-            w.writerow([rep] + ["" if lab[n] is None else f"{lab[n]:.1f}" for n in CHEXPERT_LABELS])
+    def explain(self, report: str) -> tuple[Labels, list[tuple[str, Mention]]]:
+        return explain_report(report)
