@@ -41,6 +41,8 @@ class RuleSet:
     neg_post: Pattern
     unc_post: Pattern
     max_scope: int = 200
+    keys: Optional[dict[str, tuple[str, ...]]] = None  # per label: substrings one of which any mention contains
+    list_closer: Optional[Pattern] = None  # "or" / ", and": an adjective after a comma continues such a list
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,19 @@ def _triggers(rules: RuleSet, sent: str) -> tuple[list[int], list[tuple[int, int
 
 
 def _breaks(rules: RuleSet, sent: str) -> tuple[list[int], list[int]]:
-    spans = [(m.start(), m.end()) for m in rules.breaks.finditer(sent)]
+    """Scope breaks.  A comma + adjective (group ``adj``) breaks ("no effusion, small pneumothorax")
+    unless the list is closed by "or" / ", and" before the next break ("no consolidation, large
+    effusion, or pneumothorax"): then it is one coordinated, negated list."""
+    matches = list(rules.breaks.finditer(sent))
+    closers = [m.start() for m in rules.list_closer.finditer(sent)] if rules.list_closer else []
+    spans = []
+    for i, m in enumerate(matches):
+        if m.lastgroup == "adj" and closers:
+            nxt = matches[i + 1].start() if i + 1 < len(matches) else len(sent)
+            k = bisect.bisect_left(closers, m.end())
+            if k < len(closers) and closers[k] < nxt:
+                continue
+        spans.append((m.start(), m.end()))
     return [s for s, _ in spans], [e for _, e in spans]
 
 
@@ -86,27 +100,40 @@ def _post(rules: RuleSet, sent: str, end: int, brk_starts: list[int]) -> Optiona
     k = bisect.bisect_left(brk_starts, end)
     stop = min(len(sent), end + POST_WINDOW, brk_starts[k] if k < len(brk_starts) else len(sent))
     window = sent[end:stop]
-    m = rules.unc_post.search(window)
-    if m:
-        return -1.0, f"post-uncertainty '{m.group().strip()}'"
-    m = rules.neg_post.search(window)
-    if m:
-        return 0.0, f"post-negation '{m.group().strip()}'"
+    for rx, value, name in ((rules.unc_post, -1.0, "post-uncertainty"), (rules.neg_post, 0.0, "post-negation")):
+        m = rx.search(window)
+        if m and _coordinated(m):
+            return value, f"{name} '{m.group().strip()}'"
     return None
+
+
+def _coordinated(m) -> bool:
+    """A post-trigger reaches back over a comma only through a coordinated list ("X, Y and Z have
+    resolved"), not into another clause ("chest tube in place, pneumothorax has resolved")."""
+    words = m.groupdict().get("w") or ""
+    return "," not in words or re.search(r"\b(?:and|or|nor)\b", words) is not None
 
 
 def sentence_mentions(rules: RuleSet, sent: str) -> list[Mention]:
     """Every mention in one (lower-cased) sentence with its value and the rule that set it."""
     out: list[Mention] = []
     normal_labels = set()
+    keys = _key_patterns(rules)
+
+    def may_mention(label: str) -> bool:  # a literal search is far cheaper than the mention regex
+        k = keys.get(label)
+        return k is None or k.search(sent) is not None
+
     for label, rx in rules.normals.items():
+        if not may_mention(label):
+            continue
         for m in rx.finditer(sent):
             normal_labels.add(label)
             out.append(Mention(label, m.start(), m.end(), m.group(), 0.0, "normal statement"))
     trig_ends, trigs = _triggers(rules, sent)
     brk_starts, brk_ends = _breaks(rules, sent)
     for label, rx in rules.mentions.items():
-        if label in normal_labels:
+        if label in normal_labels or not may_mention(label):
             continue
         for m in rx.finditer(sent):
             post = _post(rules, sent, m.end(), brk_starts)
@@ -114,6 +141,16 @@ def sentence_mentions(rules: RuleSet, sent: str) -> list[Mention]:
                                                  brk_starts, brk_ends)
             out.append(Mention(label, m.start(), m.end(), m.group(), value, rule))
     return out
+
+
+_KEY_CACHE: dict[int, dict[str, Pattern]] = {}
+
+
+def _key_patterns(rules: RuleSet) -> dict[str, Pattern]:
+    if id(rules) not in _KEY_CACHE:
+        _KEY_CACHE[id(rules)] = {label: re.compile("|".join(map(re.escape, words)))
+                                 for label, words in (rules.keys or {}).items()}
+    return _KEY_CACHE[id(rules)]
 
 
 _RANK = {1.0: 3, -1.0: 2, 0.0: 1, None: 0}

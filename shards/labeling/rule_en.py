@@ -25,8 +25,9 @@ Pipeline (the CheXpert labeler's design, written afresh; engine in :mod:`shards.
      hydropneumothorax.  **Blunting of the costophrenic angle alone is uncertain (-1)**: it is
      a small effusion or pleural thickening; an effusion named in the report decides.
    * *Pleural Other*: pleural thickening / plaques / scarring / calcification, fibrothorax,
-     apical cap.  *Support Devices*: lines, tubes, catheters, pacemakers, leads, wires, clips,
-     valves, ports, drains, stents, hardware, prostheses (not Kerley / septal / pleural lines).
+     apical cap.  *Support Devices*: lines, tubes, catheters, pacemakers, leads, wires,
+     valves, ports, drains, stents, hardware, prostheses (not Kerley / septal / pleural lines; surgical
+     clips are not support devices).
 3. **Negation and uncertainty** (engine): pre-negation ("no", "without", "free of", "negative
    for", "no evidence of", "resolution of", "removal of", "rather than"), pre-uncertainty
    ("may", "possible", "likely", "suggestive of", "concerning for", "may represent", "question
@@ -60,26 +61,26 @@ _M = {
         r"cardiomegaly", r"(?:enlarge\w*|large) (?:cardiac silhouette|heart)", r"cardiac enlargement",
         r"enlargement of the (?:cardiac silhouette|heart)",
         r"(?:heart|cardiac silhouette|cardiac size|heart size)(?: size)? (?:\w+ ){0,3}(?:enlarged|large|increased)"],
-    "Lung Lesion": [r"nodul\w*", r"\bmass(?:es)?\b", r"(?<!lytic )(?<!sclerotic )(?<!osseous )(?<!bony )(?<!skin )lesions?",
+    "Lung Lesion": [r"nodul\w*", r"\bmass(?:es)?\b", r"lesion(?<!lytic lesion)(?<!sclerotic lesion)(?<!osseous lesion)(?<!bony lesion)(?<!skin lesion)s?",
                     r"tumou?rs?", r"neoplas\w*", r"metasta\w*", r"carcinoma", r"malignan\w*"],
     "Lung Opacity": [r"opaci\w*", r"infiltrat\w*", r"densit(?:y|ies)", r"haziness", r"\bhazy",
                      r"air ?-?space (?:disease|process|opacit\w*)", r"ground ?-?glass"],
-    "Edema": [r"(?<!soft tissue )edema", r"(?:vascular|pulmonary|venous|hilar) congestion", r"cephalization",
+    "Edema": [r"edema(?<!soft tissue edema)", r"(?:vascular|pulmonary|venous|hilar) congestion", r"cephalization",
               r"(?:congestive )?heart failure", r"\bchf\b", r"pulmonary venous (?:hypertension|engorgement)",
               r"vascular engorgement", r"fluid overload"],
     "Consolidation": [r"consolidat\w*"],
     "Pneumonia": [r"pneumoni\w*", r"infectio\w*"],
     "Atelectasis": [r"atelecta\w*", r"collapse"],
     "Pneumothorax": [r"pneumothora\w*", r"\bptx\b"],
-    "Pleural Effusion": [r"(?<!pericardial )effusions?", r"pleural fluid", r"hydropneumothorax", r"hydrothorax",
+    "Pleural Effusion": [r"effusion(?<!pericardial effusion)s?", r"pleural fluid", r"hydropneumothorax", r"hydrothorax",
                          r"blunting of (?:the )?(?:\w+ )?costophrenic(?: angles?| sulc\w*)?",
                          r"costophrenic (?:angles?|sulc\w*) (?:is |are )?(?:\w+ )?blunt\w*"],
     "Pleural Other": [r"pleural (?:thickening|plaques?|scar\w*|calcificat\w*)", r"fibrothorax",
                       r"apical (?:pleural )?(?:scar\w*|cap|thickening)", r"calcified pleura"],
     "Fracture": [r"fractur\w*", r"\bfx\b"],
     "Support Devices": [
-        r"(?<!septal )(?<!kerley b )(?<!kerley )(?<!pleural )(?<!skin )\blines?\b", r"tubes?\b", r"catheters?",
-        r"pacemakers?", r"pacer", r"\bleads\b", r"wires?\b", r"clips?\b", r"valves?\b", r"\bports?\b",
+        r"line(?<!\wline)(?<!septal line)(?<!kerley b line)(?<!kerley line)(?<!pleural line)(?<!skin line)s?\b", r"tubes?\b", r"catheters?",
+        r"pacemakers?", r"pacer", r"\bleads\b", r"wires?\b", r"valves?\b", r"\bports?\b",
         r"port-a-cath", r"\bpicc\b", r"drains?\b", r"\bstents?\b", r"swan[- ]?ganz", r"\ba?icd\b", r"defibrillator",
         r"hardware", r"prosthe\w*", r"tracheostomy", r"\btrach\b", r"sternotomy", r"devices?\b", r"coils?\b"],
 }
@@ -91,19 +92,19 @@ _NORMALS = {
         r"|(?:normal|top[- ]normal) (?:heart|cardiac)"),
     "Enlarged Cardiomediastinum": re.compile(
         rf"(?:cardiomediastinal|mediastinal|mediastinum)(?: silhouettes?| contours?)? {_NOT_ENLARGED}{_NORMAL_WORDS}"
-        r"|normal (?:cardio)?mediastin"),
+        r"|normal (?:\w+ ){0,3}?(?:cardio)?mediastin"),
 }
 _PSEUDO = [r"no (?:significant |appreciable |definite )?(?:interval )?change", r"not (?:significantly )?changed",
            r"without (?:significant |appreciable )?(?:interval )?change", r"no (?:significant )?(?:increase|decrease)",
            r"not only", r"no longer (?:requires?|needs?)"]
 _UNC = [r"\bmay\b", r"\bmight\b", r"\bcould\b", r"\bpossibl[ey]\b", r"\bprobabl[ey]\b", r"\b(?:un)?likely\b",
-        r"\bpresum\w*", r"\bsuggest\w*", r"\bconcern\w*(?: for)?", r"\bworrisome\b", r"\bsuspicious\b",
+        r"\bpresum\w*", r"\bsuggest\w*", r"\bconcern\w*(?: for)?", r"\bworrisome\b", r"\bsuspicious (?:for|of)\b",
         r"\bsuspect\w*", r"\bquestionabl[ey]\b", r"\bquestion of\b", r"\bcannot (?:be )?exclude\w*",
         r"\bcan ?not (?:be )?(?:exclude\w*|rule\w* out)", r"\bcannot rule out\b", r"\bcan't (?:be )?exclude\w*",
         r"\bnot (?:be )?(?:entirely )?(?:excluded|ruled out)", r"\bversus\b", r"\bvs\b", r"\bdifferential\b",
         r"\bborderline\b", r"\bindeterminate\b", r"\bequivocal\b", r"\br/o\b", r"\brule out\b",
         r"\bdifficult to exclude\b", r"\bconsider\w*\b", r"\buncertain\b", r"\bversus\b", r"\bor less likely\b"]
-_NEG = [r"\bno evidence of\b", r"\bno signs? of\b", r"\bno\b", r"\bnot\b", r"\bwithout\b", r"\bfree of\b",
+_NEG = [r"\bto (?:suggest|indicate)\b", r"\bno evidence of\b", r"\bno signs? of\b", r"\bno\b", r"\bnot\b", r"\bwithout\b", r"\bfree of\b",
         r"\bclear of\b", r"\bnegative for\b", r"\babsence of\b", r"\bresolution of\b", r"\bresolved\b",
         r"\bremoval of\b", r"\bremoved\b", r"\brather than\b", r"\bnor\b", r"\bno longer\b", r"\bneither\b"]
 _TRIGGERS = re.compile("(?P<pseudo>" + "|".join(_PSEUDO) + ")|(?P<unc>" + "|".join(_UNC) + ")|(?P<neg>"
@@ -112,13 +113,16 @@ _OPENERS = (r"there|the|a|an|small|large|mild|mildly|moderate|moderately|severe|
             r"stable|unchanged|residual|minimal|trace|tiny|bilateral|left|right|likely|possibl\w*|probabl\w*|may|"
             r"consistent|compatible|with|is|are|has|have|which|due|suggest\w*|concern\w*|in keeping|now|again|"
             r"although|but|though|no|mild|focal|patchy|multifocal|worsening|improv\w*|interval|layering|loculated")
+_ADJECTIVES = (r"small|large|mild|mildly|moderate|moderately|severe|new|trace|tiny|minimal|focal|patchy|bilateral|left|"
+               r"right|residual|multifocal|significant|definite|acute|appreciable|sizable|layering|loculated")
 _BREAKS = re.compile(
     r"\b(?:but|however|although|though|which|whereas|except|aside from|apart from|otherwise|while|"
     r"with the exception of)\b"
+    rf"|(?P<adj>,\s*(?:{_ADJECTIVES})\b)"
     rf"|,\s*(?:(?:and|or)\s+(?:there|the|a|an|is|are|has|have|with)\b|(?:{_OPENERS})\b)"
     r"|\b(?:is|are|was|were) (?:seen|noted|present|identified|demonstrated|visuali[sz]ed|appreciated|evident)\b"
     r"|\band (?:there|the)\b")
-_W = r"(?:[\s,]+(?!(?:is|are|was|were|has|have|had|remains?|persists?|appears?|there|no|with)\b)[\w/-]+){0,8}?"
+_W = r"(?P<w>(?:[\s,]+(?!(?:is|are|was|were|has|have|had|remains?|persists?|appears?|there|no|with)\b)[\w/-]+){0,8}?)"
 _NEG_POST = re.compile(
     rf"^{_W}[\s,]+(?:(?:is|are|was|were|has been|have been|has|have|had)\s+)?(?:now\s+)?"
     r"(?:not (?:been )?(?:seen|identified|present|visuali[sz]ed|appreciated|evident|demonstrated|detected|noted)|"
@@ -129,8 +133,20 @@ _UNC_POST = re.compile(
     r"(?:suspected|questionable|questioned|a consideration|possible)\b|"
     r"likely(?=\s*$|\s+(?:present|given|due|in|at|on|to|related|secondary)\b))"
     r"|^\s*(?:versus|vs)\b|^\s*or\s+(?:\w+\s+)?(?:scar\w*|thickening)\b")
+_KEYS = {
+    "Enlarged Cardiomediastinum": ("mediastin",), "Cardiomegaly": ("cardiomegaly", "heart", "cardiac"),
+    "Lung Lesion": ("nodul", "mass", "lesion", "tumo", "neoplas", "metasta", "carcinoma", "malignan"),
+    "Lung Opacity": ("opaci", "infiltrat", "densit", "haz", "space", "ground"),
+    "Edema": ("edema", "congestion", "cephaliz", "failure", "chf", "venous", "engorgement", "overload"),
+    "Consolidation": ("consolidat",), "Pneumonia": ("pneumoni", "infectio"), "Atelectasis": ("atelecta", "collapse"),
+    "Pneumothorax": ("pneumothora", "ptx"), "Pleural Effusion": ("effusion", "fluid", "hydro", "blunt"),
+    "Pleural Other": ("pleura", "fibrothorax", "apical"), "Fracture": ("fractur", "fx"),
+    "Support Devices": ("line", "tube", "cathet", "pace", "lead", "wire", "clip", "valve", "port", "picc", "drain",
+                        "stent", "swan", "icd", "defib", "hardware", "prosthe", "trach", "sternotomy", "device", "coil"),
+}
 RULES = RuleSet(mentions={k: compile_alternatives(v) for k, v in _M.items()}, normals=_NORMALS,
-                triggers=_TRIGGERS, breaks=_BREAKS, neg_post=_NEG_POST, unc_post=_UNC_POST)
+                triggers=_TRIGGERS, breaks=_BREAKS, neg_post=_NEG_POST, unc_post=_UNC_POST, keys=_KEYS,
+                list_closer=re.compile(r"\b(?:or|nor)\b|,\s*and\b"))
 
 _SECTION = re.compile(r"\b(findings|impression|conclusions?|summary|history|clinical history|indications?|"
                       r"comparisons?|technique|examination|exam|reason for (?:exam|examination|study)|"
