@@ -8,7 +8,7 @@ and writes ``out_dir/labels.csv`` (id, then ``ref_``/``gen_`` + each CheXpert la
   :mod:`trainer.nlg`); ``meteor`` or, without java, ``meteor_status`` = "not computed: java not found";
 * ``ce_{micro,macro}_{precision,recall,f1}_{14,5}``: clinical efficacy of generated-report
   labels against reference-report labels (14 = CHEXPERT_LABELS, 5 = CHEXPERT_5);
-  ``ce_f1_<label>`` per-label F1 over the 14.  The labels come from the configured labeler
+  ``ce_f1_<label>`` per-label F1 over the 14; ``labeler`` (its class name).  The labels come from the configured labeler
   (``labeler=``: a registry name or an instance, see :mod:`shards.labeling`) and are scored on
   the label set it declares: for another set (``padchest``) the suffixes are its sizes
   (``_11`` all labels, ``_5`` its headline five) and ``label_set`` names it;
@@ -176,7 +176,7 @@ def score(records: Sequence[dict], bootstrap: int = 1000, labeler="rrg", meteor:
                 fns[f"ce_{avg}_{m}_{suffix}"] = lambda ix, cube=cube, avg=avg, j=j: _ce_from_counts(
                     cube[ix].sum(axis=0), avg)[j]
     try:
-        out: dict = {"n": len(records), "label_set": label_set.name,
+        out: dict = {"n": len(records), "label_set": label_set.name, "labeler": type(lab).__name__,
                      "convention": CONVENTION.format(labeler=type(lab).__name__, label_set=label_set.name)}
         for key, fn in fns.items():
             out[key] = fn(idx)

@@ -22,8 +22,8 @@ descarta" is uncertain, not negated): "posible", "probable", "sugestivo de", "so
 "no se descarta", "no se puede descartar", "dudoso", "a valorar", "versus".  "sin cambios"
 is a pseudo-negation (unchanged = present).
 
-``normal`` = 1 when no pathology (every label but normal and support devices) is positive
-or uncertain and the report either states normality ("sin hallazgos", "normal", "sin
+``normal`` = 1 when no other label (support devices included: PadChest does not call a
+study with a device normal) is positive or uncertain and the report either states normality ("sin hallazgos", "normal", "sin
 alteraciones", "dentro de la normalidad") or negates one of the labels; else blank.
 """
 from __future__ import annotations
@@ -68,7 +68,7 @@ _UNC = [r"no se (?:puede )?descarta\w*", r"no descartable", r"no es posible desc
         r"\bno concluyente\b", r"\bimpresiona de\b"]
 _NEG = [r"\bno se (?:observa|aprecia|identifica|visualiza|evidencia|objetiva|ve|demuestra)n?\b", r"\bno signos de\b",
         r"\bno hay\b", r"\bsin\b", r"\bno\b", r"\bni\b", r"\bausencia de\b", r"\bse descarta\w*\b", r"\bdescarta\w*\b",
-        r"\bresolucion de\b", r"\bretirada de\b", r"\blibres? de\b", r"\bnegativ[oa] para\b"]
+        r"\bresolucion del?\b", r"\bretirada del?\b", r"\blibres? de\b", r"\bnegativ[oa] para\b"]
 _TRIGGERS = re.compile("(?P<pseudo>" + "|".join(_PSEUDO) + ")|(?P<unc>" + "|".join(_UNC) + ")|(?P<neg>"
                        + "|".join(_NEG) + ")")
 _BREAKS = re.compile(r"\b(?:pero|aunque|sin embargo|salvo|excepto|mientras)\b|\bque\b"
@@ -77,16 +77,18 @@ _BREAKS = re.compile(r"\b(?:pero|aunque|sin embargo|salvo|excepto|mientras)\b|\b
                      r"derecho|derecha|izquierdo|izquierda|bilateral|persiste|persistencia|compatible|sugestivo|"
                      r"en relacion)\b)"
                      r"|\by (?:se|hay)\b")
-_W = r"(?:[\s,]+(?!(?:es|son|se|ha|han|hay|sin|con)\b)[\w/-]+){0,8}?"
+_W = r"(?P<w>(?:[\s,]+(?!(?:es|son|se|ha|han|hay|sin|con|no)\b)[\w/-]+){0,8}?)"
 _NEG_POST = re.compile(rf"^{_W}[\s,]+(?:(?:ha|han)\s+)?(?:resuelt[oa]s?|desaparecid[oa]s?|retirad[oa]s?|"
                        r"no se (?:observa|aprecia|identifica|visualiza)n?)\b")
-_UNC_POST = re.compile(rf"^{_W}[\s,]+(?:no (?:se )?descartab\w*|no se (?:puede )?descarta\w*|a valorar|dudos[oa]s?)\b"
+_UNC_POST = re.compile(rf"^{_W}[\s,]+(?:no (?:se )?descartab\w*|no se (?:puede )?descarta\w*|a valorar|dudos[oa]s?|"
+                       r"no concluyente)\b"
                        r"|^\s*(?:versus|vs)\b")
 RULES = RuleSet(mentions={k: compile_alternatives(v) for k, v in _M.items()}, normals=_NORMALS,
                 triggers=_TRIGGERS, breaks=_BREAKS, neg_post=_NEG_POST, unc_post=_UNC_POST)
 _NORMAL_REPORT = re.compile(r"sin hallazgos|\bnormal\b|sin alteraciones|dentro de (?:la )?normalidad|"
                             r"no se (?:observan|aprecian) (?:hallazgos|alteraciones)")
 PATHOLOGIES = [n for n in PADCHEST_LABELS if n not in ("normal", "support devices")]
+FINDINGS = [n for n in PADCHEST_LABELS if n != "normal"]  # PadChest: a report with a device is not "normal"
 
 
 def fold(text: str) -> str:
@@ -108,7 +110,7 @@ def explain_report_es(report: str) -> tuple[Labels, list[tuple[str, Mention]]]:
         aggregate(labels, mentions)
         trace += [(sent, m) for m in mentions]
         stated_normal = stated_normal or bool(_NORMAL_REPORT.search(sent))
-    if all(labels[n] not in (1.0, -1.0) for n in PATHOLOGIES) and (
+    if all(labels[n] not in (1.0, -1.0) for n in FINDINGS) and (
             stated_normal or any(labels[n] == 0.0 for n in PATHOLOGIES)):
         labels["normal"] = 1.0
     return labels, trace
