@@ -204,10 +204,14 @@ def main(argv: list[str] | None = None) -> int:
         print("rrg: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - clear one-line errors for known data problems
-        from shards.labeling import LabelInputError
+        from shards.labeling.registry import LabelInputError
+
+        if isinstance(err, LabelInputError):  # bad report / predictions input (checked before torch is imported)
+            print(f"rrg: {err}", file=sys.stderr)
+            return 3
         from shards.manifest import ManifestError
 
-        known = (ManifestError, LabelInputError)
+        known = (ManifestError,)
         try:
             from shards.reader import DataError
 
