@@ -39,6 +39,7 @@ class RunConfig:
         self.model.validate("model")
         self.train.validate("train")
         self.checkpoint.validate("checkpoint")
+        self.eval.validate("eval")
         self.cluster.validate("cluster")
         return self
 

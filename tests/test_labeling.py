@@ -140,3 +140,12 @@ def test_score_uses_the_given_labeler_and_its_label_set():
     en = score([dict(r) for r in rows], bootstrap=0, labeler="rrg", meteor=False)
     assert en["label_set"] == "chexpert" and en["ce_f1_cardiomegaly"] == 0.0  # English rules find no finding here
     assert set(en) >= {"ce_micro_f1_14", "ce_f1_no_finding"} and "ce_f1_pneumothorax" in en
+
+
+def test_unknown_eval_labeler_is_a_config_error():
+    from configs.schema import ConfigError
+    from launcher.config import load_config
+
+    with pytest.raises(ConfigError, match="eval.labeler.*unknown report labeler 'nope'.*rrg_es"):
+        load_config(str(ROOT / "configs" / "tiny.yaml"), ["eval.labeler=nope"])
+    assert load_config(str(ROOT / "configs" / "tiny.yaml"), ["eval.labeler=rrg_es"]).eval.labeler == "rrg_es"

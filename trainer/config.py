@@ -97,5 +97,15 @@ class EvalConfig:
     batch_size: int = 16
     bootstrap: int = 1000  # resamples for the 95% intervals; 0 = none
     meteor: bool = True  # METEOR through the reference jar (needs java; says so plainly when absent)
-    labeler: str = "rrg"  # registry name; e.g. a local CheXbert plug-in
+    # registry name (shards/labeling): rrg (English rules), rrg_es (Spanish PadChest rules), chexbert
+    # (labeler_args: {checkpoint: FILE, tokenizer: DIR}); labels the model's and both baselines' reports
+    labeler: str = "rrg"
     labeler_args: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, key: str = "eval") -> None:
+        from shards.labeling import LABELERS
+
+        LABELERS.get(self.labeler, f"{key}.labeler")  # unknown names fail at load, naming the known ones
+        for name in ("bootstrap", "subset", "batch_size", "max_new_tokens", "num_beams"):
+            if getattr(self, name) < (0 if name == "bootstrap" else 1):
+                raise ConfigError(f"{key}.{name}", "must be >= 1" if name != "bootstrap" else "must be >= 0")
