@@ -206,7 +206,7 @@ def read_predictions(path: str) -> list[dict]:
     return records
 
 
-def score_predictions_file(path: str, out_dir: str, bootstrap: int = 1000, labeler="rrg") -> dict:
+def score_predictions_file(path: str, out_dir: str, bootstrap: int = 1000, labeler="rrg", meteor: bool = True) -> dict:
     """``rrg eval --predictions``: score a JSONL file, write metrics.json and labels.csv, return the metrics.
 
     The whole file is read and checked before anything is written (no partial output).
@@ -214,7 +214,7 @@ def score_predictions_file(path: str, out_dir: str, bootstrap: int = 1000, label
     records = read_predictions(path)
     lab = resolve_labeler(labeler)
     names = list(label_set_of(lab).labels)
-    metrics = score(records, bootstrap=bootstrap, labeler=lab)
+    metrics = score(records, bootstrap=bootstrap, labeler=lab, meteor=meteor)
     os.makedirs(out_dir, exist_ok=True)
     buf = io.StringIO()
     w = csv.writer(buf)
