@@ -85,7 +85,7 @@ def cmd_eval(args):
         if not args.out:
             raise ConfigError("--out", "scoring a predictions file needs --out DIR")
         score_predictions_file(args.predictions, args.out, bootstrap=args.bootstrap,
-                               labeler=_labeler_from_args(args), meteor=not args.no_meteor)
+                               labeler=_labeler_from_args(args), meteor=not args.no_meteor, max_chars=args.max_chars)
         return
     cfg = _load(args)
     run_eval(cfg, checkpoint=args.checkpoint, model_dir=args.model_dir, out=args.out,
@@ -138,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-ablation", choices=["black", "shuffle"], default=None)
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--no-meteor", action="store_true", help="--predictions: skip METEOR (a Java subprocess)")
+    p.add_argument("--max-chars", type=int, default=100_000, help="--predictions: truncate longer texts (counted)")
     p.add_argument("--address", default=None)
     _add_labeler_args(p, "labeler for --predictions (a config's eval.labeler otherwise)")
     p.set_defaults(func=cmd_eval)

@@ -141,6 +141,19 @@ def test_cli_bad_inputs_one_line_no_partial_output(tmp_path):
         assert not scored.exists(), "partial output written"
 
 
+def test_long_predictions_are_truncated_and_counted(tmp_path):
+    from trainer.scoring import score_predictions_file
+
+    preds = tmp_path / "p.jsonl"
+    huge = "Mild cardiomegaly. " + "Lungs are clear. " * 50_000  # 850 KB on one line
+    preds.write_text(json.dumps({"reference": huge, "generated": "Mild cardiomegaly."}) + "\n"
+                     + json.dumps({"reference": "No effusion.", "generated": "No effusion."}) + "\n")
+    t0 = time.process_time()
+    m = score_predictions_file(str(preds), str(tmp_path / "out"), bootstrap=0, meteor=False, max_chars=2000)
+    assert m["truncated_texts"] == 1 and m["ce_f1_cardiomegaly"] == 1.0
+    assert time.process_time() - t0 < 10
+
+
 def test_score_uses_the_given_labeler_and_its_label_set():
     from trainer.scoring import score
 

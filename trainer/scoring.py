@@ -35,7 +35,8 @@ import numpy as np
 
 from configs.atomic import atomic_write_text
 from configs.labelsets import CHEXPERT_LABELS, LabelSet
-from shards.labeling import LabelInputError, check_reports, label_set_of, resolve_labeler
+from shards.labeling import LabelInputError, Truncation, check_reports, label_set_of, resolve_labeler
+from shards.labeling.registry import DEFAULT_MAX_CHARS
 from shards.labeling.files import read_jsonl_rows, text_field
 from trainer import nlg
 
@@ -195,26 +196,37 @@ def score(records: Sequence[dict], bootstrap: int = 1000, labeler="rrg", meteor:
     return out
 
 
-def read_predictions(path: str) -> list[dict]:
-    """Rows ``{id, reference, generated}`` of a predictions JSONL; LabelInputError names file, line and field."""
+def read_predictions(path: str, truncation: Optional[Truncation] = None) -> list[dict]:
+    """Rows ``{id, reference, generated}`` of a predictions JSONL; LabelInputError names file, line and field.
+
+    Texts longer than the truncation's ``max_chars`` are cut and counted (one pathological line
+    must not stall labelling, BLEU or the METEOR subprocess).
+    """
+    trunc = truncation or Truncation()
     records = []
     for n, row in read_jsonl_rows(path):
-        records.append({"id": row.get("id", n - 1), "reference": text_field(path, n, row, "reference"),
-                        "generated": text_field(path, n, row, "generated")})
+        records.append({"id": row.get("id", n - 1),
+                        "reference": trunc.cut(text_field(path, n, row, "reference"), f"{path}:{n}"),
+                        "generated": trunc.cut(text_field(path, n, row, "generated"), f"{path}:{n}")})
     if not records:
         raise LabelInputError(f"{path}: no predictions in the file")
     return records
 
 
-def score_predictions_file(path: str, out_dir: str, bootstrap: int = 1000, labeler="rrg", meteor: bool = True) -> dict:
+def score_predictions_file(path: str, out_dir: str, bootstrap: int = 1000, labeler="rrg", meteor: bool = True,
+                           max_chars: int = DEFAULT_MAX_CHARS) -> dict:
     """``rrg eval --predictions``: score a JSONL file, write metrics.json and labels.csv, return the metrics.
 
     The whole file is read and checked before anything is written (no partial output).
     """
-    records = read_predictions(path)
+    trunc = Truncation(max_chars=max_chars)
+    records = read_predictions(path, trunc)
+    if trunc.count:
+        print(f"rrg: {trunc.summary()}")
     lab = resolve_labeler(labeler)
     names = list(label_set_of(lab).labels)
     metrics = score(records, bootstrap=bootstrap, labeler=lab, meteor=meteor)
+    metrics["truncated_texts"] = trunc.count
     os.makedirs(out_dir, exist_ok=True)
     buf = io.StringIO()
     w = csv.writer(buf)
