@@ -26,7 +26,9 @@ def make_chexbert(root: Path, seed: int = 0) -> tuple[Path, Path, dict]:
 
     tok_dir = root / "tokenizer"
     tok_dir.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(WORDS)) + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"] + list("abcdefghijklmnopqrstuvwxyz0123456789")
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(WORDS)) + [f"##{c}" for c in letters]
+             + list(letters + "0123456789"))
     (tok_dir / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizerFast(vocab_file=str(tok_dir / "vocab.txt"), do_lower_case=True).save_pretrained(str(tok_dir))
     config = dict(CONFIG, vocab_size=len(vocab))

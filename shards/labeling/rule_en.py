@@ -61,7 +61,8 @@ _M = {
         r"cardiomegaly", r"(?:enlarge\w*|large) (?:cardiac silhouette|heart)", r"cardiac enlargement",
         r"enlargement of the (?:cardiac silhouette|heart)",
         r"(?:heart|cardiac silhouette|cardiac size|heart size)(?: size)? (?:\w+ ){0,3}(?:enlarged|large|increased)"],
-    "Lung Lesion": [r"nodul\w*", r"\bmass(?:es)?\b", r"lesion(?<!lytic lesion)(?<!sclerotic lesion)(?<!osseous lesion)(?<!bony lesion)(?<!skin lesion)s?",
+    "Lung Lesion": [r"nodul\w*", r"\bmass(?:es)?\b",
+                    r"lesion(?<!lytic lesion)(?<!sclerotic lesion)(?<!osseous lesion)(?<!bony lesion)(?<!skin lesion)s?",
                     r"tumou?rs?", r"neoplas\w*", r"metasta\w*", r"carcinoma", r"malignan\w*"],
     "Lung Opacity": [r"opaci\w*", r"infiltrat\w*", r"densit(?:y|ies)", r"haziness", r"\bhazy",
                      r"air ?-?space (?:disease|process|opacit\w*)", r"ground ?-?glass"],
@@ -79,7 +80,8 @@ _M = {
                       r"apical (?:pleural )?(?:scar\w*|cap|thickening)", r"calcified pleura"],
     "Fracture": [r"fractur\w*", r"\bfx\b"],
     "Support Devices": [
-        r"line(?<!\wline)(?<!septal line)(?<!kerley b line)(?<!kerley line)(?<!pleural line)(?<!skin line)s?\b", r"tubes?\b", r"catheters?",
+        r"line(?<!\wline)(?<!septal line)(?<!kerley b line)(?<!kerley line)(?<!pleural line)(?<!skin line)s?\b",
+        r"tubes?\b", r"catheters?",
         r"pacemakers?", r"pacer", r"\bleads\b", r"wires?\b", r"valves?\b", r"\bports?\b",
         r"port-a-cath", r"\bpicc\b", r"drains?\b", r"\bstents?\b", r"swan[- ]?ganz", r"\ba?icd\b", r"defibrillator",
         r"hardware", r"prosthe\w*", r"tracheostomy", r"\btrach\b", r"sternotomy", r"devices?\b", r"coils?\b"],
@@ -104,7 +106,8 @@ _UNC = [r"\bmay\b", r"\bmight\b", r"\bcould\b", r"\bpossibl[ey]\b", r"\bprobabl[
         r"\bnot (?:be )?(?:entirely )?(?:excluded|ruled out)", r"\bversus\b", r"\bvs\b", r"\bdifferential\b",
         r"\bborderline\b", r"\bindeterminate\b", r"\bequivocal\b", r"\br/o\b", r"\brule out\b",
         r"\bdifficult to exclude\b", r"\bconsider\w*\b", r"\buncertain\b", r"\bversus\b", r"\bor less likely\b"]
-_NEG = [r"\bto (?:suggest|indicate)\b", r"\bno evidence of\b", r"\bno signs? of\b", r"\bno\b", r"\bnot\b", r"\bwithout\b", r"\bfree of\b",
+_NEG = [r"\bto (?:suggest|indicate)\b", r"\bno evidence of\b", r"\bno signs? of\b", r"\bno\b", r"\bnot\b",
+        r"\bwithout\b", r"\bfree of\b",
         r"\bclear of\b", r"\bnegative for\b", r"\babsence of\b", r"\bresolution of\b", r"\bresolved\b",
         r"\bremoval of\b", r"\bremoved\b", r"\brather than\b", r"\bnor\b", r"\bno longer\b", r"\bneither\b"]
 _TRIGGERS = re.compile("(?P<pseudo>" + "|".join(_PSEUDO) + ")|(?P<unc>" + "|".join(_UNC) + ")|(?P<neg>"

@@ -64,7 +64,8 @@ _PSEUDO = [r"sin cambios", r"no ha cambiado", r"sin variaciones", r"no (?:ha )?(
 _UNC = [r"no se (?:puede )?descarta\w*", r"no descartable", r"no es posible descartar", r"\bposibles?\b",
         r"\bprobables?\b", r"\bprobablemente\b", r"\bposiblemente\b", r"\bsugestiv[oa]s? de\b", r"\bsugiere\w*",
         r"\bsospecha de\b", r"\bsospechos[oa]s? de\b", r"\bdudos[oa]s?\b", r"\ba valorar\b", r"\bvalorar\b",
-        r"\bversus\b", r"\bvs\b", r"\bpodria\w*", r"\bpuede corresponder\b", r"\ba descartar\b", r"\bdescartar\b(?= (?:\w+ )?(?:posible|probable))",
+        r"\bversus\b", r"\bvs\b", r"\bpodria\w*", r"\bpuede corresponder\b", r"\ba descartar\b",
+        r"\bdescartar\b(?= (?:\w+ )?(?:posible|probable))",
         r"\bno concluyente\b", r"\bimpresiona de\b"]
 _NEG = [r"\bno se (?:observa|aprecia|identifica|visualiza|evidencia|objetiva|ve|demuestra)n?\b", r"\bno signos de\b",
         r"\bno hay\b", r"\bsin\b", r"\bno\b", r"\bni\b", r"\bausencia de\b", r"\bse descarta\w*\b", r"\bdescarta\w*\b",
