@@ -89,7 +89,7 @@ def _baselines(cfg, records: list[dict], bootstrap: int, labeler) -> dict[str, d
     prior_records = [{**r, "generated": "", "gen_labels": p} for r, p in zip(records, prior)]
     prior_metrics = score(prior_records, bootstrap=bootstrap, labeler=labeler, meteor=False)
     prior_metrics = {k: v for k, v in prior_metrics.items()
-                     if k.startswith("ce_") or k in ("n", "convention", "label_set")}
+                     if k.startswith("ce_") or k in ("n", "convention", "label_set", "labeler")}
     retrieved = retrieval_baseline(train_reports, train_thumbs, test_thumbs[[order[r["id"]] for r in records]])
     retrieval_records = [{"id": r["id"], "reference": r["reference"], "ref_labels": r["ref_labels"], "generated": g}
                          for r, g in zip(records, retrieved)]
