@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-ablation", choices=["black", "shuffle"], default=None)
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--no-meteor", action="store_true", help="--predictions: skip METEOR (a Java subprocess)")
-    p.add_argument("--max-chars", type=int, default=100_000, help="--predictions: truncate longer texts (counted)")
+    p.add_argument("--max-chars", type=int, default=20_000, help="--predictions: truncate longer texts (counted)")
     p.add_argument("--address", default=None)
     _add_labeler_args(p, "labeler for --predictions (a config's eval.labeler otherwise)")
     p.set_defaults(func=cmd_eval)
@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="JSONL with a 'report' field, or text with one report per line")
     p.add_argument("--out", required=True)
     p.add_argument("--explain", action="store_true", help="print, per label, the mention and the rule that decided it")
-    p.add_argument("--max-chars", type=int, default=100_000, help="truncate longer reports (counted in the summary)")
+    p.add_argument("--max-chars", type=int, default=20_000, help="truncate longer reports (counted in the summary)")
     _add_labeler_args(p, "which registered labeler: rrg (English, CheXpert-14), rrg_es (Spanish, PadChest), chexbert")
     p.set_defaults(func=cmd_label)
 
