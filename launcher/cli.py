@@ -101,7 +101,8 @@ def cmd_eval(args):
     if args.predictions:
         if not args.out:
             raise ConfigError("--out", "scoring a predictions file needs --out DIR")
-        score_predictions_file(args.predictions, args.out, bootstrap=args.bootstrap)
+        score_predictions_file(args.predictions, args.out, bootstrap=args.bootstrap,
+                               labeler=_labeler_from_args(args), meteor=not args.no_meteor, max_chars=args.max_chars)
         return
     cfg = _load(args)
     run_eval(cfg, pool=_pool(cfg, args.address), checkpoint=args.checkpoint, model_dir=args.model_dir,
@@ -129,10 +130,31 @@ def cmd_generate(args):
         sys.exit(3)
 
 
-def cmd_label(args):
-    from trainer.labeler import label_file
+def _labeler_from_args(args):
+    """``--labeler NAME --labeler-arg key=value ...`` -> a labeler instance (default: the English rule labeler)."""
+    import yaml
 
-    label_file(args.file, args.out)
+    from shards.labeling import make_labeler
+
+    kwargs = {}
+    for item in args.labeler_arg or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError("--labeler-arg", f"expected key=value, got {item!r}")
+        kwargs[key] = yaml.safe_load(value)
+    return make_labeler(args.labeler, kwargs, "--labeler")
+
+
+def cmd_label(args):
+    from shards.labeling import label_file
+
+    label_file(args.file, args.out, labeler=_labeler_from_args(args), explain=args.explain, max_chars=args.max_chars)
+
+
+def _add_labeler_args(p: argparse.ArgumentParser, help_text: str) -> None:
+    p.add_argument("--labeler", default="rrg", help=help_text)
+    p.add_argument("--labeler-arg", action="append", metavar="KEY=VALUE",
+                   help="labeler argument, e.g. checkpoint=chexbert.pth tokenizer=DIR (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,7 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generate again with inputs blanked: black | shuffle, plus the family's own "
                         "(radixpert: masks; llava_ta: segment; r2genkg: kg) - reports the drop per metric")
     p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--no-meteor", action="store_true", help="--predictions: skip METEOR (a Java subprocess)")
+    p.add_argument("--max-chars", type=int, default=20_000, help="--predictions: truncate longer texts (counted)")
     p.add_argument("--address", default=None)
+    _add_labeler_args(p, "labeler for --predictions (a config's eval.labeler otherwise)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("plan", help="parameters, memory per GPU and time per epoch, without weights")
@@ -179,9 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("label", help="CheXpert-14 labels for reports, as CSV")
+    p = sub.add_parser("label", help="clinical labels for reports (CheXpert-14 or PadChest), as CSV")
     p.add_argument("file", help="JSONL with a 'report' field, or text with one report per line")
     p.add_argument("--out", required=True)
+    p.add_argument("--explain", action="store_true", help="print, per label, the mention and the rule that decided it")
+    p.add_argument("--max-chars", type=int, default=20_000, help="truncate longer reports (counted in the summary)")
+    _add_labeler_args(p, "which registered labeler: rrg (English, CheXpert-14), rrg_es (Spanish, PadChest), chexbert")
     p.set_defaults(func=cmd_label)
 
     p = sub.add_parser("demo-data", help="make the synthetic phantom dataset and its shards")
@@ -240,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as err:  # noqa: BLE001 - clear one-line errors for known data problems
         from shards.adapters import AdapterError
+        from shards.labeling.registry import LabelInputError
+
+        if isinstance(err, LabelInputError):  # bad report / predictions input (checked before torch is imported)
+            print(f"rrg: {err}", file=sys.stderr)
+            return 3
         from shards.manifest import ManifestError
 
         known = (ManifestError, AdapterError)

@@ -109,3 +109,23 @@ def test_in_training_evaluation_under_zero3_does_not_hang(shards, tmp_path):
                  "eval.subset=12", *FAST_EVAL], timeout=300)
     evals = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines() if '"eval"' in l]
     assert [e["step"] for e in evals] == [4, 8]
+
+
+@pytest.mark.slow
+def test_eval_with_chexbert_labels_model_and_both_baselines(trained, tmp_path):
+    from shards.labeling import CheXbertLabeler
+    from tests.chexbertkit import make_chexbert
+
+    shards, out = trained
+    ckpt, tok, _ = make_chexbert(tmp_path / "chexbert")
+    cli("eval", TINY, f"data.shards_dir={shards}", f"output_dir={out}", *FAST_EVAL, "cluster.num_workers=1",
+        "eval.labeler=chexbert", f"eval.labeler_args.checkpoint={ckpt}", f"eval.labeler_args.tokenizer={tok}",
+        "--checkpoint", "latest", "--out", str(tmp_path / "cx"))
+    metrics = json.loads((tmp_path / "cx" / "metrics.json").read_text())
+    for prefix in ("", "baseline_label_prior_", "baseline_retrieval_"):
+        assert metrics[f"{prefix}labeler"] == "CheXbertLabeler", prefix
+        assert metrics[f"{prefix}label_set"] == "chexpert" and f"{prefix}ce_macro_f1_5" in metrics
+    preds = read_jsonl(tmp_path / "cx" / "predictions.jsonl")
+    lab = CheXbertLabeler(checkpoint=str(ckpt), tokenizer=str(tok))
+    assert [p["ref_labels"] for p in preds] == lab([p["reference"] for p in preds])
+    assert [p["gen_labels"] for p in preds] == lab([p["generated"] for p in preds])

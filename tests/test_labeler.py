@@ -5,7 +5,7 @@ import json
 import pytest
 
 from configs.labelsets import CHEXPERT_LABELS
-from trainer.labeler import LABELERS, CheXbertLabeler, label_file, label_report
+from shards.labeling import LABELERS, CheXbertLabeler, LabelInputError, label_file, label_report
 
 # (report, expected non-blank labels); every other label must be blank.
 CASES = [
@@ -44,7 +44,7 @@ CASES = [
     ("Right lower lobe consolidation, concerning for pneumonia.", {"Consolidation": 1.0, "Pneumonia": -1.0}),
     ("Apical pleural thickening.", {"Pleural Other": 1.0}),
     ("A 5 mm nodule in the right upper lobe.", {"Lung Lesion": 1.0}),
-    ("Blunting of the right costophrenic angle.", {"Pleural Effusion": 1.0}),
+    ("Blunting of the right costophrenic angle.", {"Pleural Effusion": -1.0}),  # CheXpert: uncertain alone
     ("Left hydropneumothorax.", {"Pleural Effusion": 1.0, "Pneumothorax": 1.0}),
     ("Lungs are clear without focal consolidation; no evidence of pulmonary edema.",
      {"No Finding": 1.0, "Consolidation": 0.0, "Edema": 0.0}),
@@ -80,7 +80,7 @@ def test_registry_and_chexbert_missing_path(tmp_path):
     assert "rrg" in LABELERS and "chexbert" in LABELERS
     out = LABELERS.get("rrg")()(["Stable mild cardiomegaly."])
     assert out[0]["Cardiomegaly"] == 1.0
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(LabelInputError, match="not found"):
         CheXbertLabeler(str(tmp_path / "nope"))
 
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from shards.demo import make_study
 from configs.labelsets import CHEXPERT_LABELS
-from trainer.labeler import label_report
+from shards.labeling import label_report
 from trainer.report_html import METRIC_ROWS, disagreements, metric_table, overlay_image, write_report
 from trainer.scoring import score
 

@@ -159,9 +159,19 @@ class EvalConfig:
     bootstrap: int = 1000  # resamples for the 95% intervals; 0 = none
     meteor: bool = True  # METEOR through the reference jar (needs java; says so plainly when absent)
     meteor_language: str = "en"  # METEOR's -l; "es" for Spanish (PadChest) reports
-    labeler: str = "rrg"  # registry name; e.g. a local CheXbert plug-in
+    # registry name (shards/labeling): rrg (English rules), rrg_es (Spanish PadChest rules), chexbert
+    # (labeler_args: {checkpoint: FILE, tokenizer: DIR}); labels the model's and both baselines' reports
+    labeler: str = "rrg"
     labeler_args: dict[str, Any] = field(default_factory=dict)
     family_options: dict[str, Any] = field(default_factory=dict)  # generation switches a family reads
+
+    def validate(self, key: str = "eval") -> None:
+        from shards.labeling import LABELERS
+
+        LABELERS.get(self.labeler, f"{key}.labeler")  # unknown names fail at load, naming the known ones
+        for name in ("bootstrap", "subset", "batch_size", "max_new_tokens", "num_beams"):
+            if getattr(self, name) < (0 if name == "bootstrap" else 1):
+                raise ConfigError(f"{key}.{name}", "must be >= 1" if name != "bootstrap" else "must be >= 0")
 
 
 @dataclass
@@ -202,6 +212,7 @@ class RunConfig:
         self.train.validate("train")
         self.checkpoint.validate("checkpoint")
         self.logging.validate("logging")
+        self.eval.validate("eval")
         self.cluster.validate("cluster")
         self.model.validate_family()
         return self

@@ -11,7 +11,9 @@ Outputs in ``--out`` (default ``<output_dir>/eval/<split>-<checkpoint>``):
 * ``report.html`` — metric table with intervals and baselines, per-label F1 chart, studies.
 
 Baselines: *label prior* draws each study's labels from the training split's label
-distribution (as the rrg labeler reads the training reports): clinical scores only.
+distribution (as the configured labeler reads the training reports): clinical scores only.
+One labeler (``eval.labeler`` + ``eval.labeler_args``) is built per evaluation and labels the
+model's, both baselines' and the ablations' reports, on the label set it declares.
 *Retrieval* answers with the training report of the most similar training image
 (cosine similarity of 32x32 grayscale thumbnails).
 """
@@ -70,22 +72,30 @@ def _thumbs(cfg, split: str) -> tuple[list[str], np.ndarray, list[str]]:
     return ids, np.stack(thumbs), reports
 
 
-def _baselines(cfg, records: list[dict], bootstrap: int) -> dict[str, dict]:
-    from trainer.labeler import LABELERS
+def make_eval_labeler(cfg):
+    """The configured labeler (``eval.labeler`` + ``eval.labeler_args``), built once per evaluation."""
+    from shards.labeling import make_labeler
+
+    return make_labeler(cfg.eval.labeler, cfg.eval.labeler_args, "eval.labeler")
+
+
+def _baselines(cfg, records: list[dict], bootstrap: int, labeler) -> dict[str, dict]:
+    from shards.labeling import label_set_of
 
     _, train_thumbs, train_reports = _thumbs(cfg, cfg.data.train_split)
     ids, test_thumbs, _ = _thumbs(cfg, cfg.eval.split)
     order = {i: k for k, i in enumerate(ids)}
-    labeler = LABELERS.get(cfg.eval.labeler, "eval.labeler")(**cfg.eval.labeler_args)
-    prior = label_prior_baseline(labeler(train_reports), len(records), seed=cfg.seed)
+    prior = label_prior_baseline(labeler(train_reports), len(records), seed=cfg.seed,
+                                 labels=label_set_of(labeler).labels)
     prior_records = [{**r, "generated": "", "gen_labels": p} for r, p in zip(records, prior)]
-    prior_metrics = score(prior_records, bootstrap=bootstrap, meteor=False)
-    prior_metrics = {k: v for k, v in prior_metrics.items() if k.startswith("ce_") or k in ("n", "convention")}
+    prior_metrics = score(prior_records, bootstrap=bootstrap, labeler=labeler, meteor=False)
+    prior_metrics = {k: v for k, v in prior_metrics.items()
+                     if k.startswith("ce_") or k in ("n", "convention", "label_set", "labeler")}
     retrieved = retrieval_baseline(train_reports, train_thumbs, test_thumbs[[order[r["id"]] for r in records]])
     retrieval_records = [{"id": r["id"], "reference": r["reference"], "ref_labels": r["ref_labels"], "generated": g}
                          for r, g in zip(records, retrieved)]
     return {"label_prior": prior_metrics,
-            "retrieval": score(retrieval_records, bootstrap=bootstrap, meteor=cfg.eval.meteor,
+            "retrieval": score(retrieval_records, bootstrap=bootstrap, labeler=labeler, meteor=cfg.eval.meteor,
                   meteor_language=cfg.eval.meteor_language)}
 
 
@@ -151,10 +161,11 @@ def run_eval(cfg, *, pool, checkpoint: Optional[str] = None, model_dir: Optional
     if len(set(ids)) != len(ids):
         raise RuntimeError("evaluation produced duplicate studies")
 
-    metrics = score(runs["model"], bootstrap=cfg.eval.bootstrap, meteor=cfg.eval.meteor,
+    labeler = make_eval_labeler(cfg)
+    metrics = score(runs["model"], bootstrap=cfg.eval.bootstrap, labeler=labeler, meteor=cfg.eval.meteor,
                   meteor_language=cfg.eval.meteor_language)
     _write_jsonl(out_dir / "predictions.jsonl", runs["model"])
-    baselines = _baselines(cfg, runs["model"], cfg.eval.bootstrap)
+    baselines = _baselines(cfg, runs["model"], cfg.eval.bootstrap, labeler)
     flat = dict(metrics)
     flat["family"] = family.name
     flat["oracle_inputs"] = oracle  # fields beyond the image the model read at evaluation ([] = none)
@@ -165,7 +176,7 @@ def run_eval(cfg, *, pool, checkpoint: Optional[str] = None, model_dir: Optional
         flat.update({f"baseline_{bname}_{k}": v for k, v in bm.items() if k != "convention"})
     ablation_metrics = {}
     for aname in ablations:
-        am = score(runs[aname], bootstrap=cfg.eval.bootstrap, meteor=cfg.eval.meteor,
+        am = score(runs[aname], bootstrap=cfg.eval.bootstrap, labeler=labeler, meteor=cfg.eval.meteor,
                   meteor_language=cfg.eval.meteor_language)
         _write_jsonl(out_dir / f"predictions_{aname}.jsonl", runs[aname])
         ablation_metrics[f"{aname} ({family.ablations[aname]})"] = am
@@ -208,6 +219,7 @@ class InTrainingEvaluator:
     def __init__(self, run, logger):
         self.run, self.logger = run, logger
         self._thread: Optional[threading.Thread] = None
+        self._labeler = None  # built on first use, on rank 0 only
 
     def __call__(self, step: int) -> None:
         import torch
@@ -236,7 +248,9 @@ class InTrainingEvaluator:
             self._thread.start()
 
     def _score(self, step: int, records: list[dict]) -> None:
-        m = score(records, bootstrap=0, meteor=False)
+        if self._labeler is None:
+            self._labeler = make_eval_labeler(self.run.cfg)
+        m = score(records, bootstrap=0, labeler=self._labeler, meteor=False)
         self.logger.log_eval(step, {k: m[k] for k in HEADLINE if isinstance(m.get(k), float)}, samples=records[:8])
 
     def close(self) -> None:

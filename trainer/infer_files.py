@@ -176,7 +176,7 @@ def generate_files(inputs: list[str], *, model_dir: str, checkpoint: Optional[st
     files = {st.id: st.files for st in studies}
     rows = [{"id": p["id"], "generated": p["generated"], "files": files[p["id"]]} for p in preds]
     if labels:
-        from trainer.labeler import LABELERS
+        from shards.labeling import LABELERS
 
         labeler = LABELERS.get(cfg.eval.labeler, "eval.labeler")(**cfg.eval.labeler_args)
         for row, lab in zip(rows, labeler([r["generated"] for r in rows])):

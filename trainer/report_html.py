@@ -30,7 +30,7 @@ from PIL import Image
 
 from shards.inspect import PALETTE, _overlay
 from configs.labelsets import CHEXPERT_LABELS
-from trainer.labeler import label_sentence_mentions, sentences
+from shards.labeling import label_sentence_mentions, sentences
 
 METRIC_ROWS = [("BLEU-1", "bleu_1"), ("BLEU-2", "bleu_2"), ("BLEU-3", "bleu_3"), ("BLEU-4", "bleu_4"),
                ("METEOR", "meteor"), ("ROUGE-L", "rouge_l"), ("CIDEr", "cider")] + [
@@ -180,10 +180,17 @@ def overlay_image(image: np.ndarray, masks: Optional[np.ndarray]) -> Image.Image
     return out
 
 
+def _label_set(metrics: dict):
+    from configs.labelsets import LABEL_SETS
+
+    name = metrics.get("label_set", "chexpert")
+    return LABEL_SETS.get(name if name in LABEL_SETS else "chexpert")
+
+
 def disagreements(ref: dict, gen: dict) -> list[tuple[str, str]]:
     """(label, "major"|"minor") for labels whose positive status (major) or uncertainty (minor) differs."""
     out = []
-    for label in CHEXPERT_LABELS:
+    for label in (list(ref) or CHEXPERT_LABELS):  # the labeler's own label set (CheXpert or PadChest)
         r, g = ref.get(label), gen.get(label)
         if (r == 1.0) != (g == 1.0):
             out.append((label, "major"))
@@ -254,7 +261,8 @@ def render_report(*, metrics: dict, baselines: dict[str, dict], ablations: dict[
         f"<style>{_CSS}</style></head><body>{header}"
         "<h2>Metrics</h2><p class=\"meta\">value [95% bootstrap CI]; rows in red: a baseline (outlined) scores at "
         f"least as well as the model.</p>{metric_table(metrics, baselines, ablations)}"
-        f"<h2>Per-label F1 (CheXpert 14)</h2>{f1_chart({'model': metrics, **baselines})}"
+        f"<h2>Per-label F1 ({_esc(_label_set(metrics).name)})</h2>"
+        f"{f1_chart({'model': metrics, **baselines}, list(_label_set(metrics).labels))}"
         f"<h2>Studies</h2><p class=\"meta\">{n_dis} of {len(samples)} with label disagreements "
         "(red: positive status differs; amber: uncertainty differs; + positive, \u2212 negative, ? uncertain, "
         "\u00b7 not mentioned). "

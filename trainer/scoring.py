@@ -8,7 +8,10 @@ and writes ``out_dir/labels.csv`` (id, then ``ref_``/``gen_`` + each CheXpert la
   :mod:`trainer.nlg`); ``meteor`` or, without java, ``meteor_status`` = "not computed: java not found";
 * ``ce_{micro,macro}_{precision,recall,f1}_{14,5}``: clinical efficacy of generated-report
   labels against reference-report labels (14 = CHEXPERT_LABELS, 5 = CHEXPERT_5);
-  ``ce_f1_<label>`` per-label F1 over the 14;
+  ``ce_f1_<label>`` per-label F1 over the 14; ``labeler`` (its class name).  The labels come from the configured labeler
+  (``labeler=``: a registry name or an instance, see :mod:`shards.labeling`) and are scored on
+  the label set it declares: for another set (``padchest``) the suffixes are its sizes
+  (``_11`` all labels, ``_5`` its headline five) and ``label_set`` names it;
 * ``<key>_ci_low`` / ``<key>_ci_high``: percentile 95% bootstrap interval (``bootstrap`` resamples
   of examples, seed 0) for every NLG and ``ce_`` micro/macro key; BLEU and CIDEr are recomputed
   corpus-level on each resample (CIDEr's document frequencies from the resampled references);
@@ -22,6 +25,7 @@ per-label scores over all requested labels, a label with no true or predicted po
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections import Counter
@@ -29,13 +33,16 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from configs.labelsets import CHEXPERT_5, CHEXPERT_LABELS
+from configs.atomic import atomic_write_text
+from configs.labelsets import CHEXPERT_LABELS, LabelSet
+from shards.labeling import LabelInputError, Truncation, check_reports, label_set_of, resolve_labeler
+from shards.labeling.registry import DEFAULT_MAX_CHARS
+from shards.labeling.files import read_jsonl_rows, text_field
 from trainer import nlg
-from trainer.labeler import LABELERS
 
 CONVENTION = ("positive = 1.0; 0.0, blank and -1.0 (uncertain) count as negative; micro sums TP/FP/FN over "
-              "labels and examples; macro averages per-label scores, zero_division=0; labels from the rrg "
-              "rule-based CheXpert labeler on reference and generated reports")
+              "labels and examples; macro averages per-label scores, zero_division=0; labels from the {labeler} "
+              "labeler ({label_set} label set) on reference and generated reports")
 
 
 def _pos(v, uncertain_as: str) -> bool:
@@ -86,11 +93,12 @@ def bootstrap_ci(records: Sequence, metric_fn: Callable[[list], float], n: int =
     return float(low), float(high)
 
 
-def label_prior_baseline(train_labels: Sequence[dict], n: int, seed: int = 0) -> list[dict]:
+def label_prior_baseline(train_labels: Sequence[dict], n: int, seed: int = 0,
+                         labels: Optional[Sequence[str]] = None) -> list[dict]:
     """``n`` hypothesis label sets, each label drawn independently from its training distribution."""
     rng = np.random.default_rng(seed)
     out: list[dict] = [{} for _ in range(n)]
-    for name in CHEXPERT_LABELS:
+    for name in labels or (list(train_labels[0]) if train_labels else CHEXPERT_LABELS):
         dist = Counter(lab.get(name) for lab in train_labels)
         values = list(dist)
         probs = np.array([dist[v] for v in values], dtype=float) / sum(dist.values())
@@ -112,17 +120,34 @@ def retrieval_baseline(train_reports: Sequence[str], train_features: Optional[np
     return [train_reports[i] for i in (q @ t.T).argmax(axis=1)]
 
 
-def score(records: Sequence[dict], bootstrap: int = 1000, labeler: str = "rrg", meteor: bool = True,
+def label_records(records: list[dict], labeler) -> None:
+    """Fill ``ref_labels`` / ``gen_labels`` where missing, with ``labeler`` (an instance)."""
+    for key, field in (("ref_labels", "reference"), ("gen_labels", "generated")):
+        missing = [r for r in records if r.get(key) is None]
+        texts = check_reports([r[field] for r in missing], f"'{field}' of the records")
+        for r, labels in zip(missing, labeler(texts)):
+            r[key] = labels
+
+
+def _ce_keys(label_set: LabelSet) -> list[tuple[str, Sequence[str]]]:
+    if label_set.name == "chexpert":
+        return [("14", label_set.labels), ("5", label_set.headline)]
+    return [(str(len(label_set.labels)), label_set.labels), (str(len(label_set.headline)), label_set.headline)]
+
+
+def score(records: Sequence[dict], bootstrap: int = 1000, labeler="rrg", meteor: bool = True,
           meteor_language: str = "en") -> dict:
-    """Flat metrics dict for ``records`` = dicts {id, reference, generated, [ref_labels], [gen_labels]}."""
+    """Flat metrics dict for ``records`` = dicts {id, reference, generated, [ref_labels], [gen_labels]}.
+
+    ``labeler``: a registry name or a labeler instance (built once by the caller and reused for the
+    model and both baselines); CE keys follow the label set it declares.
+    """
     records = list(records)
     if not records:
         raise ValueError("no records to score")
-    lab = LABELERS.get(labeler)()
-    for key, field in (("ref_labels", "reference"), ("gen_labels", "generated")):
-        missing = [r for r in records if r.get(key) is None]
-        for r, labels in zip(missing, lab([r[field] for r in missing])):
-            r[key] = labels
+    lab = resolve_labeler(labeler)
+    label_set = label_set_of(lab)
+    label_records(records, lab)
     refs = [[nlg.tokenize(r["reference"])] for r in records]
     hyps = [nlg.tokenize(r["generated"]) for r in records]
     bstats = [nlg.bleu_stats(r, h) for r, h in zip(refs, hyps)]
@@ -144,7 +169,7 @@ def score(records: Sequence[dict], bootstrap: int = 1000, labeler: str = "rrg", 
         scorer = nlg.MeteorScorer(meteor_language)
         mstats = scorer.stats(refs, hyps)
         fns["meteor"] = lambda ix: scorer.aggregate([mstats[i] for i in ix])[0]
-    for suffix, names in (("14", CHEXPERT_LABELS), ("5", CHEXPERT_5)):
+    for suffix, names in _ce_keys(label_set):
         r = np.array([[_pos(rec["ref_labels"].get(n), "negative") for n in names] for rec in records])
         h = np.array([[_pos(rec["gen_labels"].get(n), "negative") for n in names] for rec in records])
         cube = np.stack([r & h, h & ~r, r & ~h], axis=-1).astype(np.int64)  # (example, label, tp/fp/fn)
@@ -156,6 +181,8 @@ def score(records: Sequence[dict], bootstrap: int = 1000, labeler: str = "rrg", 
         out: dict = {"n": len(records), "convention": CONVENTION}
         if scorer is not None:
             out["meteor_language"] = meteor_language
+        out: dict = {"n": len(records), "label_set": label_set.name, "labeler": type(lab).__name__,
+                     "convention": CONVENTION.format(labeler=type(lab).__name__, label_set=label_set.name)}
         for key, fn in fns.items():
             out[key] = fn(idx)
             if bootstrap:
@@ -167,28 +194,50 @@ def score(records: Sequence[dict], bootstrap: int = 1000, labeler: str = "rrg", 
         out["meteor_status"] = "not computed: java not found" if meteor else "not computed: disabled"
         if meteor:
             print(nlg.METEOR_MISSING)
-    per = clinical_scores([r["ref_labels"] for r in records], [r["gen_labels"] for r in records])["per_label_f1"]
+    per = clinical_scores([r["ref_labels"] for r in records], [r["gen_labels"] for r in records],
+                          labels=label_set.labels)["per_label_f1"]
     out.update({f"ce_f1_{name.lower().replace(' ', '_')}": v for name, v in per.items()})
     return out
 
 
-def score_predictions_file(path: str, out_dir: str, bootstrap: int = 1000) -> dict:
-    """``rrg eval --predictions``: score a JSONL file, write metrics.json and labels.csv, return the metrics."""
+def read_predictions(path: str, truncation: Optional[Truncation] = None) -> list[dict]:
+    """Rows ``{id, reference, generated}`` of a predictions JSONL; LabelInputError names file, line and field.
+
+    Texts longer than the truncation's ``max_chars`` are cut and counted (one pathological line
+    must not stall labelling, BLEU or the METEOR subprocess).
+    """
+    trunc = truncation or Truncation()
     records = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if line.strip():
-                row = json.loads(line)
-                records.append({"id": row.get("id", i), "reference": row["reference"],
-                                "generated": row["generated"]})
-    metrics = score(records, bootstrap=bootstrap)
+    for n, row in read_jsonl_rows(path):
+        records.append({"id": row.get("id", n - 1),
+                        "reference": trunc.cut(text_field(path, n, row, "reference"), f"{path}:{n}"),
+                        "generated": trunc.cut(text_field(path, n, row, "generated"), f"{path}:{n}")})
+    if not records:
+        raise LabelInputError(f"{path}: no predictions in the file")
+    return records
+
+
+def score_predictions_file(path: str, out_dir: str, bootstrap: int = 1000, labeler="rrg", meteor: bool = True,
+                           max_chars: int = DEFAULT_MAX_CHARS) -> dict:
+    """``rrg eval --predictions``: score a JSONL file, write metrics.json and labels.csv, return the metrics.
+
+    The whole file is read and checked before anything is written (no partial output).
+    """
+    trunc = Truncation(max_chars=max_chars)
+    records = read_predictions(path, trunc)
+    if trunc.count:
+        print(f"rrg: {trunc.summary()}")
+    lab = resolve_labeler(labeler)
+    names = list(label_set_of(lab).labels)
+    metrics = score(records, bootstrap=bootstrap, labeler=lab, meteor=meteor)
+    metrics["truncated_texts"] = trunc.count
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2, sort_keys=True)
-    with open(os.path.join(out_dir, "labels.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id"] + [f"ref_{n}" for n in CHEXPERT_LABELS] + [f"gen_{n}" for n in CHEXPERT_LABELS])
-        for r in records:
-            w.writerow([r["id"]] + ["" if r[k][n] is None else r[k][n]
-                                    for k in ("ref_labels", "gen_labels") for n in CHEXPERT_LABELS])
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["id"] + [f"ref_{n}" for n in names] + [f"gen_{n}" for n in names])
+    for r in records:
+        w.writerow([r["id"]] + ["" if r[k].get(n) is None else r[k][n]
+                                for k in ("ref_labels", "gen_labels") for n in names])
+    atomic_write_text(os.path.join(out_dir, "labels.csv"), buf.getvalue())
+    atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(metrics, indent=2, sort_keys=True))
     return metrics
