@@ -27,6 +27,7 @@ class BuildConfig:
         default_factory=lambda: {"train": 0.8, "validate": 0.1, "test": 0.1}
     )  # used only when the source gives no split; split is by patient
     num_tasks: int = 0  # parallel Ray tasks; 0 = one per CPU
+    max_skip_fraction: float = 0.5  # stop when more of the source's studies than this are unusable
     progress: bool = True
 
     def validate(self, key: str) -> None:
@@ -36,6 +37,8 @@ class BuildConfig:
             raise ConfigError(f"{key}.jpeg_quality", "must be within 1..100")
         if self.samples_per_shard < 1:
             raise ConfigError(f"{key}.samples_per_shard", "must be >= 1")
+        if not 0.0 <= self.max_skip_fraction <= 1.0:
+            raise ConfigError(f"{key}.max_skip_fraction", "must be within [0, 1]")
         if self.split_fractions and abs(sum(self.split_fractions.values()) - 1.0) > 1e-6:
             raise ConfigError(f"{key}.split_fractions", "fractions must sum to 1")
 

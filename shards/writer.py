@@ -12,6 +12,11 @@ Two passes:
    ``{file}.info.json``.  Tars use a fixed mtime, so a rebuilt shard is
    byte-identical and the manifest fingerprint does not change.
 
+Studies an adapter cannot use are skipped and counted by reason (while
+planning: ``adapter.skips()``; while loading: ``SkipStudy`` in the task) and
+written to ``build_summary.json`` beside the manifest, with examples naming
+file and row; past ``build.max_skip_fraction`` the build stops.
+
 Re-running is safe: ``build.json`` (written first) pins the adapter and
 preprocess settings, and a different config pointed at the same directory is
 refused; shards whose tar + sidecar are complete are kept; temp leftovers are
@@ -42,6 +47,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from shards.adapter_kit import SkipLog, SkipStudy
 from shards.adapters import make_adapter
 from shards.config import BuildConfig, DataConfig
 from shards.imageio import encode_image, load_image, load_mask, preprocess_image, resize_masks
@@ -50,6 +56,7 @@ from shards.masks import ENCODING, encode_masks
 from shards.records import FORMAT_VERSION, Study
 
 BUILD_SETTINGS = "build.json"
+BUILD_SUMMARY = "build_summary.json"
 _TMP_MARK = ".tmp-"
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -189,7 +196,7 @@ def pack_study(study: Study, index: int, split: str, key: str, build: BuildConfi
     record = {
         "study_id": study.study_id, "patient_id": study.patient_id, "split": split, "key": key, "index": index,
         "report": {"text": study.report, "findings": study.findings, "impression": study.impression},
-        "labels": study.labels, "topics": study.topics, "views": views, "masks": mask_meta, "kg": kg_meta,
+        "label_set": study.label_set, "labels": study.labels, "topics": study.topics, "views": views, "masks": mask_meta, "kg": kg_meta,
         "meta": study.meta,
     }
     sample["json"] = json.dumps(record, default=_json_default).encode()
@@ -224,19 +231,29 @@ def write_shard(adapter: Any, shard: dict[str, Any], out_dir: str, build: BuildC
     final = out / shard["file"]
     tmp = out / f"{shard['file']}{_TMP_MARK}{os.getpid()}"
     used: set[str] = set()
-    mask_total = 0
+    mask_total, written, skipped = 0, 0, SkipLog()
     try:
         with open(tmp, "wb") as f:
             writer = TarWriter(f, encoder=False, mtime=0.0)  # fixed mtime: rebuilds are byte-identical
             for index in shard["indices"]:
-                study = adapter.load(index)
+                try:
+                    study = adapter.load(index)
+                except SkipStudy as skip:
+                    skipped.add(skip.reason, skip.where)
+                    continue
                 key = sample_key(study.study_id)
                 if key in used:  # two ids that sanitise alike: keep keys unique within the shard
                     key = f"{key[:_MAX_KEY - 9]}_{index:08d}"
                 used.add(key)
-                sample, mask_bytes = pack_study(study, index, shard["split"], key, build)
+                try:
+                    sample, mask_bytes = pack_study(study, index, shard["split"], key, build)
+                except OSError as err:  # PIL: unreadable / truncated image file
+                    skipped.add("unreadable_image", f"study {study.study_id}: {err}")
+                    used.discard(key)
+                    continue
                 writer.write(sample)
                 mask_total += mask_bytes
+                written += 1
             writer.close()
             f.flush()
             os.fsync(f.fileno())
@@ -244,9 +261,9 @@ def write_shard(adapter: Any, shard: dict[str, Any], out_dir: str, build: BuildC
     finally:
         if tmp.exists():
             tmp.unlink()
-    info = asdict(ShardInfo(file=shard["file"], split=shard["split"], num_samples=len(shard["indices"]),
+    info = asdict(ShardInfo(file=shard["file"], split=shard["split"], num_samples=written,
                             num_bytes=final.stat().st_size, sha256=file_sha256(final)))
-    info.update(mask_bytes=mask_total, plan=_digest(shard["indices"]), settings=settings_digest)
+    info.update(mask_bytes=mask_total, skipped=skipped.to_json(), plan=_digest(shard["indices"]), settings=settings_digest)
     _atomic_write_json(_sidecar(out, shard["file"]), info)
     return info
 
@@ -282,15 +299,19 @@ def _remove_leftovers(out_dir: Path) -> int:
 
 
 def _run_tasks(adapter: Any, todo: list[dict[str, Any]], out_dir: Path, build: BuildConfig,
-               settings_digest: str) -> list[dict[str, Any]]:
-    """One Ray task per shard, at most ``build.num_tasks`` in flight (0: Ray's CPU count decides)."""
+               settings_digest: str, fn: Any = None) -> list[dict[str, Any]]:
+    """One Ray task per shard, at most ``build.num_tasks`` in flight (0: Ray's CPU count decides).
+
+    ``fn(adapter, shard, out_dir, build, settings_digest) -> info`` is the task
+    (default :func:`write_shard`; the masks pass brings its own).
+    """
     import ray
     from tqdm import tqdm
 
     from launcher.ray_util import ensure_ray
 
     ensure_ray()
-    remote = ray.remote(num_cpus=1, max_retries=1)(write_shard)
+    remote = ray.remote(num_cpus=1, max_retries=1)(fn or write_shard)
     adapter_ref = ray.put(adapter)
     limit = build.num_tasks or len(todo)
     queue, running, infos = list(todo), [], []
@@ -312,6 +333,32 @@ def _run_tasks(adapter: Any, todo: list[dict[str, Any]], out_dir: Path, build: B
     finally:
         bar.close()
     return infos
+
+
+def _write_summary(out: Path, adapter: Any, entries: list, plan: list[dict[str, Any]],
+                   infos: dict[str, dict[str, Any]], build: BuildConfig) -> dict[str, Any]:
+    """build_summary.json: studies kept per split, skips by reason with examples; enforce the limit."""
+    skips = SkipLog()
+    if hasattr(adapter, "skips"):
+        skips.merge(adapter.skips().to_json())
+    for s in plan:
+        skips.merge(infos[s["file"]].get("skipped") or {})
+    kept: dict[str, int] = defaultdict(int)
+    for s in plan:
+        kept[s["split"]] += int(infos[s["file"]]["num_samples"])
+    study_skips = sum(n for r, n in skips.counts.items() if not r.startswith(("row_", "view_")))
+    total = sum(kept.values()) + study_skips
+    summary = {"studies": sum(kept.values()), "by_split": dict(kept), "planned": len(entries),
+               "skipped_studies": study_skips, "skipped": skips.to_json(),
+               "label_set": adapter.label_set() if hasattr(adapter, "label_set") else "chexpert",
+               "note": "reasons starting with row_ or view_ count source rows or single images, not studies"}
+    _atomic_write_json(out / BUILD_SUMMARY, summary)
+    if total and study_skips / total > build.max_skip_fraction:
+        raise ShardBuildError(f"{study_skips} of {total} studies skipped (> build.max_skip_fraction="
+                              f"{build.max_skip_fraction}); reasons and examples in {out / BUILD_SUMMARY}")
+    if study_skips:
+        print(f"skipped {study_skips} studies: {dict(skips.counts)} (see {out / BUILD_SUMMARY})")
+    return summary
 
 
 def build_from_config(data_cfg: DataConfig, seed: int, out_dir: str | None = None) -> Manifest:
@@ -344,13 +391,15 @@ def build_from_config(data_cfg: DataConfig, seed: int, out_dir: str | None = Non
         built = sum(len(s["indices"]) for s in todo)
         print(f"built {len(todo)} shards, {built} studies in {elapsed:.1f}s ({built / max(elapsed, 1e-9):.1f} studies/s)")
 
+    summary = _write_summary(out, adapter, entries, plan, infos, build)
     shards = [ShardInfo(**{k: infos[s["file"]][k] for k in ("file", "split", "num_samples", "num_bytes", "sha256")})
               for s in plan]
     mask_total = sum(int(infos[s["file"]].get("mask_bytes", 0)) for s in plan)
     manifest = Manifest(
         out, settings["adapter"], settings["preprocess"], shards,
         extra={"mask_bytes": {"total": mask_total, "mean_per_study": mask_total / max(len(entries), 1)},
-               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "label_set": summary["label_set"], "skipped": summary["skipped"]["counts"]},
     )
     manifest.write()
     return manifest
