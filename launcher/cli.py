@@ -69,6 +69,25 @@ def cmd_bench_train(args):
     bench_train(_load(args), steps=args.steps, repeats=args.repeats)
 
 
+def cmd_bench_build(args):
+    from launcher.ray_util import ensure_ray
+    from shards.bench_build import bench_build
+
+    cfg = _load(args)
+    ensure_ray(address=cfg.cluster.address or os.environ.get("RAY_ADDRESS"), temp_dir=cfg.cluster.ray_temp_dir)
+    bench_build(cfg, studies=args.studies, rows=args.rows, work_dir=args.dir)
+
+
+def cmd_shards_masks(args):
+    from launcher.ray_util import ensure_ray
+    from shards.segment_pass import masks_from_config
+
+    cfg = _load(args)
+    ensure_ray(address=cfg.cluster.address or os.environ.get("RAY_ADDRESS"), temp_dir=cfg.cluster.ray_temp_dir)
+    manifest = masks_from_config(cfg.data, src=args.src, out_dir=args.out)
+    print(f"masked shards: {manifest.root}  studies: {manifest.splits}  fingerprint: {manifest.fingerprint[:16]}")
+
+
 def cmd_train(args):
     cfg = _load(args)  # validate before anything heavy is imported or started
     from launcher.ray_launch import run_training
@@ -139,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", type=int, default=0, help="which sample of the split")
     p.add_argument("--split", default=None)
     p.set_defaults(func=cmd_shards_inspect)
+    p = shards.add_parser("masks", help="run a segmentation model on every study's frontal view (Ray tasks)")
+    _add_config_args(p)
+    p.add_argument("--src", default=None, help="input shard directory (default data.shards_dir)")
+    p.add_argument("--out", default=None, help="output shard directory (default data.masks.out_dir)")
+    p.set_defaults(func=cmd_shards_masks)
 
     bench = sub.add_parser("bench", help="benchmarks printing side-by-side ratios").add_subparsers(dest="bench_cmd", required=True)
     p = bench.add_parser("loader", help="loader samples/s with 0, 1 and 2 workers")
@@ -151,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=3)
     p.set_defaults(func=cmd_bench_train)
+    p = bench.add_parser("build", help="shard build rate vs one core x cores; 377k-row planning time and memory")
+    _add_config_args(p)
+    p.add_argument("--studies", type=int, default=24, help="full-size synthetic MIMIC studies to build")
+    p.add_argument("--rows", type=int, default=377_110, help="metadata rows to plan (0: skip)")
+    p.add_argument("--dir", default=None, help="scratch directory (default: the system temp dir)")
+    p.set_defaults(func=cmd_bench_build)
 
     cfg = sub.add_parser("config", help="configuration tools").add_subparsers(dest="config_cmd", required=True)
     p = cfg.add_parser("show", help="print the fully resolved config")
