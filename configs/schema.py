@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import types
 import typing
+from pathlib import Path
 from typing import Any, Callable, Generic, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
@@ -197,3 +198,20 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: str) -> bool:
         return name in self._items
+
+
+def read_yaml_chain(path: Path, seen: tuple = ()) -> dict:
+    if not path.is_file():
+        raise ConfigError("", f"config file not found: {path}")
+    if path in seen:
+        raise ConfigError("base", f"circular base chain through {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError("", f"{path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("", f"{path} must hold a mapping at the top level")
+    base = data.pop("base", None)
+    if base is not None:
+        data = deep_merge(read_yaml_chain((path.parent / base).resolve(), seen + (path,)), data)
+    return data

@@ -31,10 +31,18 @@ def _split_config(args: argparse.Namespace) -> tuple[str | None, list[str]]:
 
 
 def _load(args: argparse.Namespace):
-    from launcher.config import load_config
+    from trainer.config import load_config
 
     config, overrides = _split_config(args)
     return load_config(config, overrides)
+
+
+def _pool(cfg, address: str | None = None):
+    """Ray tasks (embedded local Ray on loopback, or the given cluster) for the data passes and eval."""
+    from cluster.ray_util import RayTaskPool
+
+    return RayTaskPool(address=address or cfg.cluster.address or os.environ.get("RAY_ADDRESS"),
+                       temp_dir=cfg.cluster.ray_temp_dir)
 
 
 def cmd_config_show(args):
@@ -47,7 +55,7 @@ def cmd_shards_build(args):
     from shards.writer import build_from_config
 
     cfg = _load(args)
-    manifest = build_from_config(cfg.data, seed=cfg.seed, out_dir=args.out)
+    manifest = build_from_config(cfg.data, seed=cfg.seed, out_dir=args.out, pool=_pool(cfg))
     print(f"shards: {manifest.root}  studies: {manifest.splits}  fingerprint: {manifest.fingerprint[:16]}")
 
 
@@ -70,31 +78,28 @@ def cmd_bench_train(args):
 
 
 def cmd_bench_build(args):
-    from launcher.ray_util import ensure_ray
     from shards.bench_build import bench_build
 
     cfg = _load(args)
-    ensure_ray(address=cfg.cluster.address or os.environ.get("RAY_ADDRESS"), temp_dir=cfg.cluster.ray_temp_dir)
-    bench_build(cfg, studies=args.studies, rows=args.rows, work_dir=args.dir)
+    bench_build(cfg, _pool(cfg), studies=args.studies, rows=args.rows, work_dir=args.dir)
 
 
 def cmd_shards_masks(args):
-    from launcher.ray_util import ensure_ray
     from shards.segment_pass import masks_from_config
 
     cfg = _load(args)
-    ensure_ray(address=cfg.cluster.address or os.environ.get("RAY_ADDRESS"), temp_dir=cfg.cluster.ray_temp_dir)
-    manifest = masks_from_config(cfg.data, src=args.src, out_dir=args.out)
-    print(f"masked shards: {manifest.root}  studies: {manifest.splits}  fingerprint: {manifest.fingerprint[:16]}")
+    side, fingerprint = masks_from_config(cfg.data, _pool(cfg), shards_dir=args.shards)
+    print(f"masks sidecar: {side.root}  studies: {sum(s['num_entries'] for s in side.shards.values())}  "
+          f"dataset fingerprint: {fingerprint[:16]}")
 
 
 def cmd_train(args):
     cfg = _load(args)  # validate before anything heavy is imported or started
-    from launcher.ray_launch import run_training
+    from cluster.ray_train import run_training
 
     if args.resume is not None:
         cfg.checkpoint.resume = args.resume
-    run_training(cfg, address=args.address or os.environ.get("RAY_ADDRESS"))
+    run_training(cfg, address=args.address or cfg.cluster.address or os.environ.get("RAY_ADDRESS"))
 
 
 def cmd_eval(args):
@@ -106,8 +111,8 @@ def cmd_eval(args):
         score_predictions_file(args.predictions, args.out, bootstrap=args.bootstrap)
         return
     cfg = _load(args)
-    run_eval(cfg, checkpoint=args.checkpoint, model_dir=args.model_dir, out=args.out,
-             image_ablation=args.image_ablation, address=args.address or os.environ.get("RAY_ADDRESS"))
+    run_eval(cfg, pool=_pool(cfg, args.address), checkpoint=args.checkpoint, model_dir=args.model_dir,
+             out=args.out, image_ablation=args.image_ablation)
 
 
 def cmd_label(args):
@@ -160,8 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_shards_inspect)
     p = shards.add_parser("masks", help="run a segmentation model on every study's frontal view (Ray tasks)")
     _add_config_args(p)
-    p.add_argument("--src", default=None, help="input shard directory (default data.shards_dir)")
-    p.add_argument("--out", default=None, help="output shard directory (default data.masks.out_dir)")
+    p.add_argument("--shards", default=None, help="shard directory (default data.shards_dir)")
     p.set_defaults(func=cmd_shards_masks)
 
     bench = sub.add_parser("bench", help="benchmarks printing side-by-side ratios").add_subparsers(dest="bench_cmd", required=True)

@@ -9,6 +9,14 @@ from configs.schema import ConfigError
 
 
 @dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
 class VisionConfig:
     path: Optional[str] = None  # local Hugging Face model dir (real runs)
     hf_config: dict[str, Any] = field(default_factory=dict)  # used when path is None (tests, demo)

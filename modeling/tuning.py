@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainer.config import TrainConfig
+
 
 MODES = ("projector", "lora", "full")
 
@@ -33,7 +33,7 @@ def _set_trainable(module: nn.Module, flag: bool) -> None:
         p.requires_grad_(flag)
 
 
-def apply_tuning(model: nn.Module, train_cfg: TrainConfig) -> nn.Module:
+def apply_tuning(model: nn.Module, train_cfg) -> nn.Module:
     """Freeze/unfreeze (and wrap the LM with LoRA) according to ``train_cfg.tuning``; returns ``model``."""
     mode = train_cfg.tuning
     if mode not in MODES:

@@ -4,7 +4,7 @@
    frontal JPEGs is built by the real writer on Ray tasks over all cores.
    Side by side in the same run, one core's rate of the per-study work
    (decode + resize + encode, the same functions the writer calls) is
-   measured before and after the build, in one Ray task: Ray runs its workers
+   measured before and after the build, in one pool task: Ray runs its workers
    at nice 15, so a measurement in the (nice 0) driver would not be the same
    core on a shared machine.  Ratio = whole-build studies/s /
    (one core's studies/s x cores); 1.0 means the build is as fast as perfectly
@@ -58,43 +58,42 @@ def one_core_rate(paths: list[str], build: BuildConfig) -> float:
     return 1.0 / statistics.median(times)
 
 
-def _warm_workers(cores: int) -> None:
+def _warm() -> int:
+    import PIL.Image  # noqa: F401
+    import webdataset  # noqa: F401
+
+    import shards.writer  # noqa: F401
+    time.sleep(0.5)
+    return os.getpid()
+
+
+def _one_core(pool, paths: list[str], build: BuildConfig) -> float:
+    return next(iter(pool.map_unordered(one_core_rate, [(paths, build)])))[1]
+
+
+def _warm_workers(pool, cores: int) -> None:
     """Start one Ray worker per core with the writer's imports done, outside the timed build.
 
-    Ray must already be initialised (the CLI handler does it: this floor does not start clusters).
+    The pool comes from the caller (the CLI hands in a Ray pool: this floor does not start clusters).
     """
-    import ray
-
-    @ray.remote(num_cpus=1)
-    def warm() -> int:
-        import PIL.Image  # noqa: F401
-        import webdataset  # noqa: F401
-
-        import shards.writer  # noqa: F401
-        time.sleep(0.5)
-        return os.getpid()
-
-    ray.get([warm.remote() for _ in range(cores)])
+    list(pool.map_unordered(_warm, [()] * cores))
 
 
-def bench_rate(work: Path, studies: int, build: BuildConfig, cores: int) -> dict[str, float]:
+def bench_rate(pool, work: Path, studies: int, build: BuildConfig, cores: int) -> dict[str, float]:
     from shards.fixture_trees import make_mimic_bench
     from shards.writer import build_from_config
 
     root = make_mimic_bench(work / "mimic", studies)
     paths = sorted(str(p) for p in (root / "files").rglob("*.jpg"))[:4]
-    _warm_workers(cores)
-    import ray
-
-    single_core = ray.remote(num_cpus=1)(one_core_rate)
-    before = ray.get(single_core.remote(paths, build))
+    _warm_workers(pool, cores)
+    before = _one_core(pool, paths, build)
     per_shard = max(1, -(-studies // (2 * cores)))
     cfg = DataConfig(source=SourceConfig("mimic_cxr_jpg", {"root": str(root)}),
                      build=replace(build, samples_per_shard=per_shard, num_tasks=cores, progress=False))
     t0 = time.perf_counter()
-    manifest = build_from_config(cfg, seed=0, out_dir=str(work / "shards"))
+    manifest = build_from_config(cfg, seed=0, out_dir=str(work / "shards"), pool=pool)
     elapsed = time.perf_counter() - t0
-    after = ray.get(single_core.remote(paths, build))
+    after = _one_core(pool, paths, build)
     single = (before + after) / 2
     rate = sum(manifest.splits.values()) / elapsed
     return {"studies": sum(manifest.splits.values()), "build_s": elapsed, "build_rate": rate,
@@ -118,13 +117,13 @@ def bench_plan(work: Path, rows: int) -> dict[str, float]:
     return out
 
 
-def bench_build(cfg, studies: int = 24, rows: int = 377_110, work_dir: str | None = None,
+def bench_build(cfg, pool, studies: int = 24, rows: int = 377_110, work_dir: str | None = None,
                 cores: int | None = None) -> dict[str, dict]:
     """Print and return both measurements (``cfg.data.build`` gives image size and format)."""
-    cores = cores or os.cpu_count() or 1
+    cores = cores or pool.parallelism
     work = Path(tempfile.mkdtemp(prefix="rrg-bench-build-", dir=work_dir))
     try:
-        rate = bench_rate(work, studies, cfg.data.build, cores)
+        rate = bench_rate(pool, work, studies, cfg.data.build, cores)
         print(f"build benchmark: {rate['studies']} MIMIC-layout studies, full-size 3000x2500 JPEG -> "
               f"{cfg.data.build.image_size} px {cfg.data.build.image_format}, {cores} cores")
         print(f"  whole build       {rate['build_rate']:8.2f} studies/s  ({rate['build_s']:.1f} s)")

@@ -52,6 +52,15 @@ class Manifest:
     shards: list[ShardInfo]
     fingerprint: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    sidecars: dict[str, Any] = field(default_factory=dict)  # name -> shards.sidecars.SidecarInfo
+    assets: dict[str, Any] = field(default_factory=dict)  # name -> shards.sidecars.Asset
+
+    @property
+    def dataset_fingerprint(self) -> str:
+        """The shards' fingerprint extended by the sidecars and assets beside them (what checkpoints keep)."""
+        from shards.sidecars import dataset_fingerprint
+
+        return dataset_fingerprint(self.fingerprint, self.sidecars, self.assets)
 
     def split_shards(self, split: str) -> list[ShardInfo]:
         found = [s for s in self.shards if s.split == split]
@@ -130,6 +139,12 @@ def load_manifest(shards_dir: str | os.PathLike) -> Manifest:
         raise ManifestError(f"manifest {path} is malformed ({err!r}): rebuild the shards") from None
     if m.compute_fingerprint() != m.fingerprint:
         raise ManifestError(f"manifest {path}: fingerprint does not match its shard list (edited by hand?)")
+    from shards.sidecars import SidecarError, load_assets, load_sidecars
+
+    try:
+        m.sidecars, m.assets = load_sidecars(root), load_assets(root)
+    except SidecarError as err:
+        raise ManifestError(str(err)) from None
     return m
 
 

@@ -59,8 +59,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from shards import plan
 from shards.config import DataConfig
 from shards.manifest import Manifest, ManifestError, ShardInfo, file_sha256, load_manifest
-from shards.masks import decode_masks
+from shards.masks import decode_masks, sidecar_masks
 from shards.records import DecodedSample
+from shards.sidecars import index_tar
 
 log = logging.getLogger("rrg.shards")
 Builder = Callable[[DecodedSample], dict]
@@ -103,10 +104,12 @@ def _identity(x):  # the DataLoader's collate: batches are built in the workers 
 class ShardFiles:
     """Per-process access to a split's tars: verification and member index, each done once per shard."""
 
-    def __init__(self, manifest_root: str, verify: str):
+    def __init__(self, manifest_root: str, verify: str, sidecars: Optional[dict[str, Any]] = None):
         self.root, self.verify_mode = manifest_root, verify
+        self.sidecars = sidecars or {}  # name -> SidecarInfo, joined by key into every sample read
         self._verified: dict[str, Optional[str]] = {}
         self._index: dict[str, tuple[list[tuple[str, _Members]], Optional[str]]] = {}
+        self._side_index: dict[tuple[str, str], Any] = {}  # (sidecar, shard) -> key index | reason unusable
 
     def path(self, shard: ShardInfo) -> str:
         return os.path.join(self.root, shard.file)
@@ -159,7 +162,37 @@ class ShardFiles:
             data[suffix] = f.read(size)
             if len(data[suffix]) != size:
                 raise _Bad(f"{key}: member .{suffix} truncated ({len(data[suffix])}/{size} bytes)")
+        for name, side in self.sidecars.items():
+            data.update(self._side_members(name, side, shard.file, key))
         return key, data
+
+    def _side_members(self, name: str, side: Any, shard_file: str, key: str) -> dict[str, bytes]:
+        """The sidecar's members for ``key`` (none when the sidecar does not cover that shard or study)."""
+        if shard_file not in side.shards:
+            return {}
+        slot = (name, shard_file)
+        if slot not in self._side_index:
+            path = side.path(shard_file)
+            if not os.path.isfile(path):
+                self._side_index[slot] = f"sidecar '{name}' tar missing: {path}"
+            elif self.verify_mode == "checksum" and file_sha256(path) != side.shards[shard_file]["sha256"]:
+                self._side_index[slot] = f"sidecar '{name}' tar {path} differs from its sha256 (corrupt or rewritten)"
+            else:
+                try:
+                    self._side_index[slot] = index_tar(path)
+                except (tarfile.TarError, OSError, EOFError) as e:
+                    self._side_index[slot] = f"sidecar '{name}' tar {path} unreadable ({e})"
+        index = self._side_index[slot]
+        if isinstance(index, str):
+            raise _Bad(index)
+        out = {}
+        with open(side.path(shard_file), "rb") as f:
+            for suffix, (offset, size) in index.get(key, {}).items():
+                f.seek(offset)
+                out[suffix] = f.read(size)
+                if len(out[suffix]) != size:
+                    raise _Bad(f"{key}: sidecar '{name}' member .{suffix} truncated")
+        return out
 
 
 # -------------------------------------------------------------- stage 7: decode
@@ -191,9 +224,13 @@ def decode(key: str, shard: str, members: dict[str, bytes]) -> DecodedSample:
                 raise _Bad(f"missing member .{name}")
             masks = decode_masks(members[name], record["masks"]["shape"])
             channels = list(record["masks"].get("channels", []))
-        kg_name = (record.get("kg") or {}).get("member", "kg.safetensors")
-        kg = load_safetensors(members[kg_name]) if kg_name in members else None
-        return DecodedSample(key, shard, record, images, masks, channels, kg)
+        tensors = {suffix[: -len(".safetensors")]: load_safetensors(data) for suffix, data in members.items()
+                   if suffix.endswith(".safetensors")}
+        annotations = {suffix[: -len(".json")]: json.loads(data) for suffix, data in members.items()
+                       if suffix.endswith(".json") and suffix != "json"}
+        masks, channels = sidecar_masks(annotations, members) or (masks, channels)
+        kg_name = (record.get("kg") or {}).get("member", "kg.safetensors")[: -len(".safetensors")]
+        return DecodedSample(key, shard, record, images, masks, channels, tensors.get(kg_name), tensors, annotations)
     except _Bad:
         raise
     except Exception as e:  # undecodable bytes of any kind: PIL, json, zlib, safetensors
@@ -315,6 +352,7 @@ class _RankStream(IterableDataset):
 
     def __init__(self, loader: "ShardLoader"):
         self.shards, self.root, self.verify = loader.shards, str(loader.manifest.root), loader.verify
+        self.sidecars = loader.manifest.sidecars
         self.order = loader._orders()[-1]
         self.segments, self.segment = loader.segments, len(loader.segments) - 1
         self.rank, self.seed, self.epoch, self.mode = loader.rank, loader.seed, loader.epoch, loader.mode
@@ -328,7 +366,7 @@ class _RankStream(IterableDataset):
         worker = ((info.id if info else 0) + seg.consumed) % seg.streams
         stream = plan.worker_stream(self.order, self.rank, worker, seg, seed=self.seed, epoch=self.epoch,
                                     segment=self.segment, mode=self.mode)
-        reader = _WorkerReader(stream, self.shards, ShardFiles(self.root, self.verify), block=seg.shuffle_buffer,
+        reader = _WorkerReader(stream, self.shards, ShardFiles(self.root, self.verify, self.sidecars), block=seg.shuffle_buffer,
                                batch_size=seg.batch_size, builder=self.builder, collate=self.collate,
                                max_skip=self.max_skip, split=self.split)
         start = plan.batches_before(seg.consumed, worker, seg.streams) * seg.batch_size
@@ -418,13 +456,13 @@ class ShardLoader:
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "segments": [s.to_json() for s in self.segments],
-                "fingerprint": self.manifest.fingerprint, "split": self.split, "seed": self.seed, "mode": self.mode}
+                "fingerprint": self.manifest.dataset_fingerprint, "split": self.split, "seed": self.seed, "mode": self.mode}
 
     def load_state_dict(self, state: dict) -> None:
-        if state["fingerprint"] != self.manifest.fingerprint:
+        if state["fingerprint"] != self.manifest.dataset_fingerprint:
             raise ManifestError(
                 f"loader state was saved for shard set {state['fingerprint'][:12]}..., but "
-                f"{self.manifest.root} holds {self.manifest.fingerprint[:12]}...: the shards were rebuilt or "
+                f"{self.manifest.root} holds {self.manifest.dataset_fingerprint[:12]}...: the shards were rebuilt or "
                 f"data.shards_dir changed; resume with the original shards or start a fresh run")
         for name in ("split", "seed", "mode"):
             if name in state and state[name] != getattr(self, name):
@@ -448,3 +486,18 @@ def make_loader(data_cfg: DataConfig, split: str, *, rank: int, world_size: int,
                        shuffle_buffer=data_cfg.shuffle_buffer, mode=mode, builder=builder, collate=collate,
                        verify=data_cfg.verify, max_skip_fraction=data_cfg.max_skip_fraction,
                        prefetch_factor=data_cfg.prefetch_factor)
+
+
+def iter_decoded(manifest: Manifest, shard: ShardInfo) -> Iterator[DecodedSample]:
+    """Every sample of one shard in order, decoded, sidecars joined; a bad one raises DataError naming it."""
+    files = ShardFiles(str(manifest.root), "checksum", manifest.sidecars)
+    why = files.check(shard)
+    if why is not None:
+        raise DataError(f"shard {shard.file}: {why}")
+    with open(files.path(shard), "rb") as f:
+        for ordinal in range(shard.num_samples):
+            try:
+                key, members = files.read(shard, ordinal, f)
+                yield decode(key, shard.file, members)
+            except _Bad as bad:
+                raise DataError(f"shard {shard.file}, sample #{ordinal}: {bad}") from None

@@ -75,10 +75,16 @@ class DecodedSample:
     masks: Optional[np.ndarray] = None  # bool (C, H, W)
     mask_channels: list[str] = field(default_factory=list)
     kg: Optional[dict[str, np.ndarray]] = None
+    tensors: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # <name>.safetensors members
+    annotations: dict[str, Any] = field(default_factory=dict)  # <name>.json members (overlays), parsed
 
     @property
     def report(self) -> str:
         return self.record["report"]["text"]
+
+    @property
+    def label_set(self) -> str:
+        return self.record.get("label_set", "chexpert")
 
 
 def report_text(findings: str, impression: str) -> str:

@@ -47,6 +47,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from configs.parallel import SerialPool, TaskPool
 from shards.adapter_kit import SkipLog, SkipStudy
 from shards.adapters import make_adapter
 from shards.config import BuildConfig, DataConfig
@@ -299,37 +300,24 @@ def _remove_leftovers(out_dir: Path) -> int:
 
 
 def _run_tasks(adapter: Any, todo: list[dict[str, Any]], out_dir: Path, build: BuildConfig,
-               settings_digest: str, fn: Any = None) -> list[dict[str, Any]]:
-    """One Ray task per shard, at most ``build.num_tasks`` in flight (0: Ray's CPU count decides).
+               settings_digest: str, pool: TaskPool,
+               fn: Any = None) -> list[dict[str, Any]]:
+    """One task per shard on ``pool``, at most ``build.num_tasks`` in flight (0: the pool decides).
 
     ``fn(adapter, shard, out_dir, build, settings_digest) -> info`` is the task
     (default :func:`write_shard`; the masks pass brings its own).
     """
-    import ray
     from tqdm import tqdm
 
-    from launcher.ray_util import ensure_ray
-
-    ensure_ray()
-    remote = ray.remote(num_cpus=1, max_retries=1)(fn or write_shard)
-    adapter_ref = ray.put(adapter)
-    limit = build.num_tasks or len(todo)
-    queue, running, infos = list(todo), [], []
+    infos = []
     bar = tqdm(total=sum(len(s["indices"]) for s in todo), unit=" studies", disable=not build.progress,
                desc=f"shards 0/{len(todo)}", dynamic_ncols=True)
     try:
-        while queue or running:
-            while queue and len(running) < limit:
-                running.append(remote.remote(adapter_ref, queue.pop(0), str(out_dir), build, settings_digest))
-            done, running = ray.wait(running, num_returns=1)
-            info = ray.get(done[0])
+        items = [(shard, str(out_dir), build, settings_digest) for shard in todo]
+        for _, info in pool.map_unordered(fn or write_shard, items, shared=(adapter,), limit=build.num_tasks):
             infos.append(info)
             bar.update(info["num_samples"])
             bar.set_description(f"shards {len(infos)}/{len(todo)}")
-    except BaseException:
-        for ref in running:
-            ray.cancel(ref, force=True)
-        raise
     finally:
         bar.close()
     return infos
@@ -361,8 +349,12 @@ def _write_summary(out: Path, adapter: Any, entries: list, plan: list[dict[str, 
     return summary
 
 
-def build_from_config(data_cfg: DataConfig, seed: int, out_dir: str | None = None) -> Manifest:
-    """Build (or finish building) the shard set described by ``data_cfg``; return its manifest."""
+def build_from_config(data_cfg: DataConfig, seed: int, out_dir: str | None = None,
+                      pool: Optional[TaskPool] = None) -> Manifest:
+    """Build (or finish building) the shard set described by ``data_cfg``; return its manifest.
+
+    Shards are written as tasks on ``pool`` (the CLI hands in a Ray pool; default: this process).
+    """
     build = data_cfg.build
     out = Path(out_dir or data_cfg.shards_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -385,7 +377,7 @@ def build_from_config(data_cfg: DataConfig, seed: int, out_dir: str | None = Non
         print(f"{len(infos)} of {len(plan)} shards already complete in {out}")
     todo = [s for s in plan if s["file"] not in infos]
     if todo:
-        for info in _run_tasks(adapter, todo, out, build, settings_digest):
+        for info in _run_tasks(adapter, todo, out, build, settings_digest, pool or SerialPool()):
             infos[info["file"]] = info
         elapsed = time.time() - t0
         built = sum(len(s["indices"]) for s in todo)

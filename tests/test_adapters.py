@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.ray_util import ensure_ray
+from cluster.ray_util import RayTaskPool, ensure_ray
 from shards import fixture_trees_other as other
 from shards.adapter_kit import AdapterError, findings_impression
 from shards.adapters import make_adapter
@@ -24,6 +24,7 @@ from shards.manifest import iter_json_records, load_manifest
 from shards.writer import BUILD_SUMMARY, build_from_config
 
 SIZE = 32
+POOL = None  # the writer's tasks run on a real local Ray (the pool the CLI hands it)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -32,6 +33,8 @@ def ray_local():
 
     temp = f"/tmp/rr-ds-{os.getpid()}"
     ensure_ray(num_cpus=2, temp_dir=temp)
+    global POOL
+    POOL = RayTaskPool()
     yield
     ray.shutdown()
     shutil.rmtree(temp, ignore_errors=True)
@@ -41,7 +44,7 @@ def build(tmp_path: Path, adapter: str, args: dict, **kw) -> tuple[dict, dict, d
     """Build; return ({study_id: record}, build_summary, manifest extra)."""
     cfg = DataConfig(source=SourceConfig(adapter, args),
                      build=BuildConfig(image_size=SIZE, samples_per_shard=2, progress=False, **kw))
-    manifest = build_from_config(cfg, seed=3, out_dir=str(tmp_path / "shards"))
+    manifest = build_from_config(cfg, seed=3, out_dir=str(tmp_path / "shards"), pool=POOL)
     manifest = load_manifest(manifest.root)
     records = {r["study_id"]: r for split in manifest.splits for r in iter_json_records(manifest, split)}
     summary = json.loads((Path(manifest.root) / BUILD_SUMMARY).read_text())

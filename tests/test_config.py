@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher.config import RunConfig, load_config
+from trainer.config import RunConfig, load_config
 from configs.schema import ConfigError, apply_overrides
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))

@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save_file
 
-from launcher.ray_util import ensure_ray
+from cluster.ray_util import RayTaskPool
 from shards.adapters import AdapterError
 from shards.config import BuildConfig, DataConfig, SourceConfig
 from shards.inspect import inspect_shards
@@ -24,14 +24,17 @@ from shards.masks import decode_masks
 from shards.writer import ShardBuildError, assign_splits, build_from_config
 
 SIZE = 64
+POOL = None  # set by the module fixture
 
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_local():
+    """The shard writer's tasks run on a real local Ray (the pool the CLI hands it)."""
     import ray
 
+    global POOL
     temp = f"/tmp/rrgt-{os.getpid()}"
-    ensure_ray(num_cpus=2, temp_dir=temp)
+    POOL = RayTaskPool(temp_dir=temp)
     yield
     ray.shutdown()
     shutil.rmtree(temp, ignore_errors=True)
@@ -94,7 +97,7 @@ def _read_tars(out: Path) -> dict[str, dict[str, bytes]]:
 @pytest.fixture(scope="module")
 def png_build(source, tmp_path_factory):
     out = tmp_path_factory.mktemp("png") / "shards"
-    return build_from_config(_cfg(source), seed=7, out_dir=str(out))
+    return build_from_config(_cfg(source), seed=7, out_dir=str(out), pool=POOL)
 
 
 def test_jsonl_build_reads_back(png_build, source):
@@ -158,7 +161,7 @@ def test_manifest_matches_files(png_build):
 
 
 def test_jpeg_output(source, tmp_path):
-    m = build_from_config(_cfg(source, image_format="jpeg", jpeg_quality=70), seed=7, out_dir=str(tmp_path / "j"))
+    m = build_from_config(_cfg(source, image_format="jpeg", jpeg_quality=70), seed=7, out_dir=str(tmp_path / "j"), pool=POOL)
     samples = _read_tars(m.root)
     members = {ext for s in samples.values() for ext in s}
     assert {"view0.jpg", "view1.jpg"} <= members and not any(e.endswith(".png") for e in members)
@@ -169,7 +172,7 @@ def test_jpeg_output(source, tmp_path):
 
 def test_interrupted_build_rebuilds_only_missing(source, tmp_path, capsys):
     out = tmp_path / "r"
-    first = build_from_config(_cfg(source), seed=7, out_dir=str(out))
+    first = build_from_config(_cfg(source), seed=7, out_dir=str(out), pool=POOL)
     tars = sorted(out.glob("*.tar"))
     assert len(tars) >= 3
     mtimes = {p.name: p.stat().st_mtime_ns for p in tars}
@@ -179,7 +182,7 @@ def test_interrupted_build_rebuilds_only_missing(source, tmp_path, capsys):
     leftover = out / f"{tars[0].name}.tmp-99999"
     leftover.write_bytes(b"partial")
     capsys.readouterr()
-    second = build_from_config(_cfg(source), seed=7, out_dir=str(out))
+    second = build_from_config(_cfg(source), seed=7, out_dir=str(out), pool=POOL)
     assert f"{len(tars) - 1} of {len(tars)} shards already complete" in capsys.readouterr().out
     assert not leftover.exists() and victim.exists()
     for p in sorted(out.glob("*.tar")):
@@ -190,9 +193,9 @@ def test_interrupted_build_rebuilds_only_missing(source, tmp_path, capsys):
 
 def test_mismatched_settings_refused(source, png_build):
     with pytest.raises(ShardBuildError, match="different preprocess settings"):
-        build_from_config(_cfg(source, jpeg_quality=50), seed=7, out_dir=str(png_build.root))
+        build_from_config(_cfg(source, jpeg_quality=50), seed=7, out_dir=str(png_build.root), pool=POOL)
     with pytest.raises(ShardBuildError, match="preprocess"):
-        build_from_config(_cfg(source), seed=8, out_dir=str(png_build.root))
+        build_from_config(_cfg(source), seed=8, out_dir=str(png_build.root), pool=POOL)
 
 
 def test_malformed_jsonl_line_named(source, tmp_path):
@@ -201,12 +204,12 @@ def test_malformed_jsonl_line_named(source, tmp_path):
     bad.write_text("\n".join(lines[:2] + ['{"study_id": "x", "patient_id": '] + lines[2:]) + "\n")
     cfg = DataConfig(source=SourceConfig("jsonl", {"path": str(bad), "root": str(source)}))
     with pytest.raises(AdapterError, match=r"bad\.jsonl, line 3: not valid JSON"):
-        build_from_config(cfg, seed=0, out_dir=str(tmp_path / "o"))
+        build_from_config(cfg, seed=0, out_dir=str(tmp_path / "o"), pool=POOL)
     missing = tmp_path / "missing.jsonl"
     missing.write_text(lines[0] + "\n" + json.dumps({"study_id": "y", "patient_id": "q", "report": "r"}) + "\n")
     cfg = DataConfig(source=SourceConfig("jsonl", {"path": str(missing), "root": str(source)}))
     with pytest.raises(AdapterError, match=r"missing\.jsonl, line 2: needs 'images'"):
-        build_from_config(cfg, seed=0, out_dir=str(tmp_path / "o2"))
+        build_from_config(cfg, seed=0, out_dir=str(tmp_path / "o2"), pool=POOL)
 
 
 def test_patient_in_two_splits_refused(source, tmp_path):
@@ -216,7 +219,7 @@ def test_patient_in_two_splits_refused(source, tmp_path):
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     cfg = DataConfig(source=SourceConfig("jsonl", {"path": str(path), "root": str(source)}))
     with pytest.raises(ShardBuildError, match="patient 'p0' appears in two splits"):
-        build_from_config(cfg, seed=0, out_dir=str(tmp_path / "o"))
+        build_from_config(cfg, seed=0, out_dir=str(tmp_path / "o"), pool=POOL)
 
 
 def test_hash_splits_are_stable_and_by_patient():
@@ -244,7 +247,7 @@ def test_inspect_renders_png(png_build, tmp_path, capsys):
 def test_demo_adapter_build(tmp_path):
     cfg = DataConfig(source=SourceConfig("demo", {"num_studies": 60, "seed": 3}),
                      build=BuildConfig(image_size=256, samples_per_shard=20, progress=False))
-    m = build_from_config(cfg, seed=1, out_dir=str(tmp_path / "demo"))
+    m = build_from_config(cfg, seed=1, out_dir=str(tmp_path / "demo"), pool=POOL)
     assert sum(m.splits.values()) == 60
     assert 0 < m.extra["mask_bytes"]["mean_per_study"] <= 10_000
     samples = _read_tars(m.root)
@@ -256,7 +259,7 @@ def test_demo_adapter_build(tmp_path):
 def test_ensure_ray_reuses_loopback_instance():
     import ray
 
-    from launcher.ray_util import _checked_temp_dir
+    from cluster.ray_util import _checked_temp_dir, ensure_ray
 
     ensure_ray(num_cpus=1)  # already up: a no-op, not a second cluster
     assert ray.cluster_resources()["CPU"] == 2

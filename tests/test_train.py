@@ -79,7 +79,7 @@ def test_lora_zero3_adapter_loads_in_plain_peft(shards, tmp_path):
     export = out / "export"
     assert (export / "lm_adapter" / "adapter_config.json").is_file()
     res = result(out)
-    from launcher.config import load_config
+    from trainer.config import load_config
     from modeling.registry import build_family
     from shards.reader import make_loader
     from trainer.loop import to_device

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from launcher.config import RunConfig
+from trainer.config import RunConfig
 from trainer.loop import to_device
 from trainer.strategy import DeepSpeedStrategy, cosine_with_warmup
 
@@ -42,7 +42,7 @@ def _time_steps(step_fn, batches: list) -> list[float]:
 
 
 def bench_train(cfg: RunConfig, steps: int = 20, repeats: int = 3) -> dict[str, float]:
-    from launcher.ray_launch import ensure_shards
+    from trainer.prepare import ensure_shards
     from modeling.registry import build_family
     from modeling.tuning import apply_tuning
     from shards.manifest import iter_json_records

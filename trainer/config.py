@@ -1,18 +1,22 @@
-"""Typed config sections owned by the trainer: optimisation, checkpoints, logging, evaluation."""
+"""Typed config sections owned by the trainer, and the run config that composes every section.
+
+``load_config("configs/demo.yaml", ["train.lr=1e-4"])`` returns a validated :class:`RunConfig`;
+anything wrong raises :class:`ConfigError` naming the key.  A YAML file may start from another
+with ``base: other.yaml`` (relative to it).  The ``cluster`` section (where and on how many
+workers a run executes) is plain data read by the trainer (world size, devices) and by the
+cluster backends that launch it.
+"""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Optional
 
-from configs.schema import ConfigError
-
-
-@dataclass
-class LoraConfig:
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+from configs.atomic import atomic_write_text
+from configs.schema import ConfigError, apply_overrides, from_dict, read_yaml_chain, to_dict
+from modeling.config import LoraConfig, ModelConfig
+from shards.config import DataConfig
 
 
 @dataclass
@@ -99,3 +103,69 @@ class EvalConfig:
     meteor: bool = True  # METEOR through the reference jar (needs java; says so plainly when absent)
     labeler: str = "rrg"  # registry name; e.g. a local CheXbert plug-in
     labeler_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ClusterConfig:
+    num_workers: int = 2  # Ray Train workers (= DeepSpeed ranks)
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    address: Optional[str] = None  # join an existing Ray cluster; None = embedded local one on loopback
+    max_failures: int = 2  # worker-group restarts from the latest checkpoint
+    ray_temp_dir: Optional[str] = None  # default: <output_dir>/../.ray (kept short for unix sockets)
+
+    def validate(self, key: str = "cluster") -> None:
+        if self.num_workers < 1:
+            raise ConfigError(f"{key}.num_workers", "must be >= 1")
+        if self.cpus_per_worker <= 0:
+            raise ConfigError(f"{key}.cpus_per_worker", "must be > 0")
+        if self.max_failures < 0:
+            raise ConfigError(f"{key}.max_failures", "must be >= 0")
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    seed: int = 1234
+    output_dir: str = "runs/run"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    def validate(self) -> "RunConfig":
+        self.data.validate("data")
+        self.model.validate("model")
+        self.train.validate("train")
+        self.checkpoint.validate("checkpoint")
+        self.cluster.validate("cluster")
+        return self
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return self.checkpoint.dir or os.path.join(self.output_dir, "checkpoints")
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    def dump(self, path: str | os.PathLike) -> None:
+        """Write the fully resolved config (every default spelled out) next to an output."""
+        import yaml
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> RunConfig:
+    data = read_yaml_chain(Path(path) if path else DEFAULT_CONFIG)
+    data = apply_overrides(data, overrides or [])
+    return from_dict(RunConfig, data).validate()
+
+
+def config_from_dict(data: dict) -> RunConfig:
+    return from_dict(RunConfig, data).validate()

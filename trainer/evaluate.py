@@ -117,29 +117,24 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
                                 if k in r}) + "\n")
 
 
-def run_eval(cfg, *, checkpoint: Optional[str] = None, model_dir: Optional[str] = None, out: Optional[str] = None,
-             image_ablation: Optional[str] = None, address: Optional[str] = None) -> dict[str, Any]:
-    import ray
-
-    from launcher.ray_launch import ensure_shards, worker_env
-    from launcher.ray_util import ensure_ray
+def run_eval(cfg, *, pool, checkpoint: Optional[str] = None, model_dir: Optional[str] = None,
+             out: Optional[str] = None, image_ablation: Optional[str] = None) -> dict[str, Any]:
+    """Generate on ``cfg.cluster.num_workers`` model replicas (tasks on ``pool``), score, write outputs."""
     from trainer.generate import generate_slice
+    from trainer.prepare import ensure_shards, worker_env
     from trainer.report_html import write_report
 
-    ensure_shards(cfg)
+    ensure_shards(cfg, pool)
     cfg.data.shards_dir = str(Path(cfg.data.shards_dir).resolve())
     model, out_dir = _resolve_model(cfg, checkpoint, model_dir, out)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = out_dir.name
 
-    ensure_ray(address=address, temp_dir=cfg.cluster.ray_temp_dir)
-    env = worker_env(cfg)
-    task = ray.remote(generate_slice).options(num_cpus=cfg.cluster.cpus_per_worker,
-                                              num_gpus=1 if cfg.cluster.use_gpu else 0,
-                                              runtime_env={"env_vars": env})
     world = cfg.cluster.num_workers
     ablations = (image_ablation,) if image_ablation else ()
-    parts = ray.get([task.remote(str(model), cfg.to_dict(), r, world, ablations) for r in range(world)])
+    parts = [part for _, part in pool.map_unordered(
+        generate_slice, [(str(model), cfg.to_dict(), r, world, ablations) for r in range(world)],
+        num_cpus=cfg.cluster.cpus_per_worker, num_gpus=1 if cfg.cluster.use_gpu else 0, env=worker_env(cfg))]
     runs = {k: sorted((p for part in parts for p in part[k]), key=lambda r: r["id"]) for k in parts[0]}
     ids = [r["id"] for r in runs["model"]]
     if len(set(ids)) != len(ids):
@@ -200,7 +195,7 @@ class InTrainingEvaluator:
         import torch
 
         from trainer.generate import eval_loader, generate_batches
-        from trainer.worker import gather_json
+        from trainer.distributed import gather_json
 
         run, cfg = self.run, self.run.cfg
         per_rank_batches = max(1, -(-cfg.eval.subset // (run.world_size * cfg.eval.batch_size)))

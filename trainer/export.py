@@ -68,7 +68,7 @@ def export_checkpoint(cfg, point, out_dir: Path) -> Path:
 
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    from launcher.config import config_from_dict
+    from trainer.config import config_from_dict
     from modeling.registry import build_family
     from trainer.checkpoint import DS_TAG
 

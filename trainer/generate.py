@@ -82,7 +82,7 @@ def generate_slice(model_dir: str, cfg_dict: dict, rank: int, world_size: int,
     """One eval worker: a full model replica generates for its slice, plain and per ablation."""
     import os
 
-    from launcher.config import config_from_dict
+    from trainer.config import config_from_dict
     from modeling.registry import build_family, load_pretrained
 
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))

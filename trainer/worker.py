@@ -1,7 +1,7 @@
 """What every training worker runs (under Ray Train, or torchrun): build, resume, fit, export.
 
 ``train_worker(loop_config)`` is the one entry point; the driver
-(launcher/ray_launch.py) passes the resolved config as a plain dict plus the
+(a cluster backend, e.g. cluster/ray_train.py) passes the resolved config as a plain dict plus the
 run's shared paths (tokenizer, stop file) and the W&B run id.
 """
 from __future__ import annotations
@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from launcher.config import RunConfig, config_from_dict
+from trainer.config import RunConfig, config_from_dict
+from trainer.distributed import broadcast_json
 from trainer.checkpoint import DS_TAG, CheckpointManager, ResumePoint, set_rng_state
 from trainer.export import export_model, save_trainable
 from trainer.logger import RunLogger
@@ -192,34 +193,6 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         pass
 
 
-def broadcast_json(obj: Any) -> Any:
-    """Rank 0's JSON-able object on every rank (as UTF-8 bytes, no pickle)."""
-    data = torch.tensor(list(json.dumps(obj).encode()) if dist.get_rank() == 0 else [], dtype=torch.uint8)
-    size = torch.tensor([data.numel()], dtype=torch.long)
-    dist.broadcast(size, src=0)
-    if dist.get_rank() != 0:
-        data = torch.empty(int(size), dtype=torch.uint8)
-    dist.broadcast(data, src=0)
-    return json.loads(bytes(data.tolist()).decode())
-
-
-def gather_json(obj: Any) -> list[Any] | None:
-    """Every rank's JSON-able object, as a list on rank 0 (None elsewhere); no pickle."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return [obj]
-    data = torch.tensor(list(json.dumps(obj).encode()), dtype=torch.uint8)
-    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor([data.numel()], dtype=torch.long))
-    longest = int(max(int(s) for s in sizes))
-    padded = torch.zeros(longest, dtype=torch.uint8)
-    padded[: data.numel()] = data
-    chunks = [torch.zeros(longest, dtype=torch.uint8) for _ in sizes]
-    dist.all_gather(chunks, padded)
-    if dist.get_rank() != 0:
-        return None
-    return [json.loads(bytes(c[: int(n)].tolist()).decode()) for c, n in zip(chunks, sizes)]
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run the workers without Ray: ``torchrun --nproc_per_node N -m trainer.worker CONFIG [k=v ...]``.
 
@@ -228,8 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     """
     import sys
 
-    from launcher.config import load_config
-    from launcher.ray_launch import finish_run, prepare_run
+    from trainer.config import load_config
+    from trainer.prepare import finish_run, prepare_run
 
     args = sys.argv[1:] if argv is None else argv
     cfg = load_config(args[0] if args and "=" not in args[0] else None,

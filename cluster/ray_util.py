@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 # The session dir Ray creates below the temp dir, plus the longest socket name, take about 60 bytes.
 _MAX_TEMP_DIR_LEN = 45
@@ -64,7 +65,7 @@ def quiet_worker_logs() -> None:
         _DropStateApiNoise())
 
 
-_RUNTIME_ENV = {"worker_process_setup_hook": "launcher.ray_util.quiet_worker_logs"}
+_RUNTIME_ENV = {"worker_process_setup_hook": "cluster.ray_util.quiet_worker_logs"}
 
 
 def ensure_ray(address: str | None = None, temp_dir: str | None = None, num_cpus: int | None = None) -> None:
@@ -95,3 +96,52 @@ def ensure_ray(address: str | None = None, temp_dir: str | None = None, num_cpus
         log_to_driver=True,
         runtime_env=_RUNTIME_ENV,
     )
+
+
+class RayTaskPool:
+    """:class:`configs.parallel.TaskPool` on Ray tasks: at most ``limit`` in flight (0: all at once).
+
+    A task's own exception is re-raised as itself (not wrapped in ``RayTaskError``), and the
+    tasks still running are cancelled, so a data error stops the pass at once with its message.
+    """
+
+    def __init__(self, address: str | None = None, temp_dir: str | None = None, max_retries: int = 1):
+        ensure_ray(address=address, temp_dir=temp_dir)
+        self.max_retries = max_retries
+
+    @property
+    def parallelism(self) -> int:
+        import ray
+
+        return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+    def map_unordered(self, fn, items, *, shared=(), num_cpus=1, num_gpus=0, limit=0, env=None):
+        import ray
+
+        options: dict = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_retries": self.max_retries,
+                         "retry_exceptions": False}
+        if env:
+            options["runtime_env"] = {"env_vars": dict(env)}
+        remote = ray.remote(fn).options(**options)
+        shared_refs = [ray.put(s) for s in shared]
+        queue = list(enumerate(items))
+        running: dict[Any, int] = {}
+        limit = limit or len(queue) or 1
+        try:
+            while queue or running:
+                while queue and len(running) < limit:
+                    i, item = queue.pop(0)
+                    running[remote.remote(*shared_refs, *item)] = i
+                done, _ = ray.wait(list(running), num_returns=1)
+                index = running.pop(done[0])
+                try:
+                    result = ray.get(done[0])
+                except ray.exceptions.RayTaskError as err:
+                    cause = getattr(err, "cause", None)
+                    if isinstance(cause, BaseException):
+                        raise cause from None
+                    raise
+                yield index, result
+        finally:
+            for ref in running:
+                ray.cancel(ref, force=True)

@@ -1,6 +1,6 @@
-"""``rrg train``: prepare the run on the driver, then start N Ray Train workers running DeepSpeed.
+"""Driver-side preparation of a training run, shared by every cluster backend (Ray, torchrun, SLURM).
 
-Driver-side work happens once, before any worker starts: demo shards are built
+It happens once, before any worker starts: demo shards are built
 if the demo source is configured and none exist, the tokenizer is trained (or
 loaded) and saved with the run, and the resolved config is written next to the
 outputs.  Workers then only read.
@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from launcher.config import RunConfig
+from configs.parallel import TaskPool
+from trainer.config import RunConfig
 
 EXIT_PREEMPTED = 75
 
@@ -39,7 +40,7 @@ def worker_env(cfg: RunConfig) -> dict[str, str]:
     return env
 
 
-def ensure_shards(cfg: RunConfig):
+def ensure_shards(cfg: RunConfig, pool: Optional[TaskPool] = None):
     """The run's shard manifest; demo shards are made on first use, other sources must be built."""
     from shards.manifest import ManifestError, load_manifest
 
@@ -51,7 +52,7 @@ def ensure_shards(cfg: RunConfig):
     print(f"rrg: no shards at {cfg.data.shards_dir}: building the demo dataset first", flush=True)
     from shards.writer import build_from_config
 
-    return build_from_config(cfg.data, seed=cfg.seed)
+    return build_from_config(cfg.data, seed=cfg.seed, pool=pool)
 
 
 def prepare_tokenizer(cfg: RunConfig, manifest) -> str:
@@ -80,7 +81,7 @@ def _wandb_id(cfg: RunConfig) -> str:
     return run_id
 
 
-def _install_stop_handlers(stop_file: Path) -> None:
+def install_stop_handlers(stop_file: Path) -> None:
     def handler(signum, _frame):
         print(f"rrg: received {signal.Signals(signum).name}: checkpointing and stopping", file=sys.stderr, flush=True)
         stop_file.write_text(signal.Signals(signum).name)
@@ -89,7 +90,7 @@ def _install_stop_handlers(stop_file: Path) -> None:
         signal.signal(sig, handler)
 
 
-def prepare_run(cfg: RunConfig) -> dict[str, Any]:
+def prepare_run(cfg: RunConfig, pool: Optional[TaskPool] = None) -> dict[str, Any]:
     """Driver-side preparation shared by the Ray and torchrun paths; returns the workers' loop config."""
     out = Path(cfg.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -100,7 +101,7 @@ def prepare_run(cfg: RunConfig) -> dict[str, Any]:
     if cfg.checkpoint.resume not in ("auto", "none", "latest"):
         cfg.checkpoint.resume = str(Path(cfg.checkpoint.resume).resolve())
     cfg.dump(out / "config.yaml")
-    manifest = ensure_shards(cfg)
+    manifest = ensure_shards(cfg, pool)
     tokenizer_dir = prepare_tokenizer(cfg, manifest)
     stop_file = out / "STOP"
     stop_file.unlink(missing_ok=True)
@@ -122,27 +123,3 @@ def finish_run(cfg: RunConfig) -> dict[str, Any]:
     if result["preempted"]:
         sys.exit(EXIT_PREEMPTED)
     return result
-
-
-def run_training(cfg: RunConfig, address: Optional[str] = None) -> dict[str, Any]:
-    from launcher.ray_util import ensure_ray
-
-    loop_config = prepare_run(cfg)
-    ensure_ray(address=address, temp_dir=cfg.cluster.ray_temp_dir)
-    from ray.train import FailureConfig, RunConfig as RayRunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from trainer.worker import train_worker
-
-    trainer = TorchTrainer(
-        train_worker,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=cfg.cluster.num_workers, use_gpu=cfg.cluster.use_gpu,
-                                     resources_per_worker={"CPU": cfg.cluster.cpus_per_worker}),
-        torch_config=TorchConfig(backend="nccl" if cfg.cluster.use_gpu else "gloo"),
-        run_config=RayRunConfig(name=cfg.name, storage_path=str(Path(cfg.output_dir) / "ray"),
-                                failure_config=FailureConfig(max_failures=cfg.cluster.max_failures)),
-    )
-    _install_stop_handlers(Path(loop_config["stop_file"]))
-    trainer.fit()
-    return finish_run(cfg)

@@ -1,0 +1,202 @@
+"""The model-family contract: everything the trainer and the evaluator may rely on, and nothing else.
+
+A family is one module plus one registry entry (``@FAMILIES.register("name")`` on a
+:class:`ModelFamily` subclass).  The trainer never branches on a family's name; it calls:
+
+* ``Options`` - the family's typed options (``model.options`` in YAML), checked at config load;
+* ``tokenizer(train_texts, save_dir)`` and ``tokenizer_texts(records)`` - what its tokenizer must cover;
+* ``build_model(tok, assets)`` - an ``nn.Module`` whose ``forward(**batch_tensors)`` returns an
+  object with ``loss`` and ``weight_sum``; an unknown batch key is an error (no ``**ignored``);
+* ``trainable_groups(model, mode, stage)`` - named parameter groups that train in tuning ``mode``
+  (it may wrap parts, e.g. LoRA on the LM); everything else is frozen by the caller; each group
+  may carry its own learning-rate scale;
+* ``sample_builder(tok, mode, target)`` - ``DecodedSample -> list of row dicts`` (one study may fan
+  out into several rows, e.g. one per topic).  In ``eval`` mode it may read only the images,
+  tensors derived from the image (masks, KG subgraphs, ``DecodedSample.tensors``) and the
+  reference text (kept aside for scoring).  Anything else it reads is an *oracle input*: the
+  family lists it in ``oracle_inputs(gen_cfg)``, and the evaluator stamps it into ``metrics.json``;
+* ``collate(tok)`` - rows -> batch (tensors + plain lists ``keys``, ``study_ids``, ``references``);
+* ``generate(model, tok, batch, gen)`` - one :class:`Generation` per study (text, optional trace,
+  optional extra fields); the default is one greedy/beam pass over the prompt rows;
+* ``ablations`` + ``ablate(batch, kind)`` - which inputs each ablation blanks (``black``,
+  ``shuffle``, ``masks``, ``kg``, ``segment`` ...); ``black`` must blank the image *and* every
+  input derived from it;
+* ``save_pretrained(model, dir)`` / ``load_pretrained(dir)`` - export and re-import of every module
+  and of the family's dataset assets (``asset_names``), round-trip tested.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+from torch import nn
+
+from configs.schema import ConfigError, Registry, from_dict
+from modeling.config import ModelConfig
+
+MODEL_JSON = "rrg_model.json"
+TUNING_MODES = ("projector", "lora", "full")
+
+
+@dataclass
+class NoOptions:
+    """A family without options of its own."""
+
+
+@dataclass
+class GenConfig:
+    """How to generate (from ``eval``): the evaluator builds it, families read what they need."""
+
+    max_new_tokens: int = 120
+    num_beams: int = 1
+    synced_gpus: bool = False
+    options: dict[str, Any] = field(default_factory=dict)  # family-specific switches (eval.family_options)
+
+
+@dataclass
+class Generation:
+    """One study's output: the report to score, plus what a family wants kept beside it."""
+
+    id: str
+    reference: str
+    generated: str
+    trace: Optional[str] = None  # e.g. a reasoning chain, or per-topic sentences
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ParamGroup:
+    """A named set of trainable parameters; ``lr_scale`` multiplies the stage's learning rate."""
+
+    name: str
+    params: list[nn.Parameter]
+    lr_scale: float = 1.0
+
+
+class ModelFamily(ABC):
+    name: str = ""
+    Options: type = NoOptions
+    # batch tensors that come from the image (blanked by "black", moved by "shuffle")
+    image_keys: tuple[str, ...] = ("pixel_values",)
+    # ablation kind -> what it blanks (shown in metrics.json and the HTML report)
+    ablations: dict[str, str] = {"black": "image (and everything derived from it)",
+                                 "shuffle": "each study gets another study's image inputs"}
+    # dataset assets (shards/sidecars.py) the family reads; copied into its export
+    asset_names: tuple[str, ...] = ()
+
+    def __init__(self, cfg: ModelConfig):
+        self.cfg = cfg
+        self.opts = parse_options(type(self), cfg)
+
+    # ---- text --------------------------------------------------------------------------
+    @abstractmethod
+    def tokenizer(self, train_texts: Optional[Iterable[str]] = None, save_dir: Optional[str] = None):
+        """Load the configured tokenizer, or train one on ``train_texts``; save it to ``save_dir``."""
+
+    def tokenizer_texts(self, records: Iterable[dict], annotations: Iterable[dict] = ()) -> Iterable[str]:
+        """Texts a trained tokenizer must cover, from training-split records (default: the reports)."""
+        for r in records:
+            yield r["report"]["text"]
+
+    # ---- model -------------------------------------------------------------------------
+    @abstractmethod
+    def build_model(self, tok, assets: Optional[dict[str, Any]] = None) -> nn.Module:
+        """The model, random-initialised from hf_configs or loaded from local paths."""
+
+    @abstractmethod
+    def trainable_groups(self, model: nn.Module, mode: str, stage: Optional[Any] = None) -> list[ParamGroup]:
+        """Named groups that train in ``mode`` (may wrap parts of ``model`` in place, e.g. LoRA)."""
+
+    # ---- samples -----------------------------------------------------------------------
+    @abstractmethod
+    def sample_builder(self, tok, mode: str, target: str = "report") -> Callable[[Any], list[dict]]:
+        """``DecodedSample -> rows``; ``mode`` is "train" or "eval" (see the module docstring)."""
+
+    @abstractmethod
+    def collate(self, tok) -> Callable[[list[dict]], dict]:
+        """rows -> batch dict."""
+
+    def oracle_inputs(self, gen: GenConfig) -> list[str]:
+        """Fields beyond the image (and what derives from it) that eval-mode samples read."""
+        return []
+
+    # ---- generation and ablation ----------------------------------------------------------
+    def generate(self, model: nn.Module, tok, batch: dict, gen: GenConfig) -> list[Generation]:
+        """Default: one pass over each study's prompt row (``model.generate`` on the batch tensors)."""
+        inputs = {k: v for k, v in batch.items() if torch.is_tensor(v) and k != "sample_weight"}
+        out = model.generate(**inputs, max_new_tokens=gen.max_new_tokens, num_beams=gen.num_beams,
+                             synced_gpus=gen.synced_gpus)
+        texts = tok.batch_decode(out, skip_special_tokens=True)
+        return [Generation(batch["study_ids"][i], batch["references"][i], texts[i].strip())
+                for i, w in enumerate(batch["sample_weight"].tolist()) if w > 0]
+
+    def ablate(self, batch: dict, kind: str) -> dict:
+        """The batch with the inputs of ablation ``kind`` blanked (``shuffle`` is done by the caller)."""
+        if kind not in self.ablations:
+            raise ConfigError("--image-ablation", f"family '{self.name}' has no ablation '{kind}'; "
+                              f"it has {sorted(self.ablations)}")
+        if kind == "black":
+            return {**batch, **{k: torch.zeros_like(batch[k]) for k in self.image_keys if k in batch}}
+        raise NotImplementedError(f"{self.name}: ablation '{kind}' declared but not implemented")
+
+    # ---- export ------------------------------------------------------------------------
+    @abstractmethod
+    def save_pretrained(self, model: nn.Module, directory: str, merge: bool = False) -> None:
+        """Write every module (plain HF/peft/safetensors), the tokenizer and ``rrg_model.json``."""
+
+    @classmethod
+    @abstractmethod
+    def load_pretrained(cls, directory: str) -> nn.Module:
+        """Rebuild a model written by ``save_pretrained``."""
+
+
+FAMILIES: Registry[type[ModelFamily]] = Registry("model family")
+
+
+def parse_options(family_cls: type[ModelFamily], cfg: ModelConfig) -> Any:
+    """``model.options`` as the family's typed Options dataclass (unknown keys and bad types raise)."""
+    if dataclasses.is_dataclass(cfg.options):
+        return cfg.options
+    return from_dict(family_cls.Options, cfg.options or {}, "model.options")
+
+
+def import_families() -> None:
+    """Import the modules that register families (callers need this one import)."""
+    import modeling.llava_rad  # noqa: F401
+    for mod in ("modeling.radixpert", "modeling.llava_ta", "modeling.r2genkg", "modeling.lvmed_r2"):
+        try:
+            __import__(mod)
+        except ModuleNotFoundError as err:
+            if err.name != mod:
+                raise
+
+
+def family_class(name: str) -> type[ModelFamily]:
+    import_families()
+    return FAMILIES.get(name, "model.family")
+
+
+def build_family(model_cfg: ModelConfig) -> ModelFamily:
+    return family_class(model_cfg.family)(model_cfg)
+
+
+def read_model_json(directory: str) -> tuple[str, ModelConfig, dict]:
+    """(family name, ModelConfig, the whole json) of an exported model directory."""
+    path = os.path.join(directory, MODEL_JSON)
+    try:
+        with open(path) as fh:
+            meta = json.load(fh)
+    except (OSError, ValueError) as err:
+        raise ConfigError("--model-dir", f"{directory} is not an rrg export ({MODEL_JSON}: {err})") from None
+    return meta["family"], from_dict(ModelConfig, meta["model_config"], "model"), meta
+
+
+def load_pretrained(directory: str) -> nn.Module:
+    """Load any rrg export directory, dispatching on the family recorded in ``rrg_model.json``."""
+    family, _, _ = read_model_json(directory)
+    return family_class(family).load_pretrained(directory)
