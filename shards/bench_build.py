@@ -128,7 +128,8 @@ def bench_build(cfg, pool, studies: int = 24, rows: int = 377_110, work_dir: str
               f"{cfg.data.build.image_size} px {cfg.data.build.image_format}, {cores} cores")
         print(f"  whole build       {rate['build_rate']:8.2f} studies/s  ({rate['build_s']:.1f} s)")
         print(f"  one core, per-study work {rate['one_core_rate']:8.2f} studies/s (decode + resize + encode)")
-        print(f"  ratio build / (one core x {cores}) = {rate['ratio']:.2f}")
+        print(f"  ratio build / (one core x {cores}) = {rate['ratio']:.2f}   "
+              f"(load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
         if rows:
             plan = bench_plan(work, rows)
             print(f"planning {plan['rows']} metadata rows ({plan['studies']} studies, {plan['shards']} shards): "

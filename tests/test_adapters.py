@@ -173,3 +173,17 @@ def test_report_section_fallbacks():
     assert findings_impression("INDICATION: x.\n IMPRESSION: b.") == ("", "b.", "impression_only")
     assert findings_impression("FINAL REPORT\n\n first.\n\n last one.") == ("last one.", "", "last_paragraph")
     assert findings_impression("  \n") == ("", "", "empty")
+
+
+@pytest.mark.parametrize("name", ["mimic_cxr_jpg", "padchest", "iu_xray", "r2gen_json", "chexpert_plus"])
+def test_shipped_dataset_configs_load_and_construct_their_adapter(tmp_path, name):
+    from trainer.config import load_config
+
+    makers = {"mimic_cxr_jpg": make_mimic, "padchest": other.make_padchest, "iu_xray": other.make_iu_xray,
+              "r2gen_json": other.make_r2gen, "chexpert_plus": other.make_chexpert_plus}
+    root = makers[name](tmp_path / name)
+    path = Path(__file__).resolve().parent.parent / "configs" / "datasets" / f"{name}.yaml"
+    cfg = load_config(path, [f"data.source.args.root={root}"])  # the README's command line
+    assert cfg.data.source.adapter == name and cfg.data.shards_dir == f"data/{name}/shards"
+    adapter = make_adapter(name, dict(cfg.data.source.args), seed=cfg.seed)
+    assert len(adapter.entries()) >= 3
