@@ -31,6 +31,14 @@ _CODES = {None: 0, 1: 1, 1.0: 1, 0: 2, 0.0: 2, -1: 3, -1.0: 3}
 _VALUES = {0: None, 1: 1.0, 2: 0.0, 3: -1.0}
 
 
+def _position(frontal_lateral: str, ap_pa: str) -> str:
+    """Frontal + PA/AP -> PA/AP, Frontal alone -> FRONTAL, Lateral -> LATERAL."""
+    fl = frontal_lateral.strip().upper()
+    if fl == "FRONTAL":
+        return ap_pa.strip().upper() if ap_pa.strip().upper() in FRONTAL else "FRONTAL"
+    return fl or "UNKNOWN"
+
+
 @ADAPTERS.register("chexpert_plus")
 class ChexpertPlusAdapter(Adapter):
     def __init__(self, root: str, seed: int = 0, csv: Optional[str] = None, images_root: Optional[str] = None,
@@ -40,8 +48,8 @@ class ChexpertPlusAdapter(Adapter):
         self.images_root = os.path.abspath(images_root) if images_root else self.root
         self.views, self.max_views, self.check_files = views, int(max_views), bool(check_files)
         self.csv_path = find_file(self.root, CSV_NAME, csv)
-        self.labels_path = labels_json and find_file(self.root, "", labels_json) or \
-            find_file(self.root, os.path.join("chexbert_labels", "report_fixed.json"), required=False)
+        self.labels_path = find_file(self.root, os.path.join("chexbert_labels", "report_fixed.json"), labels_json,
+                                     required=False)
         self._index = self._plan()
 
     def _labels(self) -> dict[str, bytes]:
@@ -92,12 +100,10 @@ class ChexpertPlusAdapter(Adapter):
                 continue
             seen.add(rel)
             study = os.path.dirname(rel)
-            fl = row["frontal_lateral"].strip().upper()
-            pos = "LATERAL" if fl == "LATERAL" else (row["ap_pa"].strip().upper() or "FRONTAL") if fl == "FRONTAL" \
-                else fl or "UNKNOWN"
+            pos = _position(row["frontal_lateral"], row["ap_pa"])
             st = studies.setdefault(study, {"patient": row["deid_patient_id"].strip(), "views": [], "where": where,
                                             "split": norm_split(row["split"], where), "row": row})
-            st["views"].append((pos if pos in FRONTAL + ("FRONTAL", "LATERAL") else pos, rel))
+            st["views"].append((pos, rel))
         return [item for sid, st in studies.items() if (item := self._plan_study(sid, st, labels)) is not None]
 
     def _plan_study(self, study: str, st: dict[str, Any], labels: dict[str, bytes]) -> Optional[tuple]:
