@@ -19,6 +19,7 @@ a study absent from the split file is skipped (``not_in_split``).
 from __future__ import annotations
 
 import os
+import sys
 from typing import Optional
 
 from shards.adapter_kit import (Adapter, AdapterError, SkipStudy, find_file, findings_impression, norm_split,
@@ -86,21 +87,19 @@ class MimicCxrJpgAdapter(Adapter):
     def _plan(self) -> list[tuple]:
         splits, labels = self._read_splits(), self._read_labels()
         studies: dict[str, list] = {}
-        seen: set[str] = set()
         for rowno, row in read_csv(self.metadata_path, ("dicom_id", "subject_id", "study_id", "ViewPosition")):
             where = f"{self.metadata_path}, row {rowno}"
             dicom = row["dicom_id"].strip()
             if not dicom:
                 raise AdapterError(f"{where}: empty dicom_id")
             subject, study = _int_id(row, "subject_id", where), _int_id(row, "study_id", where)
-            if dicom in seen:
-                self.skips().add("row_duplicate", where + f" (dicom {dicom})")
-                continue
-            seen.add(dicom)
             entry = studies.setdefault(study, [subject, []])
             if entry[0] != subject:
                 raise AdapterError(f"{where}: study {study} listed under subjects {entry[0]} and {subject}")
-            entry[1].append((row["ViewPosition"].strip().upper() or "UNKNOWN", dicom))
+            if any(d == dicom for _, d in entry[1]):  # a dicom belongs to one study: duplicates meet here
+                self.skips().add("row_duplicate", where + f" (dicom {dicom})")
+                continue
+            entry[1].append((sys.intern(row["ViewPosition"].strip().upper() or "UNKNOWN"), dicom))
         index = []
         for study, (subject, views) in sorted(studies.items(), key=lambda kv: (int(kv[1][0]), int(kv[0]))):
             item = self._plan_study(subject, study, views, splits.get(study), labels.get(study))

@@ -117,19 +117,24 @@ def bench_plan(work: Path, rows: int) -> dict[str, float]:
     return out
 
 
+def _print_rate(rate: dict[str, float], build: BuildConfig, cores: int) -> None:
+    print(f"build benchmark: {rate['studies']} MIMIC-layout studies, full-size 3000x2500 JPEG -> "
+          f"{build.image_size} px {build.image_format}, {cores} cores")
+    print(f"  whole build       {rate['build_rate']:8.2f} studies/s  ({rate['build_s']:.1f} s)")
+    print(f"  one core, per-study work {rate['one_core_rate']:8.2f} studies/s (decode + resize + encode)")
+    print(f"  ratio build / (one core x {cores}) = {rate['ratio']:.2f}   "
+          f"(load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+
+
 def bench_build(cfg, pool, studies: int = 24, rows: int = 377_110, work_dir: str | None = None,
                 cores: int | None = None) -> dict[str, dict]:
     """Print and return both measurements (``cfg.data.build`` gives image size and format)."""
     cores = cores or pool.parallelism
     work = Path(tempfile.mkdtemp(prefix="rrg-bench-build-", dir=work_dir))
     try:
-        rate = bench_rate(pool, work, studies, cfg.data.build, cores)
-        print(f"build benchmark: {rate['studies']} MIMIC-layout studies, full-size 3000x2500 JPEG -> "
-              f"{cfg.data.build.image_size} px {cfg.data.build.image_format}, {cores} cores")
-        print(f"  whole build       {rate['build_rate']:8.2f} studies/s  ({rate['build_s']:.1f} s)")
-        print(f"  one core, per-study work {rate['one_core_rate']:8.2f} studies/s (decode + resize + encode)")
-        print(f"  ratio build / (one core x {cores}) = {rate['ratio']:.2f}   "
-              f"(load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+        rate = bench_rate(pool, work, studies, cfg.data.build, cores) if studies else {}
+        if rate:
+            _print_rate(rate, cfg.data.build, cores)
         if rows:
             plan = bench_plan(work, rows)
             print(f"planning {plan['rows']} metadata rows ({plan['studies']} studies, {plan['shards']} shards): "
