@@ -11,6 +11,8 @@
     one study, inside the Ray task that writes its shard (so adapters must
     pickle small: no open file handles).  A study that turns out unusable at
     load time (an unreadable image) raises :class:`SkipStudy`.
+``label_set``
+    the configs/labelsets.py name the studies' ``labels`` use (attribute).
 ``skips() -> SkipLog``
     studies / rows dropped while planning, counted by reason with examples
     naming file and row.  The writer merges it with the load-time skips into
@@ -77,6 +79,7 @@ class Adapter(ABC):
     """A dataset as studies: see the module docstring for the contract."""
 
     _skips: Optional[SkipLog] = None
+    label_set: str = "chexpert"  # configs/labelsets.py name of the studies' labels
 
     @abstractmethod
     def entries(self) -> list[tuple[str, Optional[str]]]:
@@ -91,8 +94,6 @@ class Adapter(ABC):
             self._skips = SkipLog()
         return self._skips
 
-    def label_set(self) -> str:
-        return "chexpert"
 
 
 # ----------------------------------------------------------------------------- file helpers

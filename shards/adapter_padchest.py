@@ -65,6 +65,8 @@ def main_labels(terms: list, where: str) -> int:
 
 @ADAPTERS.register("padchest")
 class PadChestAdapter(Adapter):
+    label_set = "padchest"
+
     def __init__(self, root: str, seed: int = 0, csv: Optional[str] = None, images_root: Optional[str] = None,
                  views: str = "frontal_first", max_views: int = 2, check_files: bool = True,
                  known_unreadable: Any = ()):
@@ -74,9 +76,6 @@ class PadChestAdapter(Adapter):
         self.csv_path = find_file(self.root, CSV_NAME, csv)
         self.unreadable = self._unreadable(known_unreadable)
         self._index = self._plan()
-
-    def label_set(self) -> str:
-        return "padchest"
 
     def _unreadable(self, spec: Any) -> frozenset:
         if isinstance(spec, str):

@@ -46,13 +46,13 @@ class Study:
     findings: str = ""
     impression: str = ""
     labels: dict[str, Optional[float]] = field(default_factory=dict)  # keys of the label set below
+    label_set: str = "chexpert"  # configs.labelsets name: chexpert (14) or padchest
     topics: list[dict[str, str]] = field(default_factory=list)  # [{"text": sentence, "topic": name}]
     masks: Optional[np.ndarray] = None  # bool (C, H, W), aligned with views[0]
     mask_channels: list[str] = field(default_factory=list)
     mask_paths: dict[str, str] = field(default_factory=dict)  # channel -> image file (adapter alternative)
     kg: Optional[dict[str, np.ndarray]] = None  # node_ids, edge_index (2, E), edge_type (E,), node_feat (N, D)
     meta: dict[str, Any] = field(default_factory=dict)
-    label_set: str = "chexpert"  # configs/labelsets.py name the ``labels`` keys come from
 
     @property
     def report(self) -> str:

@@ -197,7 +197,7 @@ def pack_study(study: Study, index: int, split: str, key: str, build: BuildConfi
     record = {
         "study_id": study.study_id, "patient_id": study.patient_id, "split": split, "key": key, "index": index,
         "report": {"text": study.report, "findings": study.findings, "impression": study.impression},
-        "label_set": study.label_set, "labels": study.labels, "topics": study.topics, "views": views, "masks": mask_meta, "kg": kg_meta,
+        "labels": study.labels, "label_set": study.label_set, "topics": study.topics, "views": views, "masks": mask_meta, "kg": kg_meta,
         "meta": study.meta,
     }
     sample["json"] = json.dumps(record, default=_json_default).encode()
@@ -338,7 +338,7 @@ def _write_summary(out: Path, adapter: Any, entries: list, plan: list[dict[str, 
     total = sum(kept.values()) + study_skips
     summary = {"studies": sum(kept.values()), "by_split": dict(kept), "planned": len(entries),
                "skipped_studies": study_skips, "skipped": skips.to_json(),
-               "label_set": adapter.label_set() if hasattr(adapter, "label_set") else "chexpert",
+               "label_set": str(getattr(adapter, "label_set", "chexpert")),
                "note": "reasons starting with row_ or view_ count source rows or single images, not studies"}
     _atomic_write_json(out / BUILD_SUMMARY, summary)
     if total and study_skips / total > build.max_skip_fraction:
