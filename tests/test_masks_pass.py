@@ -29,11 +29,14 @@ def unet_dir(tmp_path_factory) -> str:
     return path
 
 
-def _collect(manifest, split: str) -> list[dict]:
+def _read(s) -> dict:
+    return {"key": s.key, "masks": s.masks, "channels": s.mask_channels, "view": s.images[0],
+            "soft": s.tensors["seg_masks"]["soft"]}
+
+
+def _collect(manifest, split: str, builder=_read) -> list[dict]:
     loader = ShardLoader(manifest, split, rank=0, world_size=1, batch_size=1, seed=0, num_workers=0,
-                         shuffle_buffer=1, builder=lambda s: {"key": s.key, "masks": s.masks, "channels": s.mask_channels,
-                                                             "view": s.images[0],
-                                                             "soft": s.tensors["seg_masks"]["soft"]},
+                         shuffle_buffer=1, builder=builder,
                          verify="checksum", max_skip_fraction=0.0, mode="eval")
     return [b for b in loader]
 
@@ -64,6 +67,15 @@ def test_masks_pass_replaces_drawn_masks(shards, unet_dir, tmp_path):
         probs = segmenter(view)
         assert np.array_equal(masks.numpy(), probs >= 0.5)  # what the pass must have stored for this study
         assert np.abs(b["soft"][0].numpy().astype(float) - probs * 255).max() <= 0.5 + 1e-3
+    # the Radixpert family's shard-mask sample builder reads the new masks by channel name
+    from modeling.radixpert import RadixpertOptions, build_mask_sample
+
+    opts = RadixpertOptions(mask_source="shard", mask_channels=["heart", "left_lung"])
+    radix = _collect(manifest, "validate", lambda s: build_mask_sample(s, base=lambda _: {}, opts=opts, size=8))
+    first = batches[0]["masks"][0].numpy()
+    want = torch.nn.functional.interpolate(torch.from_numpy(first[[2, 0]].astype(np.float32))[None], size=(8, 8),
+                                           mode="area")[0]
+    assert torch.allclose(radix[0]["masks"][0].float(), want, atol=1e-3)
     drawn = next(iter_json_records(manifest, "validate"))["masks"]["channels"]
     assert drawn != CXAS7  # the demo's drawn masks are still in the shards, the reader serves the sidecar's
 
