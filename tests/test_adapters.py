@@ -43,7 +43,8 @@ def ray_local():
 def build(tmp_path: Path, adapter: str, args: dict, **kw) -> tuple[dict, dict, dict]:
     """Build; return ({study_id: record}, build_summary, manifest extra)."""
     cfg = DataConfig(source=SourceConfig(adapter, args),
-                     build=BuildConfig(image_size=SIZE, samples_per_shard=2, progress=False, **kw))
+                     build=BuildConfig(image_size=SIZE, samples_per_shard=2, progress=False,
+                                       **{"max_skip_fraction": 0.7, **kw}))  # the fixtures are mostly quirks
     manifest = build_from_config(cfg, seed=3, out_dir=str(tmp_path / "shards"), pool=POOL)
     manifest = load_manifest(manifest.root)
     records = {r["study_id"]: r for split in manifest.splits for r in iter_json_records(manifest, split)}
@@ -87,8 +88,7 @@ def test_mimic_cxr_jpg(tmp_path):
 
 def test_padchest(tmp_path):
     root = other.make_padchest(tmp_path / "pc")
-    recs, summary, extra = build(tmp_path, "padchest", {"root": str(root), "known_unreadable": "known_unreadable.txt"},
-                                max_skip_fraction=0.7)
+    recs, summary, extra = build(tmp_path, "padchest", {"root": str(root), "known_unreadable": "known_unreadable.txt"})
     assert sorted(recs) == ["s1", "s2", "s5", "s7"]
     assert {k: positions(r) for k, r in recs.items()} == {"s1": ["PA", "LATERAL"], "s2": ["AP"], "s5": ["AP"],
                                                          "s7": ["PA"]}
