@@ -77,6 +77,22 @@ def cmd_bench_train(args):
     bench_train(_load(args), steps=args.steps, repeats=args.repeats)
 
 
+def cmd_bench_build(args):
+    from shards.bench_build import bench_build
+
+    cfg = _load(args)
+    bench_build(cfg, _pool(cfg), studies=args.studies, rows=args.rows, work_dir=args.dir)
+
+
+def cmd_shards_masks(args):
+    from shards.segment_pass import masks_from_config
+
+    cfg = _load(args)
+    side, fingerprint = masks_from_config(cfg.data, _pool(cfg), shards_dir=args.shards)
+    print(f"masks sidecar: {side.root}  studies: {sum(s['num_entries'] for s in side.shards.values())}  "
+          f"dataset fingerprint: {fingerprint[:16]}")
+
+
 def cmd_train(args):
     cfg = _load(args)  # validate before anything heavy is imported or started
     if args.resume is not None:
@@ -228,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", type=int, default=0, help="which sample of the split")
     p.add_argument("--split", default=None)
     p.set_defaults(func=cmd_shards_inspect)
+    p = shards.add_parser("masks", help="run a segmentation model on every study's frontal view (Ray tasks)")
+    _add_config_args(p)
+    p.add_argument("--shards", default=None, help="shard directory (default data.shards_dir)")
+    p.set_defaults(func=cmd_shards_masks)
 
     bench = sub.add_parser("bench", help="benchmarks printing side-by-side ratios").add_subparsers(dest="bench_cmd", required=True)
     p = bench.add_parser("loader", help="loader samples/s with 0, 1 and 2 workers")
@@ -240,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=3)
     p.set_defaults(func=cmd_bench_train)
+    p = bench.add_parser("build", help="shard build rate vs one core x cores; 377k-row planning time and memory")
+    _add_config_args(p)
+    p.add_argument("--studies", type=int, default=24, help="full-size synthetic MIMIC studies to build")
+    p.add_argument("--rows", type=int, default=377_110, help="metadata rows to plan (0: skip)")
+    p.add_argument("--dir", default=None, help="scratch directory (default: the system temp dir)")
+    p.set_defaults(func=cmd_bench_build)
 
     cfg = sub.add_parser("config", help="configuration tools").add_subparsers(dest="config_cmd", required=True)
     p = cfg.add_parser("show", help="print the fully resolved config")

@@ -27,8 +27,10 @@ class BuildConfig:
         default_factory=lambda: {"train": 0.8, "validate": 0.1, "test": 0.1}
     )  # used only when the source gives no split; split is by patient
     dicom_window: Literal["voi", "minmax", "none"] = "voi"  # DICOM intensity window (shards/dicom.py)
-    max_skip_fraction: float = 0.05  # unusable DICOM studies (counted, skipped) beyond this share fail the build
     num_tasks: int = 0  # parallel Ray tasks; 0 = one per CPU
+    # unusable studies (no usable view, missing report or image, ...) are counted and skipped; beyond
+    # this share of the source's studies the build stops (build_summary.json says why)
+    max_skip_fraction: float = 0.2
     progress: bool = True
 
     def validate(self, key: str) -> None:
@@ -47,11 +49,35 @@ class BuildConfig:
 
 
 @dataclass
+class MasksConfig:
+    """``rrg shards masks``: a segmentation model run once over every study's frontal view."""
+
+    backend: str = "hf_dir"  # hf_dir | torchscript (shards/segmenter.py)
+    path: str = ""  # model directory or TorchScript file
+    channels: list[str] = field(default_factory=list)  # output names in model order (hf_dir: from config.json)
+    input_size: int = 0  # model input side; 0 = the model's own (hf_dir) or 256
+    threshold: float = 0.5  # soft mask -> binary
+    name: str = "seg_masks"  # sidecar name: <shards_dir>/sidecars/<name>/
+    soft: bool = False  # also keep the probabilities, quantised to uint8 (DecodedSample.tensors[name]["soft"])
+
+    def validate(self, key: str) -> None:
+        if self.backend not in ("hf_dir", "torchscript"):
+            raise ConfigError(f"{key}.backend", f"must be hf_dir or torchscript, got {self.backend!r}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"{key}.threshold", "must be within (0, 1)")
+        if not self.name.replace("_", "").isalnum():
+            raise ConfigError(f"{key}.name", "must match [A-Za-z0-9_]+ (it names sidecar members)")
+        if self.input_size < 0 or self.input_size % 8:
+            raise ConfigError(f"{key}.input_size", "must be 0 or a positive multiple of 8")
+
+
+@dataclass
 class DataConfig:
     """Where the shards are and how the streaming reader serves them."""
 
     source: SourceConfig = field(default_factory=SourceConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
+    masks: MasksConfig = field(default_factory=MasksConfig)
     shards_dir: str = "data/demo/shards"
     train_split: str = "train"
     eval_split: str = "validate"
@@ -63,6 +89,7 @@ class DataConfig:
 
     def validate(self, key: str = "data") -> None:
         self.build.validate(f"{key}.build")
+        self.masks.validate(f"{key}.masks")
         if self.loader_workers < 0:
             raise ConfigError(f"{key}.loader_workers", "must be >= 0")
         if self.shuffle_buffer < 1:

@@ -27,3 +27,18 @@ def decode_masks(data: bytes, shape: tuple[int, int, int] | list[int]) -> np.nda
         raise ValueError(f"mask bytes do not match shape {shape}: {len(raw)} != {c * h * packed_w}")
     packed = np.frombuffer(raw, dtype=np.uint8).reshape(c, h, packed_w)
     return np.unpackbits(packed, axis=-1, count=w).astype(bool)
+
+
+def sidecar_masks(annotations: dict, members: dict[str, bytes]) -> tuple[np.ndarray, list[str]] | None:
+    """Masks from a masks sidecar (``rrg shards masks``), which replace drawn masks; the first by name.
+
+    ``annotations``: the sample's parsed ``<name>.json`` sidecar members; a masks sidecar's
+    declares ``masks_member``, ``shape`` and ``channels``.  None when there is none.
+    """
+    for name in sorted(annotations):
+        meta = annotations[name]
+        if isinstance(meta, dict) and meta.get("masks_member"):
+            if meta["masks_member"] not in members:
+                raise ValueError(f"sidecar '{name}': missing member .{meta['masks_member']}")
+            return decode_masks(members[meta["masks_member"]], meta["shape"]), list(meta["channels"])
+    return None

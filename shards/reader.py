@@ -57,7 +57,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from shards import plan
 from shards.config import DataConfig
 from shards.manifest import Manifest, ManifestError, ShardInfo, file_sha256, load_manifest
-from shards.masks import decode_masks
+from shards.masks import decode_masks, sidecar_masks
 from shards.records import DecodedSample
 from shards.sidecars import index_tar
 from shards.views import decode_image
@@ -222,6 +222,7 @@ def decode(key: str, shard: str, members: dict[str, bytes]) -> DecodedSample:
                    if suffix.endswith(".safetensors")}
         annotations = {suffix[: -len(".json")]: json.loads(data) for suffix, data in members.items()
                        if suffix.endswith(".json") and suffix != "json"}
+        masks, channels = sidecar_masks(annotations, members) or (masks, channels)
         kg_name = (record.get("kg") or {}).get("member", "kg.safetensors")[: -len(".safetensors")]
         return DecodedSample(key, shard, record, images, masks, channels, tensors.get(kg_name), tensors, annotations)
     except _Bad:

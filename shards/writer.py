@@ -12,11 +12,13 @@ Two passes:
    ``{file}.info.json``.  Tars use a fixed mtime, so a rebuilt shard is
    byte-identical and the manifest fingerprint does not change.
 
-A view the writer cannot use (a DICOM with no pixel data or a transfer syntax no
-installed decoder reads: ``shards.dicom.DicomSkip``) is left out and counted; a
-study left with no view is not written.  ``build_summary.json`` beside the
-manifest lists every skip with its file and reason, and more than
-``build.max_skip_fraction`` of the studies left out fails the build.
+Studies an adapter cannot use are skipped and counted by reason (while
+planning: ``adapter.skips()``; while loading: ``SkipStudy`` in the task, an
+unreadable image) and written to ``build_summary.json`` beside the manifest, with
+examples naming file and row; past ``build.max_skip_fraction`` the build stops.
+A single view the writer cannot use (a DICOM with no pixel data or a transfer
+syntax no installed decoder reads: ``shards.dicom.DicomSkip``) is counted as
+``view_<reason>``; a study left with no usable view is counted as ``no_usable_view``.
 
 Re-running is safe: ``build.json`` (written first) pins the adapter and
 preprocess settings, and a different config pointed at the same directory is
@@ -48,6 +50,7 @@ from typing import Any, Optional
 import numpy as np
 
 from configs.parallel import SerialPool, TaskPool
+from shards.adapter_kit import SkipLog, SkipStudy
 from shards.adapters import make_adapter
 from shards.config import BuildConfig, DataConfig
 from shards.dicom import DicomSkip
@@ -253,12 +256,16 @@ def write_shard(adapter: Any, shard: dict[str, Any], out_dir: str, build: BuildC
     final = out / shard["file"]
     tmp = out / f"{shard['file']}{_TMP_MARK}{os.getpid()}"
     used: set[str] = set()
-    mask_total, written, skips = 0, 0, []
+    mask_total, written, skipped = 0, 0, SkipLog()
     try:
         with open(tmp, "wb") as f:
             writer = TarWriter(f, encoder=False, mtime=0.0)  # fixed mtime: rebuilds are byte-identical
             for index in shard["indices"]:
-                study = adapter.load(index)
+                try:
+                    study = adapter.load(index)
+                except SkipStudy as skip:
+                    skipped.add(skip.reason, skip.where)
+                    continue
                 key = sample_key(study.study_id)
                 if key in used:  # two ids that sanitise alike: keep keys unique within the shard
                     key = f"{key[:_MAX_KEY - 9]}_{index:08d}"
@@ -266,9 +273,14 @@ def write_shard(adapter: Any, shard: dict[str, Any], out_dir: str, build: BuildC
                 try:
                     sample, mask_bytes = pack_study(study, index, shard["split"], key, build, view_skips)
                 except DicomSkip:
-                    skips += [_skip_entry(s, index, study_dropped=True) for s in view_skips]
+                    skipped.add("no_usable_view", f"study {study.study_id}: {'; '.join(map(str, view_skips))}")
                     continue
-                skips += [_skip_entry(s, index, study_dropped=False) for s in view_skips]
+                except OSError as err:  # PIL: unreadable / truncated image file
+                    skipped.add("unreadable_image", f"study {study.study_id}: {err}")
+                    continue
+                finally:
+                    for skip in view_skips:
+                        skipped.add(f"view_{skip.reason}", str(skip))
                 used.add(key)
                 writer.write(sample)
                 mask_total += mask_bytes
@@ -282,36 +294,9 @@ def write_shard(adapter: Any, shard: dict[str, Any], out_dir: str, build: BuildC
             tmp.unlink()
     info = asdict(ShardInfo(file=shard["file"], split=shard["split"], num_samples=written,
                             num_bytes=final.stat().st_size, sha256=file_sha256(final)))
-    info.update(mask_bytes=mask_total, plan=_digest(shard["indices"]), settings=settings_digest, skipped=skips)
+    info.update(mask_bytes=mask_total, skipped=skipped.to_json(), plan=_digest(shard["indices"]), settings=settings_digest)
     _atomic_write_json(_sidecar(out, shard["file"]), info)
     return info
-
-
-def _skip_entry(skip: DicomSkip, index: int, study_dropped: bool) -> dict[str, Any]:
-    return {"index": index, "file": skip.path, "reason": skip.reason, "message": str(skip),
-            "study_dropped": study_dropped}
-
-
-def _summarise(out: Path, plan: list[dict[str, Any]], infos: dict[str, dict[str, Any]], build: BuildConfig) -> None:
-    """build_summary.json beside the manifest; counted skips; too many fail the build (nothing is lost silently)."""
-    skips = [s for shard in plan for s in infos[shard["file"]].get("skipped", [])]
-    planned = sum(len(s["indices"]) for s in plan)
-    dropped = len({s["index"] for s in skips if s["study_dropped"]})
-    counts: dict[str, int] = defaultdict(int)
-    for s in skips:
-        counts[s["reason"]] += 1
-    summary = {"studies_planned": planned, "studies_written": planned - dropped, "studies_skipped": dropped,
-               "views_skipped": len(skips), "skip_reasons": dict(counts), "skipped": skips,
-               "max_skip_fraction": build.max_skip_fraction}
-    _atomic_write_json(out / BUILD_SUMMARY, summary)
-    if skips:
-        print(f"skipped {len(skips)} unusable DICOM views ({dropped} whole studies): "
-              + "; ".join(f"{n} x {r}" for r, n in sorted(counts.items())) + f"; details in {out / BUILD_SUMMARY}")
-        for s in skips[:5]:
-            print(f"  skipped {s['message']}")
-    if dropped > build.max_skip_fraction * planned:
-        raise ShardBuildError(f"{dropped} of {planned} studies had no usable view (more than "
-                              f"data.build.max_skip_fraction={build.max_skip_fraction}); see {out / BUILD_SUMMARY}")
 
 
 # ----------------------------------------------------------------------------- driver
@@ -345,8 +330,13 @@ def _remove_leftovers(out_dir: Path) -> int:
 
 
 def _run_tasks(adapter: Any, todo: list[dict[str, Any]], out_dir: Path, build: BuildConfig,
-               settings_digest: str, pool: TaskPool) -> list[dict[str, Any]]:
-    """One task per shard on ``pool``, at most ``build.num_tasks`` in flight (0: the pool decides)."""
+               settings_digest: str, pool: TaskPool,
+               fn: Any = None) -> list[dict[str, Any]]:
+    """One task per shard on ``pool``, at most ``build.num_tasks`` in flight (0: the pool decides).
+
+    ``fn(adapter, shard, out_dir, build, settings_digest) -> info`` is the task
+    (default :func:`write_shard`; the masks pass brings its own).
+    """
     from tqdm import tqdm
 
     infos = []
@@ -354,13 +344,39 @@ def _run_tasks(adapter: Any, todo: list[dict[str, Any]], out_dir: Path, build: B
                desc=f"shards 0/{len(todo)}", dynamic_ncols=True)
     try:
         items = [(shard, str(out_dir), build, settings_digest) for shard in todo]
-        for _, info in pool.map_unordered(write_shard, items, shared=(adapter,), limit=build.num_tasks):
+        for _, info in pool.map_unordered(fn or write_shard, items, shared=(adapter,), limit=build.num_tasks):
             infos.append(info)
             bar.update(info["num_samples"])
             bar.set_description(f"shards {len(infos)}/{len(todo)}")
     finally:
         bar.close()
     return infos
+
+
+def _write_summary(out: Path, adapter: Any, entries: list, plan: list[dict[str, Any]],
+                   infos: dict[str, dict[str, Any]], build: BuildConfig) -> dict[str, Any]:
+    """build_summary.json: studies kept per split, skips by reason with examples; enforce the limit."""
+    skips = SkipLog()
+    if hasattr(adapter, "skips"):
+        skips.merge(adapter.skips().to_json())
+    for s in plan:
+        skips.merge(infos[s["file"]].get("skipped") or {})
+    kept: dict[str, int] = defaultdict(int)
+    for s in plan:
+        kept[s["split"]] += int(infos[s["file"]]["num_samples"])
+    study_skips = sum(n for r, n in skips.counts.items() if not r.startswith(("row_", "view_")))
+    total = sum(kept.values()) + study_skips
+    summary = {"studies": sum(kept.values()), "by_split": dict(kept), "planned": len(entries),
+               "skipped_studies": study_skips, "skipped": skips.to_json(),
+               "label_set": str(getattr(adapter, "label_set", "chexpert")),
+               "note": "reasons starting with row_ or view_ count source rows or single images, not studies"}
+    _atomic_write_json(out / BUILD_SUMMARY, summary)
+    if total and study_skips / total > build.max_skip_fraction:
+        raise ShardBuildError(f"{study_skips} of {total} studies skipped (> build.max_skip_fraction="
+                              f"{build.max_skip_fraction}); reasons and examples in {out / BUILD_SUMMARY}")
+    if study_skips:
+        print(f"skipped {study_skips} studies: {dict(skips.counts)} (see {out / BUILD_SUMMARY})")
+    return summary
 
 
 def build_from_config(data_cfg: DataConfig, seed: int, out_dir: str | None = None,
@@ -397,14 +413,15 @@ def build_from_config(data_cfg: DataConfig, seed: int, out_dir: str | None = Non
         built = sum(len(s["indices"]) for s in todo)
         print(f"built {len(todo)} shards, {built} studies in {elapsed:.1f}s ({built / max(elapsed, 1e-9):.1f} studies/s)")
 
-    _summarise(out, plan, infos, build)
+    summary = _write_summary(out, adapter, entries, plan, infos, build)
     shards = [ShardInfo(**{k: infos[s["file"]][k] for k in ("file", "split", "num_samples", "num_bytes", "sha256")})
               for s in plan]
     mask_total = sum(int(infos[s["file"]].get("mask_bytes", 0)) for s in plan)
     manifest = Manifest(
         out, settings["adapter"], settings["preprocess"], shards,
         extra={"mask_bytes": {"total": mask_total, "mean_per_study": mask_total / max(len(entries), 1)},
-               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "label_set": summary["label_set"], "skipped": summary["skipped"]["counts"]},
     )
     manifest.write()
     return manifest

@@ -9,7 +9,8 @@ import yaml
 from trainer.config import RunConfig, load_config
 from configs.schema import ConfigError, apply_overrides
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").rglob("*.yaml"))
+DEMO = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -23,7 +24,7 @@ def test_every_shipped_config_loads_and_validates(path):
 
 
 def test_overrides_are_typed_and_nested():
-    cfg = load_config(CONFIGS[0], ["train.lr=1e-4", "train.zero_stage=3", "train.lora.target_modules=[q_proj]",
+    cfg = load_config(DEMO, ["train.lr=1e-4", "train.zero_stage=3", "train.lora.target_modules=[q_proj]",
                                    "model.vision.hf_config.hidden_size=64", "logging.wandb.mode=disabled"])
     assert cfg.train.lr == 1e-4 and cfg.train.zero_stage == 3
     assert cfg.train.lora.target_modules == ["q_proj"]
@@ -48,12 +49,12 @@ def test_overrides_are_typed_and_nested():
 ])
 def test_bad_values_name_the_key(override, key, why):
     with pytest.raises(ConfigError) as err:
-        load_config(CONFIGS[0], [override])
+        load_config(DEMO, [override])
     assert err.value.key == key and why in str(err.value)
 
 
 def test_base_chain_and_resolved_dump(tmp_path):
-    demo = CONFIGS[0].parent / "demo.yaml"
+    demo = DEMO.parent / "demo.yaml"
     (tmp_path / "a.yaml").write_text(f"base: {demo}\nname: a\ntrain: {{lr: 0.5, max_steps: 7}}\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\nname: b\ntrain: {max_steps: 9}\n")
     cfg = load_config(tmp_path / "b.yaml")

@@ -137,10 +137,12 @@ def test_phi_marker_appears_nowhere(hospital):
             assert secret.decode() not in proc.stdout + proc.stderr
 
     summary = json.loads((tmp / "shards" / "build_summary.json").read_text())
-    assert summary["studies_planned"] == N_STUDIES and summary["studies_skipped"] == 1
-    assert summary["views_skipped"] == 1 + len([i for i in range(N_STUDIES) if i % 4 == 2])
-    assert summary["skip_reasons"][f"unsupported transfer syntax {JPEGLSLossless} (JPEG-LS Lossless Image Compression)"] == 1
-    assert summary["skip_reasons"]["no pixel data"] == 3
+    counts = summary["skipped"]["counts"]
+    assert summary["studies"] == N_STUDIES - 1 and summary["skipped_studies"] == 1 and counts["no_usable_view"] == 1
+    view_skips = sum(n for r, n in counts.items() if r.startswith("view_"))
+    assert view_skips == 1 + len([i for i in range(N_STUDIES) if i % 4 == 2])
+    assert counts[f"view_unsupported transfer syntax {JPEGLSLossless} (JPEG-LS Lossless Image Compression)"] == 1
+    assert counts["view_no pixel data"] == 3
     assert "study01/a.dcm" in hospital["logs"][0].stdout and str(JPEGLSLossless) in hospital["logs"][0].stdout
 
 
