@@ -45,6 +45,13 @@ def _pool(cfg, address: str | None = None):
                        temp_dir=cfg.cluster.ray_temp_dir)
 
 
+def _trust(cfg, args) -> None:
+    if getattr(args, "trust_checkpoint", False):
+        cfg.checkpoint.trust = True
+        print("rrg: --trust-checkpoint: checkpoint hashes are not checked and its torch files are fully "
+              "unpickled, which runs any code they contain", file=sys.stderr, flush=True)
+
+
 def cmd_config_show(args):
     import yaml
 
@@ -83,6 +90,9 @@ def cmd_train(args):
 
     if args.resume is not None:
         cfg.checkpoint.resume = args.resume
+    _trust(cfg, args)
+    if args.overwrite:
+        cfg.checkpoint.overwrite = args.overwrite
     run_training(cfg, address=args.address or cfg.cluster.address or os.environ.get("RAY_ADDRESS"))
 
 
@@ -95,6 +105,7 @@ def cmd_eval(args):
         score_predictions_file(args.predictions, args.out, bootstrap=args.bootstrap)
         return
     cfg = _load(args)
+    _trust(cfg, args)
     run_eval(cfg, pool=_pool(cfg, args.address), checkpoint=args.checkpoint, model_dir=args.model_dir,
              out=args.out, image_ablation=args.image_ablation)
 
@@ -105,6 +116,10 @@ def cmd_label(args):
     label_file(args.file, args.out)
 
 
+TRUST_HELP = ("load a checkpoint that is not hash-verified or needs full unpickling "
+              "(it can run arbitrary code: only for checkpoints you trust)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rrg", description="radiology report generation: data, training, evaluation")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--address", help="join this Ray cluster instead of starting a local one (or RAY_ADDRESS)")
     p.add_argument("--resume", help="auto | none | checkpoint path (overrides checkpoint.resume)")
+    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+    p.add_argument("--overwrite", nargs="?", const="move", choices=["move", "delete"], default=None,
+                   help="with --resume none: move an old run's checkpoints aside (or delete them) and start fresh")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="generate reports and score them")
@@ -124,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-ablation", choices=["black", "shuffle"], default=None)
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--address", default=None)
+    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("label", help="CheXpert-14 labels for reports, as CSV")
@@ -167,6 +186,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _known_errors() -> list[tuple[tuple[type, ...], int]]:
+    """(error types, exit code): 2 config, 3 data, 4 checkpoint / run directory, 5 disk, 6 diverged."""
+    from shards.adapters import AdapterError
+    from shards.buildlock import BuildLockedError
+    from shards.manifest import ManifestError
+    from shards.reader import DataError
+    from shards.sidecars import SidecarError
+    from trainer.nonfinite import NonFiniteError
+    from trainer.runguard import RunDirError, StorageError
+    from trainer.safe_load import CheckpointTrustError
+
+    return [((ConfigError,), 2), ((ManifestError, DataError, AdapterError, SidecarError, BuildLockedError), 3),
+            ((CheckpointTrustError, RunDirError), 4), ((StorageError,), 5), ((NonFiniteError,), 6)]
+
+
+def _known_error(err: BaseException) -> tuple[int, BaseException | None]:
+    """rrg's own error inside ``err`` (also from Ray tasks / Ray Train workers) and its exit code."""
+    from cluster.errors import unwrap
+
+    table = _known_errors()
+    found = unwrap(err, tuple(t for types, _ in table for t in types))
+    if found is None:
+        return 1, None
+    code = next(c for types, c in table if isinstance(found, types))
+    if isinstance(found, ConfigError):
+        return code, f"invalid configuration: {found}"
+    return code, found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -185,20 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rrg: interrupted", file=sys.stderr)
         return 130
-    except Exception as err:  # noqa: BLE001 - clear one-line errors for known data problems
-        from shards.manifest import ManifestError
-
-        known = (ManifestError,)
-        try:
-            from shards.reader import DataError
-
-            known += (DataError,)
-        except ImportError:
-            pass
-        if isinstance(err, known):
-            print(f"rrg: {err}", file=sys.stderr)
-            return 3
-        raise
+    except Exception as err:  # noqa: BLE001 - clear one-line errors for problems rrg knows
+        code, known = _known_error(err)
+        if known is None:
+            raise
+        print(f"rrg: {known}", file=sys.stderr)
+        return code
     if os.environ.get("RRG_VERBOSE"):
         print(f"rrg: done in {time.time() - t0:.1f}s", file=sys.stderr)
     return 0

@@ -28,6 +28,7 @@ class BuildConfig:
     )  # used only when the source gives no split; split is by patient
     num_tasks: int = 0  # parallel Ray tasks; 0 = one per CPU
     progress: bool = True
+    lock_wait_s: float = 0.0  # another build holds the directory: wait this long, then refuse
 
     def validate(self, key: str) -> None:
         if self.image_size < 16:

@@ -62,9 +62,13 @@ class TrainingRun:
         self.family = build_family(cfg.model)
         self.tokenizer = self.family.tokenizer(None, save_dir=loop_config["tokenizer_dir"])
         self.checkpoints = CheckpointManager(cfg.checkpoint_dir, rank=self.rank, world_size=self.world_size,
-                                             keep_last=cfg.checkpoint.keep_last, barrier=_barrier)
+                                             keep_last=cfg.checkpoint.keep_last, barrier=_barrier,
+                                             trusted=cfg.checkpoint.trust)
         self.resume: ResumePoint | None = self.checkpoints.resolve(cfg.checkpoint.resume)
         self.wandb_id = loop_config["wandb_id"]
+        from trainer.runguard import tokenizer_hash
+
+        self.tokenizer_sha256 = tokenizer_hash(Path(loop_config["tokenizer_dir"]))
 
     def _build(self) -> None:
         from modeling.tuning import apply_tuning
@@ -88,7 +92,7 @@ class TrainingRun:
     def _restore(self, state: LoopState) -> None:
         point = self.resume
         tag = self.checkpoints.ensure_universal(point) if self.universal else DS_TAG
-        self.strategy.load(str(point.path), tag)
+        self.strategy.load(str(point.path), tag, trusted=self.cfg.checkpoint.trust)
         # every rank saved the same reader position (ranks step in lockstep); the reader
         # re-plans the rest of the epoch itself when the world size changed
         client, rng = point.client_state(self.rank if not self.universal else 0)
@@ -112,7 +116,8 @@ class TrainingRun:
         reader = self.loader.state_dict()
         meta = {"zero_stage": cfg.train.zero_stage, "tuning": cfg.train.tuning, "wandb_id": self.wandb_id,
                 "manifest_fingerprint": reader.get("fingerprint"),
-                "precision": cfg.train.precision, "config": cfg.to_dict()}
+                "precision": cfg.train.precision, "config": cfg.to_dict(),
+                "tokenizer_sha256": self.tokenizer_sha256}
         path = self.checkpoints.save(step, write_shards=write_shards, meta=meta,
                                      client={"reader": reader, "step": step})
         self.logger.note(f"checkpoint: {path}")
@@ -172,7 +177,7 @@ class TrainingRun:
         final_eval_loss = None if state.preempted else self.eval_loss()
         result = {"step": state.step, "preempted": state.preempted, "final_eval_loss": final_eval_loss,
                   "checkpoint": str(self.checkpoints.latest() or ""), "export": str(export_dir or ""),
-                  "skipped_samples": getattr(self.loader, "skipped", 0)}
+                  "skipped_samples": state.skipped}
         if self.rank == 0:
             Path(cfg.output_dir, "result.json").write_text(json.dumps(result, indent=1))
         self.logger.finish()
@@ -183,8 +188,16 @@ class TrainingRun:
 def train_worker(loop_config: dict[str, Any]) -> None:
     for key, value in loop_config.get("env", {}).items():
         os.environ.setdefault(key, str(value))
+    from trainer.runguard import FATAL, record_fatal
+
     cfg = config_from_dict(loop_config["config"])
-    result = TrainingRun(cfg, loop_config).run()
+    if (Path(cfg.output_dir) / FATAL).exists():
+        return  # a restarted worker group after an error rrg knows: the driver reports it, nothing re-runs
+    try:
+        result = TrainingRun(cfg, loop_config).run()
+    except Exception as err:
+        record_fatal(cfg.output_dir, err)  # data/config/checkpoint errors are not retried
+        raise
     try:
         import ray.train
 
