@@ -174,3 +174,21 @@ def test_run_dir_guards_refuse_before_writing(run, shards, tmp_path):
     shadow.write_text("not a directory")
     code, line = _one_line(rrg(["train", TINY, f"data.shards_dir={shards}", f"output_dir={shadow}", RAY_TMP]))
     assert code == 5 and "is not a directory" in line, line
+
+
+@pytest.mark.slow
+def test_diverging_run_stops_without_checkpointing_nan_state(shards, tmp_path):
+    from tests.trainkit import free_port
+
+    out = tmp_path / "nan"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", "-m", "trainer.worker", TINY, f"data.shards_dir={shards}",
+           f"output_dir={out}", "train.lr=1e30", "checkpoint.every_steps=1", "checkpoint.keep_last=2",
+           "train.max_nonfinite_steps=2"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "NonFiniteError" in proc.stderr, proc.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    first_bad = min(r["step"] for r in records if set(r) == {"step", "loss"} and not r["loss"] < float("inf"))
+    saved = sorted(int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*"))
+    assert saved and max(saved) < first_bad, (saved, first_bad)
+    assert json.loads((out / "FATAL.json").read_text())["type"] == "NonFiniteError"
