@@ -91,8 +91,9 @@ def cmd_train(args):
     if args.resume is not None:
         cfg.checkpoint.resume = args.resume
     _trust(cfg, args)
-    if args.overwrite:
+    if args.overwrite:  # implies a fresh start
         cfg.checkpoint.overwrite = args.overwrite
+        cfg.checkpoint.resume = "none" if args.resume is None else cfg.checkpoint.resume
     run_training(cfg, address=args.address or cfg.cluster.address or os.environ.get("RAY_ADDRESS"))
 
 

@@ -140,3 +140,34 @@ def test_storage_errors_are_one_line_and_remove_partial_files(tmp_path):
         check_writable(shadow / "checkpoints", "checkpoint.dir")
     with pytest.raises(StorageError, match="MiB free"):
         check_free_space(tmp_path, needed=1 << 62)
+
+
+def test_driver_reads_name_a_truncated_shard_and_a_stale_manifest_is_not_rebuilt(shards, tmp_path, capsys):
+    import shutil
+
+    from shards.manifest import ManifestError, load_manifest
+    from shards.reader import DataError
+    from shards.textpass import iter_verified_records
+    from trainer.config import load_config
+    from trainer.prepare import ensure_shards
+
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    manifest = load_manifest(copy)
+    bad = manifest.split_shards("train")[0]
+    path = copy / bad.file
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])  # truncated mid-member
+    total = sum(s.num_samples for s in manifest.split_shards("train"))
+    records = list(iter_verified_records(manifest, "train", "checksum", max_skip_fraction=0.5))
+    assert len(records) == total - bad.num_samples
+    assert f"shard {bad.file}" in capsys.readouterr().err
+    with pytest.raises(DataError, match=bad.file):
+        list(iter_verified_records(manifest, "train", "size", max_skip_fraction=0.01))
+
+    data = json.loads((copy / "manifest.json").read_text())
+    data["shards"][0]["sha256"] = "0" * 64  # checksums disagree, fingerprint now stale
+    (copy / "manifest.json").write_text(json.dumps(data))
+    before = sorted(p.name for p in copy.iterdir())
+    with pytest.raises(ManifestError, match="fingerprint"):
+        ensure_shards(load_config(TINY, [f"data.shards_dir={copy}"]))
+    assert sorted(p.name for p in copy.iterdir()) == before, "the shard directory was rebuilt"

@@ -223,7 +223,13 @@ def main(argv: list[str] | None = None) -> None:
     DeepSpeedStrategy.init_distributed(cfg.cluster.use_gpu)
     loop_config = broadcast_json(prepare_run(cfg) if dist.get_rank() == 0 else None)
     cfg = config_from_dict(loop_config["config"])
-    TrainingRun(cfg, loop_config).run()
+    try:
+        TrainingRun(cfg, loop_config).run()
+    except Exception as err:
+        from trainer.runguard import record_fatal
+
+        record_fatal(cfg.output_dir, err)  # the same record as under Ray, for the job's wrapper
+        raise
     if dist.get_rank() == 0:
         try:
             finish_run(cfg)
