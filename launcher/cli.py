@@ -61,7 +61,11 @@ def cmd_config_show(args):
 def cmd_shards_build(args):
     from shards.writer import build_from_config
 
+    from shards.buildlock import refuse_if_locked
+
     cfg = _load(args)
+    if cfg.data.build.lock_wait_s == 0:
+        refuse_if_locked(args.out or cfg.data.shards_dir)  # before Ray starts
     manifest = build_from_config(cfg.data, seed=cfg.seed, out_dir=args.out, pool=_pool(cfg))
     print(f"shards: {manifest.root}  studies: {manifest.splits}  fingerprint: {manifest.fingerprint[:16]}")
 

@@ -51,6 +51,16 @@ def _try_take(path: Path) -> bool:
     return True
 
 
+def refuse_if_locked(out: str | os.PathLike) -> None:
+    """Fail fast (before starting Ray) when a live build holds ``out``; the build itself still locks."""
+    path = Path(out) / LOCK_NAME
+    holder = _holder(path) if path.is_file() else {}
+    pid, host = holder.get("pid"), holder.get("host")
+    if isinstance(pid, int) and (host != socket.gethostname() or _alive(pid)) and pid != os.getpid():
+        raise BuildLockedError(f"{Path(out)} is being built by pid {pid} on {host} (lock {path}); "
+                               f"wait for it, or remove the lock if that process is gone")
+
+
 @contextlib.contextmanager
 def build_lock(out: str | os.PathLike, wait_s: float = 0.0, poll_s: float = 0.5) -> Iterator[Path]:
     """Hold ``<out>/.build.lock`` for the body; wait up to ``wait_s`` for another build, else refuse."""
