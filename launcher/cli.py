@@ -45,6 +45,13 @@ def _pool(cfg, address: str | None = None):
                        temp_dir=cfg.cluster.ray_temp_dir)
 
 
+def _trust(cfg, args) -> None:
+    if getattr(args, "trust_checkpoint", False):
+        cfg.checkpoint.trust = True
+        print("rrg: --trust-checkpoint: checkpoint hashes are not checked and its torch files are fully "
+              "unpickled, which runs any code they contain", file=sys.stderr, flush=True)
+
+
 def cmd_config_show(args):
     import yaml
 
@@ -54,7 +61,11 @@ def cmd_config_show(args):
 def cmd_shards_build(args):
     from shards.writer import build_from_config
 
+    from shards.buildlock import refuse_if_locked
+
     cfg = _load(args)
+    if cfg.data.build.lock_wait_s == 0:
+        refuse_if_locked(args.out or cfg.data.shards_dir)  # before Ray starts
     manifest = build_from_config(cfg.data, seed=cfg.seed, out_dir=args.out, pool=_pool(cfg))
     print(f"shards: {manifest.root}  studies: {manifest.splits}  fingerprint: {manifest.fingerprint[:16]}")
 
@@ -97,11 +108,17 @@ def cmd_train(args):
     cfg = _load(args)  # validate before anything heavy is imported or started
     if args.resume is not None:
         cfg.checkpoint.resume = args.resume
+    _trust(cfg, args)
+    if args.overwrite:  # implies a fresh start
+        cfg.checkpoint.overwrite = args.overwrite
+        cfg.checkpoint.resume = "none" if args.resume is None else cfg.checkpoint.resume
     if cfg.cluster.backend == "torchrun":
         from cluster.torchrun import run_training as torchrun_training
 
         config, overrides = _split_config(args)
-        extra = [f"checkpoint.resume={args.resume}"] if args.resume is not None else []
+        extra = [f"checkpoint.resume={cfg.checkpoint.resume}", f"checkpoint.trust={str(cfg.checkpoint.trust).lower()}"]
+        if cfg.checkpoint.overwrite:
+            extra.append(f"checkpoint.overwrite={cfg.checkpoint.overwrite}")
         rc = torchrun_training(cfg, config, overrides + extra)
         if rc:
             raise SystemExit(rc)
@@ -121,6 +138,7 @@ def cmd_eval(args):
                                labeler=_labeler_from_args(args), meteor=not args.no_meteor, max_chars=args.max_chars)
         return
     cfg = _load(args)
+    _trust(cfg, args)
     run_eval(cfg, pool=_pool(cfg, args.address), checkpoint=args.checkpoint, model_dir=args.model_dir,
              out=args.out, image_ablation=args.image_ablation)
 
@@ -173,6 +191,10 @@ def _add_labeler_args(p: argparse.ArgumentParser, help_text: str) -> None:
                    help="labeler argument, e.g. checkpoint=chexbert.pth tokenizer=DIR (repeatable)")
 
 
+TRUST_HELP = ("load a checkpoint that is not hash-verified or needs full unpickling "
+              "(it can run arbitrary code: only for checkpoints you trust)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rrg", description="radiology report generation: data, training, evaluation")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -181,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--address", help="join this Ray cluster instead of starting a local one (or RAY_ADDRESS)")
     p.add_argument("--resume", help="auto | none | checkpoint path (overrides checkpoint.resume)")
+    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+    p.add_argument("--overwrite", nargs="?", const="move", choices=["move", "delete"], default=None,
+                   help="with --resume none: move an old run's checkpoints aside (or delete them) and start fresh")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="generate reports and score them")
@@ -197,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-chars", type=int, default=20_000, help="--predictions: truncate longer texts (counted)")
     p.add_argument("--address", default=None)
     _add_labeler_args(p, "labeler for --predictions (a config's eval.labeler otherwise)")
+    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("plan", help="parameters, memory per GPU and time per epoch, without weights")
@@ -274,6 +300,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _known_errors() -> list[tuple[tuple[type, ...], int]]:
+    """(error types, exit code): 2 config, 3 data, 4 checkpoint / run directory, 5 disk, 6 diverged."""
+    from modeling.family import TargetError
+    from shards.adapters import AdapterError
+    from shards.buildlock import BuildLockedError
+    from shards.labeling.registry import LabelInputError
+    from shards.manifest import ManifestError
+    from shards.reader import DataError
+    from shards.sidecars import SidecarError
+    from trainer.nonfinite import NonFiniteError
+    from trainer.runguard import RunDirError, StorageError
+    from trainer.safe_load import CheckpointTrustError
+
+    return [((ConfigError,), 2), ((ManifestError, DataError, AdapterError, SidecarError, BuildLockedError, LabelInputError,
+                                 TargetError), 3),
+            ((CheckpointTrustError, RunDirError), 4), ((StorageError,), 5), ((NonFiniteError,), 6)]
+
+
+def _known_error(err: BaseException) -> tuple[int, BaseException | None]:
+    """rrg's own error inside ``err`` (also from Ray tasks / Ray Train workers) and its exit code."""
+    from cluster.errors import unwrap
+
+    table = _known_errors()
+    found = unwrap(err, tuple(t for types, _ in table for t in types))
+    if found is None:
+        return 1, None
+    code = next(c for types, c in table if isinstance(found, types))
+    if isinstance(found, ConfigError):
+        return code, f"invalid configuration: {found}"
+    return code, found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -292,26 +350,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rrg: interrupted", file=sys.stderr)
         return 130
-    except Exception as err:  # noqa: BLE001 - clear one-line errors for known data problems
-        from shards.adapters import AdapterError
-        from shards.labeling.registry import LabelInputError
-
-        if isinstance(err, LabelInputError):  # bad report / predictions input (checked before torch is imported)
-            print(f"rrg: {err}", file=sys.stderr)
-            return 3
-        from shards.manifest import ManifestError
-
-        known = (ManifestError, AdapterError)
-        try:
-            from shards.reader import DataError
-
-            known += (DataError,)
-        except ImportError:
-            pass
-        if isinstance(err, known):
-            print(f"rrg: {err}", file=sys.stderr)
-            return 3
-        raise
+    except Exception as err:  # noqa: BLE001 - clear one-line errors for problems rrg knows
+        code, known = _known_error(err)
+        if known is None:
+            raise
+        print(f"rrg: {known}", file=sys.stderr)
+        return code
     if os.environ.get("RRG_VERBOSE"):
         print(f"rrg: done in {time.time() - t0:.1f}s", file=sys.stderr)
     return 0

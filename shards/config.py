@@ -32,6 +32,7 @@ class BuildConfig:
     # this share of the source's studies the build stops (build_summary.json says why)
     max_skip_fraction: float = 0.2
     progress: bool = True
+    lock_wait_s: float = 0.0  # another build holds the directory: wait this long, then refuse
 
     def validate(self, key: str) -> None:
         if self.image_size < 16:

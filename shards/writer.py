@@ -385,9 +385,16 @@ def build_from_config(data_cfg: DataConfig, seed: int, out_dir: str | None = Non
 
     Shards are written as tasks on ``pool`` (the CLI hands in a Ray pool; default: this process).
     """
-    build = data_cfg.build
+    from shards.buildlock import build_lock
+
     out = Path(out_dir or data_cfg.shards_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    with build_lock(out, wait_s=data_cfg.build.lock_wait_s):  # one build per directory
+        return _build_locked(data_cfg, seed, out, pool)
+
+
+def _build_locked(data_cfg: DataConfig, seed: int, out: Path, pool: Optional[TaskPool]) -> Manifest:
+    build = data_cfg.build
     settings = build_settings(data_cfg, seed)
     settings_digest = _digest(settings)
     _check_settings(out, settings)

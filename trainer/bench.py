@@ -45,7 +45,7 @@ def bench_train(cfg: RunConfig, steps: int = 20, repeats: int = 3) -> dict[str, 
     from trainer.prepare import ensure_shards
     from modeling.family import build_family
     from modeling.tuning import apply_tuning
-    from shards.manifest import iter_json_records
+    from shards.textpass import iter_verified_records
     from shards.reader import make_loader
 
     torch.set_num_threads(1)
@@ -55,7 +55,8 @@ def bench_train(cfg: RunConfig, steps: int = 20, repeats: int = 3) -> dict[str, 
     tok_dir = Path(cfg.output_dir) / "tokenizer"
     if not (tok_dir.is_dir() and any(tok_dir.iterdir())):
         tok_dir = Path(tempfile.mkdtemp(prefix="rrg-bench-tok-"))
-        family.tokenizer(family.tokenizer_texts(iter_json_records(manifest, cfg.data.train_split)),
+        family.tokenizer(family.tokenizer_texts(iter_verified_records(
+            manifest, cfg.data.train_split, cfg.data.verify, cfg.data.max_skip_fraction)),
                          save_dir=str(tok_dir))
     tok = family.tokenizer(None, save_dir=str(tok_dir))
     stage = cfg.train.resolved_stages()[0]

@@ -9,14 +9,16 @@ Layout under ``checkpoint_dir``::
         client/rank_00000.rng.safetensors   per-rank torch RNG state
         meta.json               global step, world size, ZeRO stage, tuning, manifest fingerprint,
                                 W&B run id, resolved config
-        COMPLETE                written last, before the rename: the checkpoint is valid iff it exists
+        COMPLETE                written last, before the rename: the checkpoint is valid iff it exists;
+                                it lists every file's sha256, checked before loading (trainer/safe_load.py)
         universal/              made on demand when resuming with another world size
     .tmp-step_000300/           a save in progress (or one a crash interrupted); ignored and cleaned
 
 A save writes everything into ``.tmp-step_N``, waits for every rank, writes
 ``COMPLETE``, renames the directory to ``step_N`` and only then points ``latest``
 at it, so a crash at any moment leaves the previous checkpoint loadable.
-Nothing here is a pickle except DeepSpeed's own files.
+Nothing here is a pickle except DeepSpeed's own files, and those are loaded with
+``weights_only=True`` and an allow-list (trainer/safe_load.py).
 """
 from __future__ import annotations
 
@@ -34,6 +36,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from configs.atomic import atomic_write_text
+from trainer.runguard import check_free_space, dir_size, storage_errors
+from trainer.safe_load import verify_checkpoint, write_complete
+
 STEP_PREFIX = "step_"
 DS_TAG = "ds"
 UNIVERSAL_TAG = "universal"
@@ -44,12 +50,7 @@ def step_name(step: int) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, text)  # a failed write leaves no temp file behind
 
 
 def _fsync_dir(path: Path) -> None:
@@ -108,8 +109,9 @@ class CheckpointManager:
     """Save / find / prune checkpoints.  ``barrier`` synchronises the ranks (no-op for one)."""
 
     def __init__(self, root: str | os.PathLike, *, rank: int, world_size: int, keep_last: int,
-                 barrier: Callable[[], None] = lambda: None):
+                 barrier: Callable[[], None] = lambda: None, trusted: bool = False):
         self.root = Path(root)
+        self.trusted = trusted  # --trust-checkpoint: skip hash checks (full pickle when loading)
         self.rank, self.world_size, self.keep_last = rank, world_size, keep_last
         self.barrier = barrier
 
@@ -145,6 +147,8 @@ class CheckpointManager:
             path = Path(resume)
             if not (path / "COMPLETE").is_file():
                 raise FileNotFoundError(f"{path} is not a complete rrg checkpoint (no COMPLETE marker)")
+        if not self.trusted:
+            verify_checkpoint(path)
         return ResumePoint(path, json.loads((path / "meta.json").read_text()))
 
     # -- saving --------------------------------------------------------------------------
@@ -154,6 +158,12 @@ class CheckpointManager:
         name = step_name(step)
         tmp = self.root / f".tmp-{name}"
         final = self.root / name
+        previous = self.latest()
+        check_free_space(self.root, dir_size(previous) if previous else 0)  # every rank: all refuse alike
+        with storage_errors(tmp, cleanup=tmp):  # ENOSPC/EROFS/EACCES: one line, no partial temp dir left
+            return self._save(step, name, tmp, final, write_shards, meta, client)
+
+    def _save(self, step: int, name: str, tmp: Path, final: Path, write_shards, meta, client) -> Path:
         if self.rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
             if tmp.exists():
@@ -169,7 +179,7 @@ class CheckpointManager:
         if self.rank == 0:
             _atomic_write(tmp / "meta.json", json.dumps({**meta, "global_step": step,
                                                          "world_size": self.world_size}, indent=1))
-            _atomic_write(tmp / "COMPLETE", name)
+            write_complete(tmp, name, _atomic_write)
             if final.exists():  # a re-save of the same step (e.g. after a restart): replace it
                 shutil.rmtree(final)
             os.rename(tmp, final)
@@ -194,7 +204,8 @@ class CheckpointManager:
         if self.rank == 0 and not (target / "COMPLETE").is_file():
             tmp = point.path / f".tmp-{UNIVERSAL_TAG}"
             shutil.rmtree(tmp, ignore_errors=True)
-            cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
+            cmd = [sys.executable, "-m", "trainer.safe_load"] if not self.trusted else [sys.executable, "-m"]
+            cmd += ["deepspeed.checkpoint.ds_to_universal",
                    "--input_folder", str(point.path / DS_TAG), "--output_folder", str(tmp),
                    "--num_extract_workers", "1", "--num_merge_workers", "1"]
             if int(point.meta.get("zero_stage", 0)) < 3:

@@ -8,6 +8,7 @@ cluster backends that launch it.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,7 @@ class TrainConfig:
         stages = self.resolved_stages()
         start = sum(st.steps for st in stages[:index])
         return start, start + stages[index].steps
+    max_nonfinite_steps: int = 3  # stop after this many NaN/inf loss or grad-norm checks in a row
 
     def validate(self, key: str = "train") -> None:
         if self.zero_stage not in (0, 1, 2, 3):
@@ -89,7 +91,7 @@ class TrainConfig:
             raise ConfigError(f"{key}.offload_params", "parameter offload needs zero_stage 3")
         if self.offload_optimizer and self.zero_stage == 0:
             raise ConfigError(f"{key}.offload_optimizer", "optimizer offload needs zero_stage >= 1")
-        for name in ("micro_batch_size", "grad_accum", "max_steps"):
+        for name in ("micro_batch_size", "grad_accum", "max_steps", "max_nonfinite_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{key}.{name}", "must be >= 1")
         if self.lr <= 0:
@@ -121,6 +123,8 @@ class CheckpointConfig:
     keep_last: int = 2
     resume: str = "auto"  # auto | none | path to a checkpoint
     export: Literal["merged", "adapter", "none"] = "merged"  # final Hugging Face export
+    overwrite: Optional[Literal["move", "delete"]] = None  # --overwrite: clear an old run's checkpoints
+    trust: bool = False  # --trust-checkpoint: load without hash checks and with full pickle (can run code)
 
     def validate(self, key: str = "checkpoint") -> None:
         if self.every_steps < 1:
@@ -145,7 +149,7 @@ class LoggingConfig:
 
     def validate(self, key: str = "logging") -> None:
         if self.every_steps < 1:
-            raise ConfigError(f"{key}.every_steps", "must be >= 1")
+            raise ConfigError(f"{key}.every_steps", f"must be >= 1, got {self.every_steps}")
 
 
 @dataclass
@@ -193,6 +197,18 @@ class ClusterConfig:
             raise ConfigError(f"{key}.max_failures", "must be >= 0")
 
 
+def _check_finite(value: Any, key: str) -> None:
+    """No NaN or infinity anywhere in a config (e.g. ``train.lr=1e999``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(key, f"must be a finite number, got {value}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{key}[{i}]")
+
+
 @dataclass
 class RunConfig:
     name: str = "run"
@@ -214,6 +230,7 @@ class RunConfig:
         self.logging.validate("logging")
         self.eval.validate("eval")
         self.cluster.validate("cluster")
+        _check_finite(self.to_dict(), "")
         self.model.validate_family()
         return self
 

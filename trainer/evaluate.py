@@ -43,7 +43,8 @@ def _resolve_model(cfg, checkpoint: Optional[str], model_dir: Optional[str], out
     from trainer.checkpoint import CheckpointManager
     from trainer.export import export_checkpoint
 
-    point = CheckpointManager(cfg.checkpoint_dir, rank=0, world_size=1, keep_last=1).resolve(
+    point = CheckpointManager(cfg.checkpoint_dir, rank=0, world_size=1, keep_last=1,
+                              trusted=cfg.checkpoint.trust).resolve(
         "latest" if checkpoint in (None, "latest") else checkpoint)
     out_dir = Path(out) if out else Path(cfg.output_dir) / "eval" / f"{cfg.eval.split}-{point.path.name}"
     model = out_dir / "model"

@@ -99,7 +99,10 @@ def export_checkpoint(cfg, point, out_dir: Path) -> Path:
     if not tok_dir.is_dir():
         tok_dir = Path(cfg.output_dir) / "tokenizer"
     tokenizer = family.tokenizer(None, save_dir=str(tok_dir))
-    state = get_fp32_state_dict_from_zero_checkpoint(str(point.path), tag=DS_TAG)
+    from trainer.safe_load import safe_torch_load
+
+    with safe_torch_load(cfg.checkpoint.trust):  # weights-only unpickling unless --trust-checkpoint
+        state = get_fp32_state_dict_from_zero_checkpoint(str(point.path), tag=DS_TAG)
     stage = run_cfg.train.resolved_stages()[int(point.meta.get("stage", 0))]
     write_export(family, tokenizer, stage.spec(run_cfg.train.lora), state, out_dir, merge=True,
                  where=str(point.path), shards_dir=run_cfg.data.shards_dir)

@@ -14,6 +14,7 @@ import torch.distributed as dist
 class LoopState:
     step: int = 0  # optimizer steps done
     preempted: bool = False
+    skipped: int = 0  # bad samples skipped, summed over all ranks (updated at log steps)
     step_losses: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # kept on device until a log step
 
 
@@ -29,12 +30,14 @@ class StepMeter:
         self.samples = 0
         self.tokens = 0
         self.padded_tokens = 0
+        self.skipped = 0
 
     def batch(self, batch: dict[str, Any]) -> None:
         mask = batch.get("attention_mask")
         if mask is not None:
             self.tokens += int(mask.sum())
             self.padded_tokens += mask.numel()
+        self.skipped += len(batch.get("skipped") or ())
         weight = batch.get("sample_weight")
         self.samples += int(weight.sum()) if weight is not None else len(batch.get("keys", []))
 
@@ -74,6 +77,10 @@ class Trainer:
         self.stop_requested = stop_requested
         self.evaluator = evaluator
         self.float_dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+        from trainer.nonfinite import NonFiniteGuard
+
+        self.guard = NonFiniteGuard(cfg.train.max_nonfinite_steps)
+        self.finite = True  # last guard verdict (same on every rank: all-reduced loss, global grad norm)
 
     def fit(self, until: Optional[int] = None) -> LoopState:
         """Optimizer steps up to ``until`` (default ``max_steps``: the end of the current stage)."""
@@ -107,13 +114,24 @@ class Trainer:
                 if log_step and self._agree(self.stop_requested()):
                     st.preempted = True
                     self.logger.note(f"preemption requested: checkpointing at step {st.step}")
-                    self.save_checkpoint(st.step)
+                    self._save_if_finite(log_step)
                     return st
                 if st.step % self.cfg.checkpoint.every_steps == 0 or st.step == until:
-                    self.save_checkpoint(st.step)  # and at every stage end
+                    self._save_if_finite(log_step)  # and at every stage end
                 if self.evaluator and self.cfg.eval.every_steps and st.step % self.cfg.eval.every_steps == 0:
                     self.evaluator(st.step)
         return st
+
+    def _save_if_finite(self, logged: bool) -> None:
+        """Checkpoint unless the state is NaN/inf (then the good checkpoints stay as they are)."""
+        finite = self.finite
+        if not logged:  # losses since the last log step are still pending on the device
+            finite = not self._agree(not all(torch.isfinite(l).all() for _, l in self.state.step_losses))
+            finite = self.guard.observe(self.state.step, [1.0 if finite else float("nan")])
+        if finite:
+            self.save_checkpoint(self.state.step)
+        else:
+            self.logger.note(f"not saving a checkpoint at step {self.state.step}: loss or grad norm is not finite")
 
     def _agree(self, flag: bool) -> bool:
         """True on every rank if any rank saw ``flag`` (one tiny all-reduce per step)."""
@@ -131,12 +149,16 @@ class Trainer:
             per_step[s] = per_step.get(s, 0.0) + float(l) / self.cfg.train.grad_accum
         st.step_losses.clear()
         mean = torch.tensor(sum(per_step.values()) / max(1, len(per_step)), device=self.strategy.device)
-        if self.world_size > 1:
-            dist.all_reduce(mean, op=dist.ReduceOp.SUM)
-            mean /= self.world_size
-        metrics = {"loss": float(mean), "lr": self.strategy.lr()}
+        skipped = torch.tensor(float(meter.skipped), device=self.strategy.device)
+        if self.world_size > 1:  # one collective: loss sum and skip count over ranks
+            both = torch.stack([mean, skipped])
+            dist.all_reduce(both, op=dist.ReduceOp.SUM)
+            mean, skipped = both[0] / self.world_size, both[1]
+        st.skipped += int(skipped)
+        metrics = {"loss": float(mean), "lr": self.strategy.lr(), "skipped_samples": st.skipped}
         norm = self.strategy.grad_norm()
         if norm is not None:
             metrics["grad_norm"] = norm
         metrics.update(meter.summary(self.world_size))
         self.logger.log(st.step, metrics, per_step_losses=sorted(per_step.items()))
+        self.finite = self.guard.observe(st.step, [metrics["loss"], metrics.get("grad_norm")])

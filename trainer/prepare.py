@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -41,14 +42,17 @@ def worker_env(cfg: RunConfig) -> dict[str, str]:
 
 
 def ensure_shards(cfg: RunConfig, pool: Optional[TaskPool] = None):
-    """The run's shard manifest; demo shards are made on first use, other sources must be built."""
-    from shards.manifest import ManifestError, load_manifest
+    """The run's shard manifest; demo shards are made on first use, other sources must be built.
 
-    try:
+    Only a directory with no manifest at all is built: a manifest that is there but
+    disagrees with itself or its shards is refused (its error names the file), never
+    silently rebuilt over.
+    """
+    from shards.manifest import load_manifest
+
+    manifest_file = Path(cfg.data.shards_dir) / "manifest.json"
+    if manifest_file.exists() or cfg.data.source.adapter != "demo":
         return load_manifest(cfg.data.shards_dir)
-    except ManifestError:
-        if cfg.data.source.adapter != "demo":
-            raise
     print(f"rrg: no shards at {cfg.data.shards_dir}: building the demo dataset first", flush=True)
     from shards.writer import build_from_config
 
@@ -58,14 +62,15 @@ def ensure_shards(cfg: RunConfig, pool: Optional[TaskPool] = None):
 def prepare_tokenizer(cfg: RunConfig, manifest) -> str:
     """Train (first run) or reuse (resume) the run's tokenizer; returns its directory."""
     from modeling.family import build_family
-    from shards.manifest import iter_json_records
+    from shards.textpass import iter_verified_records
 
     tok_dir = Path(cfg.output_dir) / "tokenizer"
     family = build_family(cfg.model)
     if tok_dir.is_dir() and any(tok_dir.iterdir()):
         family.tokenizer(None, save_dir=str(tok_dir))  # fail early if unreadable
         return str(tok_dir)
-    texts = family.tokenizer_texts(iter_json_records(manifest, cfg.data.train_split))
+    texts = family.tokenizer_texts(iter_verified_records(  # checked like the workers' reads
+        manifest, cfg.data.train_split, cfg.data.verify, cfg.data.max_skip_fraction))
     family.tokenizer(texts, save_dir=str(tok_dir))
     return str(tok_dir)
 
@@ -81,31 +86,60 @@ def _wandb_id(cfg: RunConfig) -> str:
     return run_id
 
 
-def install_stop_handlers(stop_file: Path) -> None:
+def install_stop_handlers(stop_file: Path, started=lambda: True) -> None:
+    """SIGTERM/SIGUSR1: ask the workers to checkpoint and stop; before any worker has started
+    training (``started()`` false) there is nothing to save, so the command stops at once (75)."""
     def handler(signum, _frame):
-        print(f"rrg: received {signal.Signals(signum).name}: checkpointing and stopping", file=sys.stderr, flush=True)
-        stop_file.write_text(signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        stop_file.write_text(name)
+        if not started():
+            print(f"rrg: received {name} during start-up: stopping", file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_PREEMPTED)
+        print(f"rrg: received {name}: checkpointing and stopping", file=sys.stderr, flush=True)
 
     for sig in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(sig, handler)
 
 
+def check_resume(cfg: RunConfig, manifest) -> None:
+    """Before anything is written: the checkpoint to resume is rrg's, intact and compatible."""
+    from trainer.checkpoint import CheckpointManager
+    from trainer.runguard import check_compatible
+
+    point = CheckpointManager(cfg.checkpoint_dir, rank=0, world_size=1, keep_last=cfg.checkpoint.keep_last,
+                              trusted=cfg.checkpoint.trust).resolve(cfg.checkpoint.resume)
+    if point is not None:
+        check_compatible(point.meta, point.path, cfg.to_dict(), manifest.dataset_fingerprint,
+                         Path(cfg.output_dir) / "tokenizer")
+
+
 def prepare_run(cfg: RunConfig, pool: Optional[TaskPool] = None) -> dict[str, Any]:
-    """Driver-side preparation shared by the Ray and torchrun paths; returns the workers' loop config."""
+    """Driver-side preparation shared by the Ray and torchrun paths; returns the workers' loop config.
+
+    Order matters: every check (writable dirs, run-dir mixing, checkpoint trust and
+    compatibility) runs before the first byte is written into the run directory.
+    """
+    from trainer.runguard import check_run_dir, check_writable
+
     out = Path(cfg.output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
     cfg.output_dir = str(out)
     cfg.data.shards_dir = str(Path(cfg.data.shards_dir).resolve())
     if cfg.checkpoint.dir:
         cfg.checkpoint.dir = str(Path(cfg.checkpoint.dir).resolve())
     if cfg.checkpoint.resume not in ("auto", "none", "latest"):
         cfg.checkpoint.resume = str(Path(cfg.checkpoint.resume).resolve())
-    cfg.dump(out / "config.yaml")
+    check_writable(out, "output_dir")
+    check_writable(cfg.checkpoint_dir, "checkpoint.dir")
+    check_run_dir(out, Path(cfg.checkpoint_dir), cfg.checkpoint.resume, cfg.checkpoint.overwrite)
     manifest = ensure_shards(cfg, pool)
+    check_resume(cfg, manifest)
+    cfg.dump(out / "config.yaml")
     tokenizer_dir = prepare_tokenizer(cfg, manifest)
     stop_file = out / "STOP"
     stop_file.unlink(missing_ok=True)
     (out / "result.json").unlink(missing_ok=True)
+    (out / "FATAL.json").unlink(missing_ok=True)
+    shutil.rmtree(out / "pids", ignore_errors=True)  # "started" = a worker wrote its pid in this run
     env = worker_env(cfg)
     os.environ.update({k: v for k, v in env.items() if k not in os.environ})
     return {"config": cfg.to_dict(), "tokenizer_dir": tokenizer_dir, "stop_file": str(stop_file),

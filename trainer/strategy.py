@@ -167,9 +167,13 @@ class DeepSpeedStrategy:
         self.engine.save_checkpoint(directory, tag=tag, save_latest=False,
                                     exclude_frozen_parameters=False)
 
-    def load(self, directory: str, tag: str) -> None:
-        path, _ = self.engine.load_checkpoint(directory, tag=tag, load_optimizer_states=True,
-                                              load_lr_scheduler_states=True)
+    def load(self, directory: str, tag: str, *, trusted: bool = False) -> None:
+        """Load ``directory/tag``; torch files are unpickled weights-only unless ``trusted``."""
+        from trainer.safe_load import safe_torch_load
+
+        with safe_torch_load(trusted):
+            path, _ = self.engine.load_checkpoint(directory, tag=tag, load_optimizer_states=True,
+                                                  load_lr_scheduler_states=True)
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {directory}/{tag}")
 

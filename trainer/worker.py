@@ -71,13 +71,17 @@ class TrainingRun:
         self.tokenizer = self.family.tokenizer(None, save_dir=loop_config["tokenizer_dir"])
         self.assets = load_manifest(cfg.data.shards_dir).assets
         self.checkpoints = CheckpointManager(cfg.checkpoint_dir, rank=self.rank, world_size=self.world_size,
-                                             keep_last=cfg.checkpoint.keep_last, barrier=_barrier)
+                                             keep_last=cfg.checkpoint.keep_last, barrier=_barrier,
+                                             trusted=cfg.checkpoint.trust)
         self.resume: ResumePoint | None = self.checkpoints.resolve(cfg.checkpoint.resume)
         self.wandb_id = loop_config["wandb_id"]
         self.stages = cfg.train.resolved_stages()
         self.stage_index = 0
         self.loader = None
         self.logger = None
+        from trainer.runguard import tokenizer_hash
+
+        self.tokenizer_sha256 = tokenizer_hash(Path(loop_config["tokenizer_dir"]))
 
     def _build_stage(self, index: int, start_state: Optional[dict] = None, load_universal: bool = False) -> None:
         """Model, tuning and engine of stage ``index``; the loader is made once and re-targeted after."""
@@ -126,7 +130,7 @@ class TrainingRun:
         index = int(point.meta.get("stage", self.cfg.train.stage_at(max(point.step - 1, 0))))
         self._build_stage(index, load_universal=self.universal)
         tag = self.checkpoints.ensure_universal(point) if self.universal else DS_TAG
-        self.strategy.load(str(point.path), tag)
+        self.strategy.load(str(point.path), tag, trusted=self.cfg.checkpoint.trust)
         # every rank saved the same reader position (ranks step in lockstep); the reader
         # re-plans the rest of the epoch itself when the world size changed
         client, rng = point.client_state(self.rank if not self.universal else 0)
@@ -152,7 +156,8 @@ class TrainingRun:
         meta = {"zero_stage": cfg.train.zero_stage, "tuning": tuning, "wandb_id": self.wandb_id,
                 "stage": self.stage_index, "stage_name": self.stages[self.stage_index].name,
                 "manifest_fingerprint": reader.get("fingerprint"),
-                "precision": cfg.train.precision, "config": cfg.to_dict()}
+                "precision": cfg.train.precision, "config": cfg.to_dict(),
+                "tokenizer_sha256": self.tokenizer_sha256}
         path = self.checkpoints.save(step, write_shards=write_shards, meta=meta,
                                      client={"reader": reader, "step": step})
         self.logger.note(f"checkpoint: {path}")
@@ -224,7 +229,7 @@ class TrainingRun:
         result = {"step": state.step, "preempted": state.preempted, "final_eval_loss": final_eval_loss,
                   "stage": self.stages[self.stage_index].name,
                   "checkpoint": str(self.checkpoints.latest() or ""), "export": str(export_dir or ""),
-                  "skipped_samples": getattr(self.loader, "skipped", 0)}
+                  "skipped_samples": state.skipped}
         if self.rank == 0:
             Path(cfg.output_dir, "result.json").write_text(json.dumps(result, indent=1))
         self.logger.finish()
@@ -260,8 +265,16 @@ def load_plain_state(model: torch.nn.Module, state: dict[str, torch.Tensor], whe
 def train_worker(loop_config: dict[str, Any]) -> None:
     for key, value in loop_config.get("env", {}).items():
         os.environ.setdefault(key, str(value))
+    from trainer.runguard import FATAL, record_fatal
+
     cfg = config_from_dict(loop_config["config"])
-    result = TrainingRun(cfg, loop_config).run()
+    if (Path(cfg.output_dir) / FATAL).exists():
+        return  # a restarted worker group after an error rrg knows: the driver reports it, nothing re-runs
+    try:
+        result = TrainingRun(cfg, loop_config).run()
+    except Exception as err:
+        record_fatal(cfg.output_dir, err)  # data/config/checkpoint errors are not retried
+        raise
     try:
         import ray.train
 
@@ -287,7 +300,13 @@ def main(argv: list[str] | None = None) -> None:
     DeepSpeedStrategy.init_distributed(cfg.cluster.use_gpu)
     loop_config = broadcast_json(prepare_run(cfg) if dist.get_rank() == 0 else None)
     cfg = config_from_dict(loop_config["config"])
-    TrainingRun(cfg, loop_config).run()
+    try:
+        TrainingRun(cfg, loop_config).run()
+    except Exception as err:
+        from trainer.runguard import record_fatal
+
+        record_fatal(cfg.output_dir, err)  # the same record as under Ray, for the job's wrapper
+        raise
     if dist.get_rank() == 0:
         try:
             finish_run(cfg)
