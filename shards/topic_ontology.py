@@ -37,7 +37,8 @@ class Topic:
 
     def absent_sentence(self) -> str:
         """The standardised negative: "Pneumothorax is absent." """
-        return f"{self.phrase[0].upper()}{self.phrase[1:]} is absent."
+        verb = "are" if self.phrase.endswith("s") and not self.phrase.endswith("sis") else "is"
+        return f"{self.phrase[0].upper()}{self.phrase[1:]} {verb} absent."
 
 
 def _t(name: str, phrase: str, regions: str, label: Optional[str] = None) -> Topic:
