@@ -99,6 +99,15 @@ def cmd_eval(args):
              out=args.out, image_ablation=args.image_ablation)
 
 
+def cmd_annotate_topics(args):
+    cfg = _load(args)
+    from trainer.topic_annotate import annotate_topics
+
+    s = annotate_topics(cfg.data.shards_dir, cfg.data.topics, pool=_pool(cfg))
+    print(f"topics: {s['studies']} studies ({', '.join(s['splits'])}), backends {s['backends']}, "
+          f"dropped {s['counts']}, sidecar {s['sidecar']}")
+
+
 def cmd_label(args):
     from trainer.labeler import label_file
 
@@ -130,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="JSONL with a 'report' field, or text with one report per line")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_label)
+
+    ann = sub.add_parser("annotate", help="annotation overlays beside the shards").add_subparsers(
+        dest="annotate_cmd", required=True)
+    p = ann.add_parser("topics", help="LLaVA-TA topic overlay (training split) + topic ontology asset")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_annotate_topics)
 
     p = sub.add_parser("demo-data", help="make the synthetic phantom dataset and its shards")
     _add_config_args(p)
@@ -189,6 +204,13 @@ def main(argv: list[str] | None = None) -> int:
         from shards.manifest import ManifestError
 
         known = (ManifestError,)
+        try:
+            from shards.sidecars import SidecarError
+            from trainer.topic_annotate import TopicAnnotationError
+
+            known += (SidecarError, TopicAnnotationError)
+        except ImportError:
+            pass
         try:
             from shards.reader import DataError
 
