@@ -92,3 +92,42 @@ def test_hf_backend_random_lm_is_malformed_counted_and_falls_back(tiny_lm, copy)
     assert summary["backends"] == {"rule-fallback": summary["studies"]} and summary["studies"] > 0
     assert summary["counts"]["malformed"] == summary["studies"]
     assert load_manifest(copy).sidecars["topics"].producer["model_path"] == tiny_lm
+
+
+def _edit_held_out_reports(shards_dir: str) -> int:
+    """Rewrite every non-training study's report (tar member + manifest checksum); returns how many."""
+    import io
+    import tarfile
+
+    from shards.manifest import file_sha256
+
+    m, edited = load_manifest(shards_dir), 0
+    for info in m.shards:
+        if info.split == "train":
+            continue
+        path = m.path_of(info)
+        with tarfile.open(path) as tf:
+            members = [(ti, tf.extractfile(ti).read()) for ti in tf if ti.isfile()]
+        with tarfile.open(path, "w") as tf:
+            for ti, data in members:
+                if ti.name.endswith(".json"):
+                    record = json.loads(data)
+                    record["report"]["text"] = "Large left pneumothorax. Massive cardiomegaly. No fracture."
+                    data, edited = json.dumps(record).encode(), edited + 1
+                    ti.size = len(data)
+                tf.addfile(ti, io.BytesIO(data))
+        info.sha256, info.num_bytes = file_sha256(path), path.stat().st_size
+    m.write()
+    return edited
+
+
+def test_topics_read_the_training_split_only(copy):
+    before = annotate_topics(copy, TopicsConfig(), pool=SerialPool())
+    m0 = load_manifest(copy)
+    assert _edit_held_out_reports(copy) > 0
+    after = annotate_topics(copy, TopicsConfig(), pool=SerialPool())
+    m1 = load_manifest(copy)
+    assert m1.fingerprint != m0.fingerprint  # the held-out shards did change
+    assert m1.sidecars["topics"].shards == m0.sidecars["topics"].shards  # byte-identical overlay tars
+    assert m1.assets[ASSET_NAME].meta["files"] == m0.assets[ASSET_NAME].meta["files"]
+    assert before["rows_per_topic"] == after["rows_per_topic"]
