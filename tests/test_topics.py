@@ -120,3 +120,18 @@ def test_ontology_regions_and_roundtrip():
     assert onto.channels("disease-pleural_effusion") == ["left_lung", "right_lung", "diaphragm"]
     assert Ontology.from_json(onto.to_json()).to_json() == onto.to_json()
     assert list(ORDER) == onto.names and BY_NAME["disease-pneumothorax"].absent_sentence() == "Pneumothorax is absent."
+
+
+def test_topic_scores_pair_reference_topics_with_generated_ones():
+    from trainer.topic_scoring import topic_scores
+
+    ref = "Moderate cardiomegaly. There is a small right pleural effusion without pneumothorax."
+    perfect = [{"topic": t, "sentence": s} for t, s in [(r["topic"], r["sentence"]) for r in decompose(ref)[0]]]
+    wrong = [{"topic": "disease-cardiomegaly", "sentence": "Cardiomegaly is absent."}]
+    good = topic_scores([{"id": "a", "reference": ref, "topic_rows": perfect}])
+    bad = topic_scores([{"id": "a", "reference": ref, "topic_rows": wrong}])
+    assert good["topic_recall"] == 1.0 and good["topic_macro_rouge_l"] == pytest.approx(1.0)
+    assert good["per_topic"]["disease-cardiomegaly"]["label_f1"] == 1.0
+    assert bad["topic_recall"] == pytest.approx(1 / 3) and bad["per_topic"]["disease-cardiomegaly"]["label_f1"] == 0.0
+    assert bad["per_topic"]["disease-pneumothorax"]["rouge_l"] == 0.0
+    assert set(good["per_topic"]) == {"disease-cardiomegaly", "disease-pleural_effusion", "disease-pneumothorax"}
