@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from modeling.family import GenConfig, build_family
+from modeling.family import GenConfig
+from modeling.llava_ta import LlavaTAFamily, LlavaTFamily
 from modeling.topic_rows import region_mask, segment_image
 from shards.demo import make_study
 from shards.records import DecodedSample
@@ -27,7 +28,7 @@ def _family(name="llava_ta", **options):
     cfg = load_config("configs/tiny.yaml", []).model
     cfg.family = name
     cfg.family_args = {"lora_r": 4, "lora_alpha": 8, **options}
-    return build_family(cfg)
+    return {"llava_ta": LlavaTAFamily, "llava_t": LlavaTFamily}[name](cfg)
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +126,12 @@ def test_segment_ablation_blanks_s_only_and_black_blanks_both(ta):
     seg, black = fam.ablate(batch, "segment"), fam.ablate(batch, "black")
     assert torch.equal(seg["global_image"], batch["global_image"]) and not seg["segments"].any()
     assert not black["global_image"].any() and not black["segments"].any()
+
+
+def test_demo_config_builds_the_family_with_its_options():
+    cfg = load_config("configs/llava_ta_demo.yaml", []).model
+    fam = LlavaTAFamily(cfg)
+    assert cfg.family == "llava_ta"
+    assert fam.name == "llava_ta" and fam.opts.lora_r == 16 and fam.opts.selection == "predicted"
+    with pytest.raises(Exception, match="threshold"):
+        _family(threshold=1.5)
