@@ -135,3 +135,17 @@ def test_topic_scores_pair_reference_topics_with_generated_ones():
     assert bad["topic_recall"] == pytest.approx(1 / 3) and bad["per_topic"]["disease-cardiomegaly"]["label_f1"] == 0.0
     assert bad["per_topic"]["disease-pneumothorax"]["rouge_l"] == 0.0
     assert set(good["per_topic"]) == {"disease-cardiomegaly", "disease-pleural_effusion", "disease-pneumothorax"}
+
+
+def test_topic_rows_html_shows_topic_region_overlay_and_both_sentences():
+    from shards.demo import make_study
+    from trainer.topic_html import topic_rows_html
+
+    s = make_study(5, image_size=64, two_view_fraction=0.0)
+    ref_topics = [r["topic"] for r in decompose(s.report)[0]]
+    extra = next(t for t in ORDER if t not in ref_topics)
+    gen = [{"topic": extra, "sentence": "Rib fracture <left>."}]
+    html = topic_rows_html({"reference": s.report, "topic_rows": gen, "image": s.views[0].image, "masks": s.masks,
+                            "mask_channels": s.mask_channels})
+    assert html.count("<tr data-topic=") == len(ref_topics) + 1 == html.count("data:image/png;base64,")
+    assert "Rib fracture &lt;left&gt;." in html and "(not in reference)" in html and "(not generated)" in html
