@@ -117,11 +117,13 @@ class TopicRowBuilder:
         row = {"global_image": self.preprocess(image), "key": sample.key, "study_id": study_id,
                "reference": sample.report}
         if self.segmented:
-            segs = []
+            done: dict[tuple[str, ...], torch.Tensor] = {}  # topics sharing regions share S
             for t in self.onto.names:
-                mask = region_mask(sample.masks, list(sample.mask_channels), self.onto.channels(t), sample.key)
-                segs.append(self.preprocess(segment_image(image, mask, self.crop)))
-            row["segments"] = torch.stack(segs)
+                chans = tuple(self.onto.channels(t))
+                if chans not in done:
+                    mask = region_mask(sample.masks, list(sample.mask_channels), list(chans), sample.key)
+                    done[chans] = self.preprocess(segment_image(image, mask, self.crop))
+            row["segments"] = torch.stack([done[tuple(self.onto.channels(t))] for t in self.onto.names])
         if self.oracle:
             row["oracle_topics"] = [r["topic"] for r in self.annotated_rows(sample)]
         return row
