@@ -79,10 +79,19 @@ def cmd_bench_train(args):
 
 def cmd_train(args):
     cfg = _load(args)  # validate before anything heavy is imported or started
-    from cluster.ray_train import run_training
-
     if args.resume is not None:
         cfg.checkpoint.resume = args.resume
+    if cfg.cluster.backend == "torchrun":
+        from cluster.torchrun import run_training as torchrun_training
+
+        config, overrides = _split_config(args)
+        extra = [f"checkpoint.resume={args.resume}"] if args.resume is not None else []
+        rc = torchrun_training(cfg, config, overrides + extra)
+        if rc:
+            raise SystemExit(rc)
+        return
+    from cluster.ray_train import run_training
+
     run_training(cfg, address=args.address or cfg.cluster.address or os.environ.get("RAY_ADDRESS"))
 
 
@@ -108,6 +117,16 @@ def cmd_annotate_topics(args):
           f"dropped {s['counts']}, sidecar {s['sidecar']}")
 
 
+def cmd_plan(args):
+    from modeling.config import without_path_checks
+    from trainer.plan import run_plan
+
+    with without_path_checks():  # real-scale configs name model directories that need not exist here
+        cfg = _load(args)
+    run_plan(cfg, gpus=args.gpus, nodes=args.nodes, gpu_memory=args.gpu_memory, studies=args.studies,
+             mfu=args.mfu, peak_tflops=args.peak_tflops)
+
+
 def cmd_label(args):
     from trainer.labeler import label_file
 
@@ -130,10 +149,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", default=None, help="an exported Hugging Face model directory")
     p.add_argument("--predictions", default=None, help="score this predictions JSONL instead of generating")
     p.add_argument("--out", default=None, help="output directory")
-    p.add_argument("--image-ablation", choices=["black", "shuffle"], default=None)
+    p.add_argument("--image-ablation", default=None, metavar="KIND",
+                   help="generate again with inputs blanked: black | shuffle, plus the family's own "
+                        "(radixpert: masks; llava_ta: segment; r2genkg: kg) - reports the drop per metric")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--address", default=None)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("plan", help="parameters, memory per GPU and time per epoch, without weights")
+    _add_config_args(p)
+    p.add_argument("--gpus", type=int, default=8, help="GPUs per node (default 8)")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpu-memory", type=float, default=80.0, help="GB per GPU (default 80)")
+    p.add_argument("--studies", type=int, default=None, help="training studies (default: the shard manifest's)")
+    p.add_argument("--mfu", type=float, default=0.40, help="model FLOPs utilisation assumed (default 0.40)")
+    p.add_argument("--peak-tflops", type=float, default=989.0, help="GPU bf16 peak (default H100: 989)")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("label", help="CheXpert-14 labels for reports, as CSV")
     p.add_argument("file", help="JSONL with a 'report' field, or text with one report per line")

@@ -187,11 +187,19 @@ def pack_study(study: Study, index: int, split: str, key: str, build: BuildConfi
         sample["kg.safetensors"] = save({k: np.ascontiguousarray(v) for k, v in study.kg.items()})
         kg_meta = {"member": "kg.safetensors", "num_nodes": int(len(study.kg["node_ids"])),
                    "num_edges": int(np.shape(study.kg["edge_index"])[-1])}
+    tensors_meta = {}
+    for name, group in sorted(study.tensors.items()):  # named per-study tensors (float16 / uint8 ...)
+        from safetensors.numpy import save
+
+        if name in ("kg", "masks") or not name.isidentifier():
+            raise ValueError(f"study {study.study_id}: tensor group name {name!r} is reserved or not an identifier")
+        sample[f"{name}.safetensors"] = save({k: np.ascontiguousarray(v) for k, v in group.items()})
+        tensors_meta[name] = {k: {"dtype": str(np.asarray(v).dtype), "shape": list(np.shape(v))} for k, v in group.items()}
     record = {
         "study_id": study.study_id, "patient_id": study.patient_id, "split": split, "key": key, "index": index,
         "report": {"text": study.report, "findings": study.findings, "impression": study.impression},
-        "labels": study.labels, "topics": study.topics, "views": views, "masks": mask_meta, "kg": kg_meta,
-        "meta": study.meta,
+        "labels": study.labels, "label_set": study.label_set, "topics": study.topics, "views": views,
+        "masks": mask_meta, "kg": kg_meta, "tensors": tensors_meta, "meta": study.meta,
     }
     sample["json"] = json.dumps(record, default=_json_default).encode()
     return sample, mask_bytes
