@@ -7,8 +7,8 @@ placeholders of "Given the image <image> and the segmented part <image>, describ
 for the topic: {topic}."  The target is the topic's sentence from the ``topics`` overlay
 (``rrg annotate topics``).  ``llava_t`` is the same without S (one ``<image>``).
 
-Training (``train.stages``): stage 1 tunes the projector only; stage 2 wraps the LM with LoRA
-(``model.options.lora_r``, 128 in the paper) and tunes it with the projector and a light
+Training (``train.stages``, target ``topics``): stage 1 tunes the projector only; stage 2 wraps the
+LM with LoRA (``train.lora.r``, 128 in the paper) and tunes it with the projector and a light
 multi-label *topic head* (linear, on the mean-pooled encoder features of I) that learns the
 training split's topics with a BCE loss added to the LM loss.
 
@@ -31,9 +31,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from configs.schema import ConfigError, from_dict
-from modeling.family import FAMILIES, GenConfig, Generation, ModelFamily, ParamGroup, read_model_json
+from configs.schema import ConfigError
+from modeling.family import FAMILIES, GenConfig, Generation, ModelFamily, ParamGroup, family_class, read_model_json
 from modeling.llava_rad import LlavaRad, LlavaRadFamily, VLMOutput, splice_image_features, weighted_lm_loss
+from modeling.tuning import TuningSpec, lora_parameters, wrap_lora
 from modeling.projector import build_projector
 from modeling.tokenizer import get_tokenizer
 from modeling.topic_rows import (PROMPT_T, PROMPT_TA, TopicRowBuilder, collate_topic_rows, prompt_ids,
@@ -51,8 +52,6 @@ class TopicOptions:
     crop: bool = False  # S cropped to the bounding box of the topic's regions
     selection: Literal["all", "predicted", "oracle"] = "predicted"
     threshold: float = 0.5  # predicted selection: head probability
-    lora_r: int = 128
-    lora_alpha: int = 256
     head_loss_weight: float = 1.0
 
 
@@ -137,12 +136,13 @@ class LlavaTA(LlavaRad):
             json.dump(self.onto.to_json(), fh, indent=1)
 
     @classmethod
-    def from_pretrained(cls, directory: str) -> "LlavaTA":
-        family_name, cfg, meta = read_model_json(directory)
+    def from_pretrained(cls, directory: str, cfg=None) -> "LlavaTA":
+        family_name, saved_cfg, meta = read_model_json(directory)
+        cfg = cfg or saved_cfg
         cfg.vision.path, cfg.vision.hf_config = os.path.join(directory, "vision"), {}
         cfg.lm.path, cfg.lm.hf_config = os.path.join(directory, "lm"), {}
         cfg.lm.tokenizer = os.path.join(directory, "tokenizer")
-        family = FAMILIES.get(family_name, "model.family")(cfg)
+        family = family_class(family_name)(cfg)
         with open(os.path.join(directory, "assets", ASSET_NAME, ASSET_FILE)) as fh:
             model = family.build_model(family.tokenizer(), {ASSET_NAME: Ontology.from_json(json.load(fh))})
         model.projector.load_state_dict(load_file(os.path.join(directory, "projector.safetensors")))
@@ -166,11 +166,7 @@ class LlavaTAFamily(ModelFamily):
     asset_names = (ASSET_NAME,)
 
     def __init__(self, cfg):
-        self.cfg = cfg
-        raw = getattr(cfg, "options", None)
-        if raw is None:  # until ModelConfig has model.options
-            raw = cfg.family_args
-        self.opts = raw if isinstance(raw, TopicOptions) else from_dict(TopicOptions, raw or {}, "model.options")
+        super().__init__(cfg)
         if not 0.0 < self.opts.threshold < 1.0:
             raise ConfigError("model.options.threshold", "must be within (0, 1)")
 
@@ -205,33 +201,32 @@ class LlavaTAFamily(ModelFamily):
         model.family_name = self.name
         return model
 
-    def trainable_groups(self, model: LlavaTA, mode: str, stage: Optional[Any] = None) -> list[ParamGroup]:
-        """projector: stage 1; lora: stage 2 (LoRA on the LM + projector + topic head); full: LM too."""
+    def trainable_groups(self, model: LlavaTA, mode: str, spec: Optional[TuningSpec] = None) -> list[ParamGroup]:
+        """projector: stage 1; lora: stage 2 (LoRA on the LM + projector + topic head); full: the LM too."""
+        spec = spec or TuningSpec(mode)
         groups = [ParamGroup("projector", list(model.projector.parameters()))]
         if mode == "projector":
             return groups
         if mode == "lora":
-            from peft import LoraConfig as PeftLoraConfig, get_peft_model
-            from modeling.tuning import is_peft
-
-            if not is_peft(model.lm):
-                model.lm = get_peft_model(model.lm, PeftLoraConfig(
-                    r=self.opts.lora_r, lora_alpha=self.opts.lora_alpha, lora_dropout=0.05,
-                    target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM"))
-            lm_params = [p for n, p in model.lm.named_parameters() if "lora_" in n]
+            model.lm = wrap_lora(model.lm, spec.lora)
+            groups.append(ParamGroup("lora", lora_parameters(model.lm)))
         elif mode == "full":
-            lm_params = list(model.lm.parameters())
+            groups.append(ParamGroup("lm", list(model.lm.parameters())))
         else:
             raise ConfigError("train.tuning", f"llava_ta trains 'projector' then 'lora' (or 'full'), got {mode!r}")
-        model.rrg_tuning = mode
-        return groups + [ParamGroup("lm", lm_params), ParamGroup("topic_head", list(model.topic_head.parameters()))]
+        return groups + [ParamGroup("topic_head", list(model.topic_head.parameters()))]
 
     def sample_builder(self, tok, mode: str, target: str = "topics", selection: Optional[str] = None):
+        """Train: one row per annotated topic (target ``topics``; target ``report`` gives one whole-report
+        row per study, used only for the trainer's held-out reference loss).  Eval: one study row."""
+        if target not in ("topics", "report"):
+            raise ConfigError("train.stages.target", f"{self.name} trains on 'topics', got {target!r}")
         mean, std = image_stats(self.cfg.vision)
         pre = partial(preprocess_image, size=self.cfg.vision.image_size, channels=self.cfg.vision.channels,
                       mean=mean, std=std)
         return TopicRowBuilder(tok, Ontology(), pre, self.cfg.max_text_len, self.segmented, self.opts.crop,
-                               train=mode == "train", oracle=(selection or self.opts.selection) == "oracle")
+                               train=mode == "train", oracle=(selection or self.opts.selection) == "oracle",
+                               whole_report=target == "report")
 
     def collate(self, tok) -> Callable[[list[dict]], dict]:
         return partial(collate_topic_rows, pad_token_id=tok.pad_token_id)
@@ -257,15 +252,22 @@ class LlavaTAFamily(ModelFamily):
                                   extra={"topics": selected[i], "selection": self._selection(gen)}))
         return out
 
+    def _black(self, x: torch.Tensor) -> torch.Tensor:
+        """An all-black radiograph after the encoder's normalisation, shaped like ``x`` (..., C, H, W)."""
+        mean, std = image_stats(self.cfg.vision)
+        shape = [1] * x.ndim
+        shape[-3] = x.shape[-3]
+        return (-torch.tensor(mean) / torch.tensor(std)).view(shape).to(x).expand_as(x).clone()
+
     def ablate(self, batch: dict, kind: str) -> dict:
-        if kind == "segment":
+        if kind == "segment" and self.segmented:
             if "segments" in batch:
-                return {**batch, "segments": torch.zeros_like(batch["segments"])}
-            if "pixel_values" in batch and batch["pixel_values"].shape[1] > 1:
-                pv = batch["pixel_values"].clone()
-                pv[:, 1:] = 0
-                return {**batch, "pixel_values": pv}
-            raise ConfigError("--image-ablation", f"family '{self.name}' has no segmented image to blank")
+                return {**batch, "segments": self._black(batch["segments"])}
+            pv = batch["pixel_values"].clone()
+            pv[:, 1:] = self._black(pv[:, 1:])
+            return {**batch, "pixel_values": pv}
+        if kind == "black":
+            return {**batch, **{k: self._black(batch[k]) for k in self.image_keys if k in batch}}
         return super().ablate(batch, kind)
 
     def save_pretrained(self, model: LlavaTA, directory: str, merge: bool = False) -> None:

@@ -67,8 +67,8 @@ class TopicRowBuilder:
     """DecodedSample -> topic rows (train) or one study row with every topic's S (eval)."""
 
     def __init__(self, tok, onto: Ontology, preprocess, max_text_len: int, segmented: bool, crop: bool,
-                 train: bool, oracle: bool = False):
-        self.tok, self.onto, self.preprocess = tok, onto, preprocess
+                 train: bool, oracle: bool = False, whole_report: bool = False):
+        self.tok, self.onto, self.preprocess, self.whole_report = tok, onto, preprocess, whole_report
         self.max_len, self.segmented, self.crop, self.train, self.oracle = max_text_len, segmented, crop, train, oracle
         self.prompts = {t.name: prompt_ids(tok, topic_prompt(t.phrase, segmented), max_text_len) for t in onto.topics}
 
@@ -98,7 +98,8 @@ class TopicRowBuilder:
         study_id = sample.record.get("study_id", sample.key)
         if not self.train:
             return [self.eval_row(sample, study_id)]
-        rows = self.annotated_rows(sample)
+        rows = self.annotated_rows(sample) if not self.whole_report else \
+            [{"topic": "aux-impression", "sentence": sample.report}]
         targets = self.topic_targets([r["topic"] for r in rows])
         out = []
         for r in rows:
@@ -129,8 +130,11 @@ class TopicRowBuilder:
         return row
 
 
-def collate_topic_rows(items: list[dict], pad_token_id: int) -> dict:
-    """Training rows (right-padded, labels) or eval study rows (images stacked, plain lists kept)."""
+def collate_topic_rows(items: list, pad_token_id: int) -> dict:
+    """Training rows (right-padded, labels) or eval study rows (images stacked, plain lists kept).
+
+    ``items`` are builder outputs: a study's list of rows, or single rows (the reader may give either)."""
+    items = [row for it in items for row in (it if isinstance(it, list) else [it])]
     if "input_ids" not in items[0]:
         batch: dict[str, Any] = {"global_image": torch.stack([it["global_image"] for it in items]),
                                  "keys": [it["key"] for it in items], "study_ids": [it["study_id"] for it in items],

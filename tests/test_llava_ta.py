@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from modeling.family import GenConfig
+from modeling.config import LoraConfig
 from modeling.llava_ta import LlavaTAFamily, LlavaTFamily
+from modeling.tuning import TuningSpec
 from modeling.topic_rows import region_mask, segment_image
 from shards.demo import make_study
 from shards.records import DecodedSample
@@ -27,7 +29,7 @@ def _sample(i: int, size: int = 64) -> DecodedSample:
 def _family(name="llava_ta", **options):
     cfg = load_config("configs/tiny.yaml", []).model
     cfg.family = name
-    cfg.family_args = {"lora_r": 4, "lora_alpha": 8, **options}
+    cfg.options = dict(options)
     return {"llava_ta": LlavaTAFamily, "llava_t": LlavaTFamily}[name](cfg)
 
 
@@ -80,8 +82,8 @@ def test_stages_train_projector_then_lora_projector_head(ta):
     batch = fam.collate(tok)([r for s in samples[:2] for r in fam.sample_builder(tok, "train")(s)])
     stage1 = fam.trainable_groups(model, "projector")
     assert [g.name for g in stage1] == ["projector"]
-    stage2 = fam.trainable_groups(model, "lora")
-    assert [g.name for g in stage2] == ["projector", "lm", "topic_head"]
+    stage2 = fam.trainable_groups(model, "lora", TuningSpec("lora", LoraConfig(r=4, alpha=8)))
+    assert [g.name for g in stage2] == ["projector", "lora", "topic_head"]
     assert stage2[1].params and all(p.shape[0] == 4 or p.shape[1] == 4 for p in stage2[1].params)  # r from options
     for p in model.parameters():  # what the trainer does: everything outside the groups is frozen
         p.requires_grad_(False)
@@ -124,14 +126,21 @@ def test_segment_ablation_blanks_s_only_and_black_blanks_both(ta):
     fam, tok, _, samples = ta
     batch, _ = _generate(fam, tok, ta[2], samples[:1], "all")
     seg, black = fam.ablate(batch, "segment"), fam.ablate(batch, "black")
-    assert torch.equal(seg["global_image"], batch["global_image"]) and not seg["segments"].any()
-    assert not black["global_image"].any() and not black["segments"].any()
+    black_px = fam._black(batch["global_image"][:1])
+    assert torch.equal(seg["global_image"], batch["global_image"]) and not torch.equal(seg["segments"], batch["segments"])
+    assert torch.equal(seg["segments"][0, 3], black_px[0]) and torch.equal(black["global_image"][0], black_px[0])
+    assert torch.equal(black["segments"], seg["segments"])
+    # S outside its regions is exactly the black value after normalisation (blanked before preprocessing)
+    heart = Ontology().order["organ-heart"]
+    assert (batch["segments"][0, heart] == black_px[0]).float().mean() > 0.5
 
 
 def test_demo_config_builds_the_family_with_its_options():
     cfg = load_config("configs/llava_ta_demo.yaml", []).model
     fam = LlavaTAFamily(cfg)
     assert cfg.family == "llava_ta"
-    assert fam.name == "llava_ta" and fam.opts.lora_r == 16 and fam.opts.selection == "predicted"
+    assert fam.name == "llava_ta" and fam.opts.selection == "predicted"
+    stages = load_config("configs/llava_ta_demo.yaml", []).train.resolved_stages()
+    assert [(s.tuning, s.target) for s in stages] == [("projector", "topics"), ("lora", "topics")]
     with pytest.raises(Exception, match="threshold"):
         _family(threshold=1.5)
