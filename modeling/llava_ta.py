@@ -195,7 +195,7 @@ class LlavaTAFamily(ModelFamily):
             onto = Ontology.from_json(onto.read_json(ASSET_FILE))
         attn = hf_attn_name(self.cfg.attn_implementation)
         vision = VisionEncoder(load_vision_model(self.cfg.vision, attn), self.cfg.vision.select_layer)
-        lm = LlavaRadFamily(self.cfg).build_lm(tok, attn)
+        lm = LlavaRadFamily.build_lm(self, tok, attn)  # its options are not ours: borrow the method
         projector = build_projector(self.cfg.projector, vision.hidden_size, lm.config.hidden_size)
         model = LlavaTA(self.cfg, vision, projector, lm, tok, onto, self.opts)
         model.family_name = self.name

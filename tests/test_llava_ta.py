@@ -36,7 +36,7 @@ def _family(name="llava_ta", **options):
 @pytest.fixture(scope="module")
 def ta():
     torch.manual_seed(0)
-    fam = _family()
+    fam = _family(threshold=0.5, crop=False)  # non-empty options reach every part of the family
     samples = [_sample(i) for i in range(4)]
     tok = fam.tokenizer([s.report for s in samples] + [r["sentence"] for s in samples
                                                        for r in s.annotations["topics"]["rows"]])
