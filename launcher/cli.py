@@ -143,6 +143,15 @@ def cmd_eval(args):
              out=args.out, image_ablation=args.image_ablation)
 
 
+def cmd_annotate_topics(args):
+    cfg = _load(args)
+    from trainer.topic_annotate import annotate_topics
+
+    s = annotate_topics(cfg.data.shards_dir, cfg.data.topics, pool=_pool(cfg))
+    print(f"topics: {s['studies']} studies ({', '.join(s['splits'])}), backends {s['backends']}, "
+          f"dropped {s['counts']}, sidecar {s['sidecar']}")
+
+
 def cmd_plan(args):
     from modeling.config import without_path_checks
     from trainer.plan import run_plan
@@ -254,6 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_labeler_args(p, "which registered labeler: rrg (English, CheXpert-14), rrg_es (Spanish, PadChest), chexbert")
     p.set_defaults(func=cmd_label)
 
+    ann = sub.add_parser("annotate", help="annotation overlays beside the shards").add_subparsers(
+        dest="annotate_cmd", required=True)
+    p = ann.add_parser("topics", help="LLaVA-TA topic overlay (training split) + topic ontology asset")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_annotate_topics)
+
     p = sub.add_parser("demo-data", help="make the synthetic phantom dataset and its shards")
     _add_config_args(p)
     p.add_argument("--out", default=None, help="shard directory (default data.shards_dir)")
@@ -310,11 +325,12 @@ def _known_errors() -> list[tuple[tuple[type, ...], int]]:
     from shards.reader import DataError
     from shards.sidecars import SidecarError
     from trainer.nonfinite import NonFiniteError
+    from trainer.topic_annotate import TopicAnnotationError
     from trainer.runguard import RunDirError, StorageError
     from trainer.safe_load import CheckpointTrustError
 
     return [((ConfigError,), 2), ((ManifestError, DataError, AdapterError, SidecarError, BuildLockedError, LabelInputError,
-                                 TargetError), 3),
+                                 TargetError, TopicAnnotationError), 3),
             ((CheckpointTrustError, RunDirError), 4), ((StorageError,), 5), ((NonFiniteError,), 6)]
 
 

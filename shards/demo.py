@@ -30,7 +30,7 @@ from shards.demo_image import Anatomy, render_frontal, render_lateral, sample_an
 from shards.demo_report import write_report
 from shards.records import Study, View
 
-DEMO_MASK_CHANNELS = ["left_lung", "right_lung", "heart", "mediastinum", "diaphragm"]
+DEMO_MASK_CHANNELS = ["left_lung", "right_lung", "heart", "mediastinum", "diaphragm", "ribs", "vertebrae", "abdomen"]
 PATHOLOGIES = ["cardiomegaly", "pleural_effusion", "pneumothorax", "consolidation", "atelectasis", "edema"]
 FINDINGS = PATHOLOGIES + ["support_devices"]  # "normal" = none of PATHOLOGIES
 

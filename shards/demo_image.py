@@ -153,7 +153,10 @@ def _heart_geom(an: Anatomy, findings: dict[str, Any]) -> tuple[float, float, fl
 
 # --------------------------------------------------------------------------- frontal view
 def render_frontal(an: Anatomy, findings: dict[str, Any], size: int, rng: np.random.Generator):
-    """Draw a PA/AP phantom. Returns (uint8 (H, W) image, bool (5, H, W) masks, geometry dict).
+    """Draw a PA/AP phantom. Returns (uint8 (H, W) image, bool (8, H, W) masks, geometry dict).
+
+    Mask channels (shards/demo.py DEMO_MASK_CHANNELS): left lung, right lung, heart, mediastinum,
+    diaphragm, ribs, vertebrae, abdomen -- the 7 CXAS regions with the lungs split by side.
 
     Findings draw from their own child generator, so adding one to a study leaves
     the rest of the picture bit-identical (tests compare with/without a finding).
@@ -215,6 +218,8 @@ def render_frontal(an: Anatomy, findings: dict[str, Any], size: int, rng: np.ran
     # bony cage: spine with vertebral rhythm, trachea, posterior + faint anterior ribs, clavicles
     sl, x, y = _box(S, an.cx - 0.05, an.cx + 0.05, 0.0, 1.0)
     spine = _soft(0.04 - np.abs(x - an.cx), eps) * _soft(y - 0.05, eps) * body[sl]
+    vert = np.zeros((S, S), np.float32)
+    vert[sl] = spine
     D[sl] += spine * (0.07 + 0.03 * np.cos(2 * np.pi * y / 0.047))
     D[sl] -= 0.14 * _soft(np.minimum(0.016 - np.abs(x - an.cx), 0.33 - y), eps) * body[sl]
     sl, x, y = _box(S, an.cx - an.thorax_hw - 0.03, an.cx + an.thorax_hw + 0.03, an.lung_top - 0.03, low)
@@ -225,6 +230,8 @@ def render_frontal(an: Anatomy, findings: dict[str, Any], size: int, rng: np.ran
     phase2 = (y - 0.55 * dx + 0.6 * dx * dx) / 0.07
     rib2 = np.clip(1.0 - np.abs(phase2 - np.floor(phase2) - 0.5) / 0.13, 0.0, 1.0)
     D[sl] += cage * (0.085 * rib + 0.03 * rib2 * (y < max(domes.values())))
+    ribs = np.zeros((S, S), np.float32)
+    ribs[sl] = cage * rib
     sl, x, y = _box(S, an.cx - an.thorax_hw - 0.05, an.cx + an.thorax_hw + 0.05, 0.05, 0.3)
     dx = np.abs(x - an.cx)
     clav_c = 0.165 + 0.12 * (dx - 0.05) - 0.5 * (dx - 0.2) ** 2
@@ -241,7 +248,11 @@ def render_frontal(an: Anatomy, findings: dict[str, Any], size: int, rng: np.ran
     D *= an.exposure
     D += 0.012 * _noise_bank(S)[off[0]:off[0] + S, off[1]:off[1] + S] + 0.04
     image = (np.clip(D, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    masks = np.stack([lungs["left"] > 0.5, lungs["right"] > 0.5, heart > 0.5, med > 0.5, dia > 0.5])
+    # abdomen: the body below the hemidiaphragms (the diaphragm band itself excluded)
+    abd_top = np.where(X < an.cx, domes["right"], domes["left"]) + 0.035 + 0.16 * (((np.abs(X - an.cx) - an.med_hw) / width - 0.45) ** 2)
+    abdomen = (body > 0.5) & (Y > abd_top) & (dia <= 0.5)
+    masks = np.stack([lungs["left"] > 0.5, lungs["right"] > 0.5, heart > 0.5, med > 0.5, dia > 0.5,
+                      ribs > 0.5, vert > 0.5, abdomen])
     return image, masks, {"heart_center": (hx, hy), "heart_half_axes": (ha, hb), "domes": domes}
 
 

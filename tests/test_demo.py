@@ -15,7 +15,7 @@ from configs.labelsets import CHEXPERT_5, CHEXPERT_LABELS
 
 PATHOLOGY_LABEL = {"cardiomegaly": "Cardiomegaly", "pleural_effusion": "Pleural Effusion", "pneumothorax": "Pneumothorax",
                    "consolidation": "Consolidation", "atelectasis": "Atelectasis", "edema": "Edema"}
-LL, RL, HEART, MED, DIA = range(5)
+LL, RL, HEART, MED, DIA, RIBS, VERT, ABD = range(8)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_study_structure():
     assert s.study_id == "demo-000004"
     assert s.views[0].image.dtype == np.uint8 and s.views[0].image.shape == (256, 256)
     assert s.views[0].position in ("PA", "AP")
-    assert s.masks.dtype == bool and s.masks.shape == (5, 256, 256)
+    assert s.masks.dtype == bool and s.masks.shape == (len(DEMO_MASK_CHANNELS), 256, 256)
     assert s.mask_channels == DEMO_MASK_CHANNELS
     assert set(s.labels) == set(CHEXPERT_LABELS)
     assert all(v in (1.0, 0.0, -1.0, None) for v in s.labels.values())
@@ -77,10 +77,13 @@ def test_masks_align_with_image():
     for i in range(40):
         s = make_study(i, image_size=256, two_view_fraction=0.0)
         img, m = s.views[0].image.astype(float), s.masks
-        assert all(m[c].sum() > 200 for c in range(5)), i
+        assert all(m[c].sum() > 200 for c in range(len(DEMO_MASK_CHANNELS))), i
         assert not (m[LL] & m[RL]).any() and not (m[HEART] & (m[LL] | m[RL])).any()
         cols = np.flatnonzero(m[RL].any(0)).mean(), np.flatnonzero(m[LL].any(0)).mean()
         assert cols[0] < 128 < cols[1]  # patient's right lung on the image left
+        assert abs(np.flatnonzero(m[VERT].any(0)).mean() - 128) < 12  # the spine is central
+        assert np.flatnonzero(m[ABD].any(1)).mean() > np.flatnonzero((m[LL] | m[RL]).any(1)).max() - 30
+        assert img[m[RIBS] & ~m[HEART]].mean() > img[(m[LL] | m[RL]) & ~m[RIBS]].mean()  # ribs are bony
         if s.meta["normal"]:
             lung = img[m[LL] | m[RL]].mean()
             assert lung + 40 < img[m[HEART]].mean() and lung + 40 < img[m[DIA]].mean(), i

@@ -1,0 +1,287 @@
+"""LLaVA-TA (``llava_ta``) and LLaVA-T (``llava_t``): per-topic report generation on the family contract.
+
+Each topic row sees two images, the global image I and the segmented image S (I blanked
+outside the topic's CXAS regions, modeling/topic_rows.py); both pass through the one shared,
+frozen vision encoder and the MLP projector and are spliced in at the two ``<image>``
+placeholders of "Given the image <image> and the segmented part <image>, describe the findings
+for the topic: {topic}."  The target is the topic's sentence from the ``topics`` overlay
+(``rrg annotate topics``).  ``llava_t`` is the same without S (one ``<image>``).
+
+Training (``train.stages``, target ``topics``): stage 1 tunes the projector only; stage 2 wraps the
+LM with LoRA (``train.lora.r``, 128 in the paper) and tunes it with the projector and a light
+multi-label *topic head* (linear, on the mean-pooled encoder features of I) that learns the
+training split's topics with a BCE loss added to the LM loss.
+
+Generation asks one sentence per selected topic and joins them in ontology order.  Selection
+(``eval.family_options.selection`` or ``model.options.selection``): ``all`` topics,
+``predicted`` (head probability >= ``threshold``, at least the top one), or ``oracle`` (the
+reference's topics from the ``topics`` overlay of the eval split: an *oracle input*, stamped
+into metrics.json).  Ablations: ``segment`` blanks S only, ``black`` blanks I and S.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable, Iterable, Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from configs.schema import ConfigError
+from modeling.family import FAMILIES, GenConfig, Generation, ModelFamily, ParamGroup, family_class, read_model_json
+from modeling.llava_rad import LlavaRad, LlavaRadFamily, VLMOutput, splice_image_features, weighted_lm_loss
+from modeling.tuning import TuningSpec, lora_parameters, wrap_lora
+from modeling.projector import build_projector
+from modeling.tokenizer import get_tokenizer
+from modeling.topic_rows import (PROMPT_T, PROMPT_TA, TopicRowBuilder, collate_topic_rows, prompt_ids,
+                                 topic_prompt)
+from modeling.vision import VisionEncoder, image_stats, load_vision_model, preprocess_image
+from shards.topic_ontology import ASSET_FILE, ASSET_NAME, Ontology
+
+SELECTIONS = ("all", "predicted", "oracle")
+
+
+@dataclass
+class TopicOptions:
+    """``model.options`` of llava_ta / llava_t."""
+
+    crop: bool = False  # S cropped to the bounding box of the topic's regions
+    selection: Literal["all", "predicted", "oracle"] = "predicted"
+    threshold: float = 0.5  # predicted selection: head probability
+    head_loss_weight: float = 1.0
+
+
+class LlavaTA(LlavaRad):
+    """LlavaRad's encoder + projector + LM, k images per row, plus the topic head."""
+
+    family_name = "llava_ta"
+
+    def __init__(self, cfg, vision, projector, lm, tokenizer, onto: Ontology, opts: TopicOptions):
+        super().__init__(cfg, vision, projector, lm, tokenizer)
+        self.onto, self.opts = onto, opts
+        self.topic_head = nn.Linear(vision.hidden_size, len(onto.topics))
+
+    def head_logits(self, vision_feats: torch.Tensor) -> torch.Tensor:
+        return self.topic_head(vision_feats.mean(1).float())
+
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                labels: torch.Tensor, sample_weight: torch.Tensor, topic_targets: torch.Tensor) -> VLMOutput:
+        bsz, k = pixel_values.shape[:2]
+        vis = self.vision(pixel_values.flatten(0, 1))  # (B * k, N, Hv): one shared encoder for I and S
+        table = self.lm.get_input_embeddings()
+        embeds = table(input_ids.masked_fill(input_ids == self.image_token_id, 0))
+        embeds, mask, labels = splice_image_features(embeds, input_ids, attention_mask, self.projector(vis),
+                                                     self.image_token_id, labels)
+        logits = self.lm(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
+        loss, weight_sum = weighted_lm_loss(logits, labels, sample_weight)
+        head = self.head_logits(vis.view(bsz, k, *vis.shape[1:])[:, 0])
+        bce = F.binary_cross_entropy_with_logits(head, topic_targets.float(), reduction="none").mean(1)
+        w = sample_weight.float()
+        loss = loss + self.opts.head_loss_weight * (bce * w).sum() / w.sum().clamp(min=1e-12)
+        return VLMOutput(loss=loss, logits=logits, weight_sum=weight_sum)
+
+    @torch.no_grad()
+    def select_topics(self, global_image: torch.Tensor, selection: str,
+                      oracle: Optional[list[list[str]]] = None) -> list[list[str]]:
+        names = self.onto.names
+        if selection == "all":
+            return [list(names) for _ in range(global_image.shape[0])]
+        if selection == "oracle":
+            if oracle is None:
+                raise ConfigError("selection", "oracle selection needs the eval split's topics overlay")
+            return [[t for t in names if t in set(o)] for o in oracle]
+        probs = torch.sigmoid(self.head_logits(self.vision(global_image)))
+        out = []
+        for p in probs:
+            chosen = [names[i] for i in range(len(names)) if p[i] >= self.opts.threshold]
+            out.append(chosen or [names[int(p.argmax())]])
+        return out
+
+    @torch.no_grad()
+    def generate_topics(self, batch: dict, selection: str, max_new_tokens: int, chunk: int = 16):
+        """Per study: [(topic, sentence)] in ontology order, and the selected topics."""
+        selected = self.select_topics(batch["global_image"], selection, batch.get("oracle_topics"))
+        segmented = "segments" in batch
+        jobs = [(i, t) for i, topics in enumerate(selected) for t in topics]
+        texts: dict[tuple[int, str], str] = {}
+        for start in range(0, len(jobs), chunk):
+            part = jobs[start:start + chunk]
+            prompts = [prompt_ids(self.tokenizer, topic_prompt(self.onto.by_name[t].phrase, segmented),
+                                  self.cfg.max_text_len) for _, t in part]
+            length = max(map(len, prompts))
+            ids = torch.full((len(part), length), self.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for j, p in enumerate(prompts):
+                ids[j, length - len(p):], mask[j, length - len(p):] = torch.tensor(p), 1
+            images = [batch["global_image"][i] for i, _ in part]
+            pv = torch.stack(images)[:, None]
+            if segmented:
+                segs = torch.stack([batch["segments"][i, self.onto.order[t]] for i, t in part])[:, None]
+                pv = torch.cat([pv, segs], 1)
+            out = self.generate(pv, ids.to(pv.device), mask.to(pv.device), max_new_tokens=max_new_tokens)
+            for (i, t), text in zip(part, self.tokenizer.batch_decode(out, skip_special_tokens=True)):
+                texts[(i, t)] = text.strip()
+        return [[(t, texts[(i, t)]) for t in topics] for i, topics in enumerate(selected)], selected
+
+    def save_pretrained(self, directory: str, merge: bool = False) -> None:
+        super().save_pretrained(directory, merge=merge)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.topic_head.state_dict().items()},
+                  os.path.join(directory, "topic_head.safetensors"))
+        os.makedirs(os.path.join(directory, "assets", ASSET_NAME), exist_ok=True)
+        with open(os.path.join(directory, "assets", ASSET_NAME, ASSET_FILE), "w") as fh:
+            json.dump(self.onto.to_json(), fh, indent=1)
+
+    @classmethod
+    def from_pretrained(cls, directory: str, cfg=None) -> "LlavaTA":
+        family_name, saved_cfg, meta = read_model_json(directory)
+        cfg = cfg or saved_cfg
+        cfg.vision.path, cfg.vision.hf_config = os.path.join(directory, "vision"), {}
+        cfg.lm.path, cfg.lm.hf_config = os.path.join(directory, "lm"), {}
+        cfg.lm.tokenizer = os.path.join(directory, "tokenizer")
+        family = family_class(family_name)(cfg)
+        with open(os.path.join(directory, "assets", ASSET_NAME, ASSET_FILE)) as fh:
+            model = family.build_model(family.tokenizer(), {ASSET_NAME: Ontology.from_json(json.load(fh))})
+        model.projector.load_state_dict(load_file(os.path.join(directory, "projector.safetensors")))
+        model.topic_head.load_state_dict(load_file(os.path.join(directory, "topic_head.safetensors")))
+        if meta.get("lm_adapter"):
+            from peft import PeftModel
+
+            model.lm = PeftModel.from_pretrained(model.lm, os.path.join(directory, "lm_adapter"))
+        model.rrg_tuning = meta.get("tuning", "full")
+        return model
+
+
+@FAMILIES.register("llava_ta")
+class LlavaTAFamily(ModelFamily):
+    name = "llava_ta"
+    segmented = True
+    Options = TopicOptions
+    image_keys = ("pixel_values", "global_image", "segments")
+    ablations = {"black": "global image I and segmented image S", "segment": "segmented image S only",
+                 "shuffle": "each study gets another study's images"}
+    asset_names = (ASSET_NAME,)
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        if not 0.0 < self.opts.threshold < 1.0:
+            raise ConfigError("model.options.threshold", "must be within (0, 1)")
+
+    def tokenizer(self, train_texts: Optional[Iterable[str]] = None, save_dir: Optional[str] = None):
+        lm = self.cfg.lm
+        path = lm.tokenizer or lm.path
+        texts = None
+        if path is None and train_texts is not None:
+            prompts = [(PROMPT_TA if self.segmented else PROMPT_T).format(image="", topic=t.phrase)
+                       for t in Ontology().topics]
+            texts = [*prompts, *train_texts]
+        return get_tokenizer(path, texts, lm.tokenizer_vocab_size, save_dir)
+
+    def tokenizer_texts(self, records: Iterable[dict], annotations: Iterable[dict] = ()) -> Iterable[str]:
+        for r in records:
+            yield r["report"]["text"]
+        for a in annotations:
+            for row in (a or {}).get("rows", []):
+                yield row["sentence"]
+
+    def build_model(self, tok, assets: Optional[dict[str, Any]] = None) -> LlavaTA:
+        from modeling.attention import hf_attn_name
+
+        onto = (assets or {}).get(ASSET_NAME) or Ontology()
+        if not isinstance(onto, Ontology):  # a shards.sidecars.Asset
+            onto = Ontology.from_json(onto.read_json(ASSET_FILE))
+        attn = hf_attn_name(self.cfg.attn_implementation)
+        vision = VisionEncoder(load_vision_model(self.cfg.vision, attn), self.cfg.vision.select_layer)
+        lm = LlavaRadFamily.build_lm(self, tok, attn)  # its options are not ours: borrow the method
+        projector = build_projector(self.cfg.projector, vision.hidden_size, lm.config.hidden_size)
+        model = LlavaTA(self.cfg, vision, projector, lm, tok, onto, self.opts)
+        model.family_name = self.name
+        return model
+
+    def trainable_groups(self, model: LlavaTA, mode: str, spec: Optional[TuningSpec] = None) -> list[ParamGroup]:
+        """projector: stage 1; lora: stage 2 (LoRA on the LM + projector + topic head); full: the LM too."""
+        spec = spec or TuningSpec(mode)
+        groups = [ParamGroup("projector", list(model.projector.parameters()))]
+        if mode == "projector":
+            return groups
+        if mode == "lora":
+            model.lm = wrap_lora(model.lm, spec.lora)
+            groups.append(ParamGroup("lora", lora_parameters(model.lm)))
+        elif mode == "full":
+            groups.append(ParamGroup("lm", list(model.lm.parameters())))
+        else:
+            raise ConfigError("train.tuning", f"llava_ta trains 'projector' then 'lora' (or 'full'), got {mode!r}")
+        return groups + [ParamGroup("topic_head", list(model.topic_head.parameters()))]
+
+    def sample_builder(self, tok, mode: str, target: str = "topics", selection: Optional[str] = None):
+        """Train: one row per annotated topic (target ``topics``; target ``report`` gives one whole-report
+        row per study, used only for the trainer's held-out reference loss).  Eval: one study row."""
+        if target not in ("topics", "report"):
+            raise ConfigError("train.stages.target", f"{self.name} trains on 'topics', got {target!r}")
+        mean, std = image_stats(self.cfg.vision)
+        pre = partial(preprocess_image, size=self.cfg.vision.image_size, channels=self.cfg.vision.channels,
+                      mean=mean, std=std)
+        return TopicRowBuilder(tok, Ontology(), pre, self.cfg.max_text_len, self.segmented, self.opts.crop,
+                               train=mode == "train", oracle=(selection or self.opts.selection) == "oracle",
+                               whole_report=target == "report")
+
+    def collate(self, tok) -> Callable[[list[dict]], dict]:
+        return partial(collate_topic_rows, pad_token_id=tok.pad_token_id)
+
+    def _selection(self, gen: GenConfig) -> str:
+        sel = gen.options.get("selection", self.opts.selection)
+        if sel not in SELECTIONS:
+            raise ConfigError("eval.family_options.selection", f"must be one of {SELECTIONS}, got {sel!r}")
+        return sel
+
+    def oracle_inputs(self, gen: GenConfig) -> list[str]:
+        return ["reference topics (topics overlay of the eval split)"] if self._selection(gen) == "oracle" else []
+
+    def generate(self, model: LlavaTA, tok, batch: dict, gen: GenConfig) -> list[Generation]:
+        per_study, selected = model.generate_topics(batch, self._selection(gen), gen.max_new_tokens)
+        out = []
+        for i, rows in enumerate(per_study):
+            if float(batch["sample_weight"][i]) <= 0:
+                continue
+            text = " ".join(s for _, s in rows if s)
+            out.append(Generation(batch["study_ids"][i], batch["references"][i], text,
+                                  trace=json.dumps([{"topic": t, "sentence": s} for t, s in rows]),
+                                  extra={"topics": selected[i], "selection": self._selection(gen)}))
+        return out
+
+    def _black(self, x: torch.Tensor) -> torch.Tensor:
+        """An all-black radiograph after the encoder's normalisation, shaped like ``x`` (..., C, H, W)."""
+        mean, std = image_stats(self.cfg.vision)
+        shape = [1] * x.ndim
+        shape[-3] = x.shape[-3]
+        return (-torch.tensor(mean) / torch.tensor(std)).view(shape).to(x).expand_as(x).clone()
+
+    def ablate(self, batch: dict, kind: str) -> dict:
+        if kind == "segment" and self.segmented:
+            if "segments" in batch:
+                return {**batch, "segments": self._black(batch["segments"])}
+            pv = batch["pixel_values"].clone()
+            pv[:, 1:] = self._black(pv[:, 1:])
+            return {**batch, "pixel_values": pv}
+        if kind == "black":
+            return {**batch, **{k: self._black(batch[k]) for k in self.image_keys if k in batch}}
+        return super().ablate(batch, kind)
+
+    def save_pretrained(self, model: LlavaTA, directory: str, merge: bool = False) -> None:
+        model.save_pretrained(directory, merge=merge)
+
+    @classmethod
+    def load_pretrained(cls, directory: str) -> LlavaTA:
+        return LlavaTA.from_pretrained(directory)
+
+
+@FAMILIES.register("llava_t")
+class LlavaTFamily(LlavaTAFamily):
+    """LLaVA-T: the global image only (one ``<image>``); ``segment`` has nothing to blank."""
+
+    name = "llava_t"
+    segmented = False
+    ablations = {"black": "global image I", "shuffle": "each study gets another study's images"}

@@ -1,0 +1,146 @@
+"""LLaVA-TA / LLaVA-T: segmented images, topic fan-out, stages, selection and oracle inputs."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from modeling.family import GenConfig
+from modeling.config import LoraConfig
+from modeling.llava_ta import LlavaTAFamily, LlavaTFamily
+from modeling.tuning import TuningSpec
+from modeling.topic_rows import region_mask, segment_image
+from shards.demo import make_study
+from shards.records import DecodedSample
+from shards.topic_ontology import Ontology
+from trainer.config import load_config
+from trainer.topic_decompose import decompose
+
+
+def _sample(i: int, size: int = 64) -> DecodedSample:
+    s = make_study(i, image_size=size, two_view_fraction=0.0)
+    rows, _ = decompose(s.report)
+    return DecodedSample(s.study_id, "train-000000.tar", {"report": {"text": s.report}, "study_id": s.study_id},
+                         [s.views[0].image], s.masks, list(s.mask_channels), annotations={"topics": {"rows": rows}})
+
+
+def _family(name="llava_ta", **options):
+    cfg = load_config("configs/tiny.yaml", []).model
+    cfg.family = name
+    cfg.options = dict(options)
+    return {"llava_ta": LlavaTAFamily, "llava_t": LlavaTFamily}[name](cfg)
+
+
+@pytest.fixture(scope="module")
+def ta():
+    torch.manual_seed(0)
+    fam = _family(threshold=0.5, crop=False)  # non-empty options reach every part of the family
+    samples = [_sample(i) for i in range(4)]
+    tok = fam.tokenizer([s.report for s in samples] + [r["sentence"] for s in samples
+                                                       for r in s.annotations["topics"]["rows"]])
+    return fam, tok, fam.build_model(tok).eval(), samples
+
+
+def test_segmented_image_is_zero_outside_the_regions_and_equal_inside():
+    onto, s = Ontology(), _sample(3, size=128)
+    image = s.images[0]
+    for topic in onto.names:
+        m = region_mask(s.masks, s.mask_channels, onto.channels(topic), s.key)
+        seg = segment_image(image, m)
+        assert m.sum() > 50 and (m & (image > 0)).any(), topic
+        assert (seg[~m] == 0).all() and np.array_equal(seg[m], image[m]), topic
+        rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+        crop = segment_image(image, m, crop=True)
+        assert crop.shape == (rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)
+        assert np.array_equal(crop, seg[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
+    heart = region_mask(s.masks, s.mask_channels, onto.channels("organ-heart"), s.key)
+    ribs = region_mask(s.masks, s.mask_channels, onto.channels("organ-bones"), s.key)
+    assert not np.array_equal(heart, ribs)  # different topics see different parts
+
+
+def test_study_fans_out_into_weighted_topic_rows_in_ontology_order(ta):
+    fam, tok, model, samples = ta
+    build = fam.sample_builder(tok, "train")
+    onto = Ontology()
+    for s in samples:
+        rows = build(s)
+        assert [r["topic"] for r in rows] == [r["topic"] for r in onto.sort(s.annotations["topics"]["rows"])]
+        assert abs(sum(r["sample_weight"] for r in rows) - 1.0) < 1e-6 and len(rows) >= 2
+        assert rows[0]["pixel_values"].shape == (2, 3, 32, 32)
+        assert [r["input_ids"].tolist() for r in build(s)] == [r["input_ids"].tolist() for r in rows]
+        prompt = tok.decode(rows[0]["input_ids"][rows[0]["labels"] == -100])
+        assert "describe the findings for the topic" in prompt
+    t_rows = _family("llava_t").sample_builder(tok, "train")(samples[0])
+    assert t_rows[0]["pixel_values"].shape == (1, 3, 32, 32)
+
+
+def test_stages_train_projector_then_lora_projector_head(ta):
+    fam, tok, _, samples = ta
+    model = fam.build_model(tok)
+    batch = fam.collate(tok)([r for s in samples[:2] for r in fam.sample_builder(tok, "train")(s)])
+    stage1 = fam.trainable_groups(model, "projector")
+    assert [g.name for g in stage1] == ["projector"]
+    stage2 = fam.trainable_groups(model, "lora", TuningSpec("lora", LoraConfig(r=4, alpha=8)))
+    assert [g.name for g in stage2] == ["projector", "lora", "topic_head"]
+    assert stage2[1].params and all(p.shape[0] == 4 or p.shape[1] == 4 for p in stage2[1].params)  # r from options
+    for p in model.parameters():  # what the trainer does: everything outside the groups is frozen
+        p.requires_grad_(False)
+    for g in stage2:
+        for p in g.params:
+            p.requires_grad_(True)
+    inputs = {k: v for k, v in batch.items() if torch.is_tensor(v)}
+    out = model(**inputs)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and model.topic_head.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.vision.parameters())  # the shared encoder stays frozen
+    assert all(p.grad is not None for g in stage2 for p in g.params)
+
+
+def _generate(fam, tok, model, samples, selection):
+    build = fam.sample_builder(tok, "eval", selection=selection)
+    batch = fam.collate(tok)([build(s)[0] for s in samples])
+    return batch, fam.generate(model, tok, batch, GenConfig(max_new_tokens=4, options={"selection": selection}))
+
+
+def test_reference_topics_change_nothing_under_all_and_predicted_and_oracle_is_declared(ta):
+    fam, tok, model, samples = ta
+    edited = [copy.copy(s) for s in samples]
+    edited[0].annotations = {"topics": {"rows": [{"topic": "disease-fracture", "sentence": "Rib fracture."}]}}
+    for selection in ("all", "predicted"):
+        b1, g1 = _generate(fam, tok, model, samples, selection)
+        b2, g2 = _generate(fam, tok, model, edited, selection)
+        assert all(torch.equal(b1[k], b2[k]) for k in b1 if torch.is_tensor(b1[k]))
+        assert [(g.generated, g.extra["topics"]) for g in g1] == [(g.generated, g.extra["topics"]) for g in g2]
+        assert fam.oracle_inputs(GenConfig(options={"selection": selection})) == []
+    assert len(g1[0].extra["topics"]) >= 1 and all(len(g.extra["topics"]) == len(Ontology().names)
+                                                  for g in _generate(fam, tok, model, samples, "all")[1])
+    _, o1 = _generate(fam, tok, model, samples, "oracle")
+    _, o2 = _generate(fam, tok, model, edited, "oracle")
+    assert o2[0].extra["topics"] == ["disease-fracture"] and o1[0].extra["topics"] != o2[0].extra["topics"]
+    assert fam.oracle_inputs(GenConfig(options={"selection": "oracle"}))
+
+
+def test_segment_ablation_blanks_s_only_and_black_blanks_both(ta):
+    fam, tok, _, samples = ta
+    batch, _ = _generate(fam, tok, ta[2], samples[:1], "all")
+    seg, black = fam.ablate(batch, "segment"), fam.ablate(batch, "black")
+    black_px = fam._black(batch["global_image"][:1])
+    assert torch.equal(seg["global_image"], batch["global_image"]) and not torch.equal(seg["segments"], batch["segments"])
+    assert torch.equal(seg["segments"][0, 3], black_px[0]) and torch.equal(black["global_image"][0], black_px[0])
+    assert torch.equal(black["segments"], seg["segments"])
+    # S outside its regions is exactly the black value after normalisation (blanked before preprocessing)
+    heart = Ontology().order["organ-heart"]
+    assert (batch["segments"][0, heart] == black_px[0]).float().mean() > 0.5
+
+
+def test_demo_config_builds_the_family_with_its_options():
+    cfg = load_config("configs/llava_ta_demo.yaml", []).model
+    fam = LlavaTAFamily(cfg)
+    assert cfg.family == "llava_ta"
+    assert fam.name == "llava_ta" and fam.opts.selection == "predicted"
+    stages = load_config("configs/llava_ta_demo.yaml", []).train.resolved_stages()
+    assert [(s.tuning, s.target) for s in stages] == [("projector", "topics"), ("lora", "topics")]
+    with pytest.raises(Exception, match="threshold"):
+        _family(threshold=1.5)

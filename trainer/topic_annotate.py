@@ -1,0 +1,144 @@
+"""``rrg annotate topics``: the LLaVA-TA topic overlay (a ``topics`` annotation sidecar) + the ontology asset.
+
+Per study of the configured splits (the training split by default: only training reads
+reference topics; evaluation never does, except as the declared ``oracle`` input), the
+sidecar holds ``topics.json`` = ``{"rows": [{"topic", "sentence"}, ...], "backend", "counts"}``
+with rows in ontology order.  Two backends:
+
+* ``rule`` (default, offline): trainer/topic_decompose.py;
+* ``hf``: any local Hugging Face causal-LM directory, prompted with ``data.topics.prompt``
+  (``{report}``, ``{topics}``), greedy.  Its answer must be lines ``topic: sentence`` naming
+  ontology topics; an answer with no such line, an unknown topic or a repeated one is
+  *malformed*: counted, and the study falls back to the rule backend (``backend`` records which
+  one produced each study).  Past ``max_fallback_fraction`` the job stops with the count.
+
+Studies are processed on the task pool (Ray tasks from the CLI), one task per shard, through
+shards/sidecars.py ``build_sidecar``; provenance (producer, backend, model path, prompt hash,
+version, ``reads_splits``) goes into ``sidecar.json``, and a summary of counts is written
+beside it (``sidecars/topics.summary.json``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional
+
+from configs.atomic import atomic_write_json
+from shards.config import TopicsConfig
+from shards.topic_ontology import BY_NAME, ORDER, write_ontology_asset
+from trainer.topic_decompose import decompose
+
+SIDECAR_NAME, VERSION = "topics", "1"
+_LINE = re.compile(r"^\s*[-*\d.)]*\s*([a-z]+-[a-z_]+)\s*:\s*(\S.*?)\s*$")
+_MODELS: dict[str, Any] = {}  # model path -> (tokenizer, model), one load per task process
+
+
+class TopicAnnotationError(RuntimeError):
+    """Too many studies fell back to the rule backend, or the model directory is unusable."""
+
+
+def parse_lm_answer(text: str) -> Optional[list[dict[str, str]]]:
+    """Rows from an LM answer, in ontology order; None when malformed (see module docstring)."""
+    rows: dict[str, str] = {}
+    for line in text.splitlines():
+        m = _LINE.match(line)
+        if not m:
+            continue
+        topic, sentence = m.group(1), m.group(2)
+        if topic not in BY_NAME or topic in rows:
+            return None
+        rows[topic] = sentence if sentence.endswith(".") else sentence + "."
+    if not rows:
+        return None
+    return [{"topic": t, "sentence": rows[t]} for t in sorted(rows, key=ORDER.__getitem__)]
+
+
+def _load_lm(path: str):
+    if path not in _MODELS:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if not Path(path).is_dir():
+            raise TopicAnnotationError(f"data.topics.model_path {path!r} is not a directory (no download is attempted)")
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).eval()
+        _MODELS[path] = (tok, model)
+    return _MODELS[path]
+
+
+def lm_answer(cfg: TopicsConfig, report: str) -> str:
+    import torch
+
+    tok, model = _load_lm(cfg.model_path)
+    prompt = cfg.prompt.format(report=report, topics=", ".join(BY_NAME))
+    enc = tok(prompt, return_tensors="pt")
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=cfg.max_new_tokens, do_sample=False, pad_token_id=pad)
+    return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def annotate_report(cfg: TopicsConfig, report: str) -> dict[str, Any]:
+    """One study's overlay entry (rows, which backend made them, rule-backend drop counts)."""
+    if cfg.backend == "hf":
+        rows = parse_lm_answer(lm_answer(cfg, report))
+        if rows is not None:
+            return {"rows": rows, "backend": "hf", "counts": {}}
+        rows, counts = decompose(report)
+        return {"rows": rows, "backend": "rule-fallback", "counts": {**counts, "malformed": 1}}
+    rows, counts = decompose(report)
+    return {"rows": rows, "backend": "rule", "counts": dict(counts)}
+
+
+def topic_members(sample, context: dict) -> dict[str, bytes]:
+    """build_sidecar task body: the study's own report only."""
+    cfg = TopicsConfig(**context)
+    return {f"{SIDECAR_NAME}.json": json.dumps(annotate_report(cfg, sample.report), sort_keys=True).encode()}
+
+
+def summarize(shards_dir: str) -> dict[str, Any]:
+    """Counts over the published sidecar (backends, drops, malformed answers, rows per topic)."""
+    from shards.manifest import load_manifest
+    from shards.reader import iter_decoded
+
+    manifest = load_manifest(shards_dir)
+    studies, backends, counts, topics = 0, Counter(), Counter(), Counter()
+    covered = set(manifest.sidecars[SIDECAR_NAME].shards)
+    for info in manifest.shards:
+        if info.file not in covered:
+            continue
+        for sample in iter_decoded(manifest, info):
+            entry = sample.annotations.get(SIDECAR_NAME)
+            if entry is None:
+                continue
+            studies += 1
+            backends[entry["backend"]] += 1
+            counts.update(entry["counts"])
+            topics.update(r["topic"] for r in entry["rows"])
+    return {"studies": studies, "backends": dict(backends), "counts": dict(counts),
+            "rows_per_topic": {t: topics[t] for t in sorted(topics, key=ORDER.__getitem__)}}
+
+
+def annotate_topics(shards_dir: str, cfg: TopicsConfig, pool=None) -> dict[str, Any]:
+    """Write the ontology asset and the ``topics`` sidecar; return (and save) the summary."""
+    from shards.sidecars import build_sidecar
+
+    if cfg.backend == "hf":
+        _load_lm(cfg.model_path)  # fail here, with one line, before any task starts
+    write_ontology_asset(shards_dir)
+    producer = {"name": "rrg.topic_annotate", "backend": cfg.backend, "model_path": cfg.model_path or None,
+                "prompt_sha256": hashlib.sha256(cfg.prompt.encode()).hexdigest() if cfg.backend == "hf" else None}
+    info = build_sidecar(shards_dir, SIDECAR_NAME, kind="annotation", producer=producer, version=VERSION,
+                         reads_splits=["train"], splits=list(cfg.splits), make_members=topic_members,
+                         context=asdict(cfg), pool=pool)
+    summary = {"sidecar": info.root, "splits": list(cfg.splits), **summarize(shards_dir)}
+    atomic_write_json(Path(shards_dir) / "sidecars" / f"{SIDECAR_NAME}.summary.json", summary)
+    fell_back = summary["backends"].get("rule-fallback", 0)
+    if cfg.backend == "hf" and fell_back > cfg.max_fallback_fraction * max(summary["studies"], 1):
+        raise TopicAnnotationError(f"{fell_back} of {summary['studies']} studies got a malformed LM answer and fell "
+                                   f"back to the rule backend (limit data.topics.max_fallback_fraction="
+                                   f"{cfg.max_fallback_fraction}); see {info.root}")
+    return summary
