@@ -88,6 +88,8 @@ class ModelFamily(ABC):
                                  "shuffle": "each study gets another study's image inputs"}
     # dataset assets (shards/sidecars.py) the family reads; copied into its export
     asset_names: tuple[str, ...] = ()
+    # images spliced into each row's prompt (``rrg plan`` counts their tokens and encoder FLOPs)
+    images_per_row: int = 1
 
     def __init__(self, cfg: ModelConfig):
         self.cfg = cfg

@@ -165,6 +165,10 @@ class LlavaTAFamily(ModelFamily):
                  "shuffle": "each study gets another study's images"}
     asset_names = (ASSET_NAME,)
 
+    @property
+    def images_per_row(self) -> int:  # I and S, or I alone (llava_t)
+        return 2 if self.segmented else 1
+
     def __init__(self, cfg):
         super().__init__(cfg)
         if not 0.0 < self.opts.threshold < 1.0:

@@ -76,3 +76,12 @@ def test_plan_cli_runs_in_seconds_and_prints_the_formulas():
     assert proc.returncode == 0, proc.stderr
     assert "FLOPs/step = global_batch x (seq x (6 x N_lm" in proc.stdout and "time per epoch" in proc.stdout
     assert "memory/GPU, activation checkpointing on" in proc.stdout
+
+
+def test_llava_ta_lora_r128_in_closed_form():
+    """LoRA r=128 on every linear layer of Vicuna-7B: r x (in + out) per layer, 32 layers."""
+    _, lora = plan_stages(_cfg(ROOT / "configs" / "llava_ta_vicuna7b.yaml"))[0]
+    rows = {name: train for name, _, train in lora.rows}
+    h, ffn, r = 4096, 11008, 128
+    assert rows["lora"] == 32 * r * (4 * (h + h) + 3 * (h + ffn)) == 319_815_680
+    assert rows["vision"] == 0 and rows["lm"] == 0  # frozen encoder and base LM
