@@ -126,7 +126,11 @@ class LlavaRad(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 labels: Optional[torch.Tensor] = None, sample_weight: Optional[torch.Tensor] = None) -> VLMOutput:
-        embeds, mask, labels = self.embed(pixel_values, input_ids, attention_mask, labels)
+        return self.lm_forward(*self.embed(pixel_values, input_ids, attention_mask, labels), sample_weight)
+
+    def lm_forward(self, embeds: torch.Tensor, mask: torch.Tensor, labels: Optional[torch.Tensor],
+                   sample_weight: Optional[torch.Tensor]) -> VLMOutput:
+        """The LM over spliced embeddings; the weighted report loss when there are labels."""
         logits = self.lm(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
         if labels is None:
             return VLMOutput(logits=logits)
@@ -141,6 +145,9 @@ class LlavaRad(nn.Module):
         Prompts must be left-padded (the collate does it when samples carry no labels).
         """
         embeds, mask, _ = self.embed(pixel_values, input_ids, attention_mask)
+        return self.lm_generate(embeds, mask, max_new_tokens, num_beams, synced_gpus, **kw)
+
+    def lm_generate(self, embeds, mask, max_new_tokens: int, num_beams: int, synced_gpus: bool, **kw: Any):
         kw.setdefault("do_sample", False)
         return self.lm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
                                 num_beams=num_beams, synced_gpus=synced_gpus, pad_token_id=self.pad_token_id,
@@ -315,8 +322,13 @@ class LlavaRadFamily(ModelFamily):
         return self.model_class(self.cfg, vision, projector, lm, tok)
 
     def trainable_groups(self, model: nn.Module, mode: str, spec: Optional[TuningSpec] = None) -> list[ParamGroup]:
+        return [ParamGroup("projector", list(model.projector.parameters())), *self.lm_groups(model, mode, spec)]
+
+    @staticmethod
+    def lm_groups(model: nn.Module, mode: str, spec: Optional[TuningSpec] = None) -> list[ParamGroup]:
+        """The LM side of a tuning mode: LoRA (wrapping ``model.lm``), or the LM (+ vision) in full."""
         spec = spec or TuningSpec(mode)
-        groups = [ParamGroup("projector", list(model.projector.parameters()))]
+        groups = []
         if mode == "lora":
             model.lm = wrap_lora(model.lm, spec.lora)
             groups.append(ParamGroup("lora", lora_parameters(model.lm)))

@@ -27,9 +27,9 @@ from torch import nn
 
 from modeling.family import FAMILIES, ParamGroup, read_model_json
 from modeling.llava_rad import LlavaRad, LlavaRadFamily, VLMOutput, build_prompt_sample, collate_prompt_batch, \
-    prompt_ids, rows_of, splice_image_features, weighted_lm_loss
+    prompt_ids, rows_of, splice_image_features
 from modeling.projector import build_projector
-from modeling.tuning import TuningSpec, lora_parameters, wrap_lora
+from modeling.tuning import TuningSpec
 from modeling.vision import image_stats
 
 
@@ -99,21 +99,13 @@ class Radixpert(LlavaRad):
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 masks: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
                 sample_weight: Optional[torch.Tensor] = None) -> VLMOutput:
-        embeds, mask, labels = self.embed(pixel_values, input_ids, attention_mask, labels, masks)
-        logits = self.lm(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
-        if labels is None:
-            return VLMOutput(logits=logits)
-        loss, weight_sum = weighted_lm_loss(logits, labels, sample_weight)
-        return VLMOutput(loss=loss, logits=logits, weight_sum=weight_sum)
+        return self.lm_forward(*self.embed(pixel_values, input_ids, attention_mask, labels, masks), sample_weight)
 
     @torch.no_grad()
     def generate(self, pixel_values, input_ids, attention_mask, max_new_tokens: int, num_beams: int = 1,
                  synced_gpus: bool = False, masks: Optional[torch.Tensor] = None, **kw: Any) -> torch.Tensor:
         embeds, mask, _ = self.embed(pixel_values, input_ids, attention_mask, masks=masks)
-        kw.setdefault("do_sample", False)
-        return self.lm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                num_beams=num_beams, synced_gpus=synced_gpus, pad_token_id=self.pad_token_id,
-                                eos_token_id=self.eos_token_id, **kw)
+        return self.lm_generate(embeds, mask, max_new_tokens, num_beams, synced_gpus, **kw)
 
     def save_pretrained(self, directory: str, merge: bool = False) -> None:
         super().save_pretrained(directory, merge=merge)
@@ -196,17 +188,8 @@ class RadixpertFamily(LlavaRadFamily):
                          segmenter)
 
     def trainable_groups(self, model: nn.Module, mode: str, spec: Optional[TuningSpec] = None) -> list[ParamGroup]:
-        spec = spec or TuningSpec(mode)
-        groups = [ParamGroup("mlp", list(model.projector.parameters())),
-                  ParamGroup("mask_conv", list(model.mask_branch.parameters()))]
-        if mode == "lora":
-            model.lm = wrap_lora(model.lm, spec.lora)
-            groups.append(ParamGroup("lora", lora_parameters(model.lm)))
-        elif mode == "full":
-            groups.append(ParamGroup("lm", list(model.lm.parameters())))
-            if spec.train_vision:
-                groups.append(ParamGroup("vision", list(model.vision.feature_parameters())))
-        return groups
+        return [ParamGroup("mlp", list(model.projector.parameters())),
+                ParamGroup("mask_conv", list(model.mask_branch.parameters())), *self.lm_groups(model, mode, spec)]
 
     def sample_builder(self, tok, mode: str, target: str = "report"):
         from functools import partial
