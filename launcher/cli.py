@@ -91,6 +91,24 @@ def cmd_eval(args):
              image_ablation=args.image_ablation, address=args.address or os.environ.get("RAY_ADDRESS"))
 
 
+def cmd_submit_k8s(args):
+    from cluster.k8s import submit_k8s
+
+    submit_k8s(_load(args), dry_run=args.dry_run)
+
+
+def cmd_submit_slurm(args):
+    from cluster.slurm import submit_slurm
+
+    cfg = _load(args)
+    for flag in ("nodes", "gpus_per_node", "cpus_per_node", "time", "partition"):
+        if getattr(args, flag) is not None:
+            setattr(cfg.cluster.slurm, flag, getattr(args, flag))
+    cfg.cluster.slurm.validate()
+    config, _ = _split_config(args)
+    submit_slurm(cfg, config_path=config, overrides=_split_config(args)[1], dry_run=args.dry_run)
+
+
 def cmd_label(args):
     from trainer.labeler import label_file
 
@@ -152,6 +170,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3)
     p.set_defaults(func=cmd_bench_train)
 
+    submit = sub.add_parser("submit", help="submit training to SLURM or Kubernetes").add_subparsers(
+        dest="submit_cmd", required=True)
+    p = submit.add_parser("slurm", help="write and sbatch one script: Ray on every node, rrg train on the head")
+    _add_config_args(p)
+    p.add_argument("--nodes", type=int, default=None)
+    p.add_argument("--gpus-per-node", type=int, default=None)
+    p.add_argument("--cpus-per-node", type=int, default=None)
+    p.add_argument("--time", default=None, help="sbatch time limit, e.g. 04:00:00")
+    p.add_argument("--partition", default=None)
+    p.add_argument("--dry-run", action="store_true", help="print the sbatch script, submit nothing")
+    p.set_defaults(func=cmd_submit_slurm)
+    p = submit.add_parser("k8s", help="a KubeRay RayJob: validate, then kubectl apply (or print)")
+    _add_config_args(p)
+    p.add_argument("--dry-run", action="store_true", help="print the validated manifest, apply nothing")
+    p.set_defaults(func=cmd_submit_k8s)
+
     cfg = sub.add_parser("config", help="configuration tools").add_subparsers(dest="config_cmd", required=True)
     p = cfg.add_parser("show", help="print the fully resolved config")
     _add_config_args(p)
@@ -180,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - clear one-line errors for known data problems
         from shards.manifest import ManifestError
 
-        known = (ManifestError,)
+        from cluster.k8s import ManifestError as RayJobError
+
+        known = (ManifestError, RayJobError)
         try:
             from shards.reader import DataError
 
