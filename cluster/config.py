@@ -26,6 +26,9 @@ class SlurmConfig:
     setup: list[str] = field(default_factory=list)  # shell lines run first (module load, source venv ...)
     extra_sbatch: list[str] = field(default_factory=list)  # extra '#SBATCH' options, e.g. '--account=abc'
     rrg: str = "rrg"  # how the nodes run rrg (e.g. '/opt/venv/bin/rrg' or 'python -m launcher.cli')
+    ip_command: str = "hostname -I | awk '{print $1}'"  # prints the address Ray listens on, run on each node
+    join_timeout_s: int = 300  # give up if not every node's Ray joined by then
+    env: dict[str, str] = field(default_factory=dict)  # exported in the script before anything starts
 
     def validate(self, key: str = "cluster.slurm") -> None:
         if self.nodes < 1:

@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     import sys
 
     from launcher.config import load_config
-    from launcher.ray_launch import finish_run, prepare_run
+    from launcher.ray_launch import _install_stop_handlers, finish_run, prepare_run
 
     args = sys.argv[1:] if argv is None else argv
     cfg = load_config(args[0] if args and "=" not in args[0] else None,
@@ -237,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     DeepSpeedStrategy.init_distributed(cfg.cluster.use_gpu)
     loop_config = broadcast_json(prepare_run(cfg) if dist.get_rank() == 0 else None)
     cfg = config_from_dict(loop_config["config"])
+    # SIGTERM/SIGUSR1 (srun, torchrun's agent, a SLURM preemption) to any rank: checkpoint at the next step, stop
+    _install_stop_handlers(Path(loop_config["stop_file"]))
     TrainingRun(cfg, loop_config).run()
     if dist.get_rank() == 0:
         try:
