@@ -75,7 +75,8 @@ def build_manifests(cfg: Any) -> list[dict]:
     """[ConfigMap, RayJob] for ``cfg`` (a validated RunConfig)."""
     k8s, name = cfg.cluster.k8s, job_name(cfg)
     config_map = f"{name}-config"
-    env = [{"name": "RRG_JOB_ID", "value": name}, {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"}]
+    env = [{"name": "RRG_JOB_ID", "value": name}, {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
+           {"name": "RRG_K8S_POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
     head_res = {"cpu": k8s.head_cpus, "memory": k8s.head_memory}
     worker_res: dict[str, Any] = {"cpu": str(cfg.cluster.cpus_per_worker).removesuffix(".0"),
                                   "memory": k8s.worker_memory}

@@ -33,7 +33,8 @@ def worker_env(cfg: RunConfig) -> dict[str, str]:
         "WANDB_DIR": os.environ.get("WANDB_DIR") or str(Path(cfg.output_dir).resolve()),
         "OMP_NUM_THREADS": str(max(1, int(cfg.cluster.cpus_per_worker))),
     }
-    for key in ("WANDB_MODE", "WANDB_API_KEY", "TORCH_EXTENSIONS_DIR", "HF_HOME", "PYTHONPATH"):
+    for key in ("WANDB_MODE", "WANDB_API_KEY", "TORCH_EXTENSIONS_DIR", "HF_HOME", "PYTHONPATH",
+                "RRG_JOB_ID", "SLURM_JOB_ID", "SLURM_RESTART_COUNT", "SLURM_JOB_NODELIST"):
         if os.environ.get(key):
             env[key] = os.environ[key]
     return env

@@ -66,7 +66,8 @@ def test_job_completes_then_preempted_job_requeues_and_resumes_exactly(slurm, sh
     full, pre = tmp_path / "full", tmp_path / "pre"
     common = [*RUN, f"data.shards_dir={shards}", "cluster.ray_temp_dir=/tmp/rr-cl"]
     job_a = submit(slurm.env, [*common, f"output_dir={full}", f"cluster.slurm.ray_port={free_port()}"])
-    job_b = submit(slurm.env, [*common, f"output_dir={pre}", f"cluster.slurm.ray_port={free_port()}"])
+    job_b = submit(slurm.env, [*common, f"output_dir={pre}", f"cluster.slurm.ray_port={free_port()}",
+                               "logging.wandb.mode=offline", f"cluster.slurm.env.WANDB_DIR={tmp_path / 'wandb'}"])
     slurm.wait_gone(job_a, 420)
     assert [e.get("exit") for e in events(full) if e["event"] == "end"] == [0], \
         (full / "slurm" / f"slurm-{job_a}.out").read_text()[-4000:]
@@ -92,3 +93,9 @@ def test_job_completes_then_preempted_job_requeues_and_resumes_exactly(slurm, sh
     losses = step_losses(pre)
     assert sorted(losses) == list(range(1, STEPS + 1)), "a step was lost"
     assert losses == baseline, "the requeued run diverged from the uninterrupted one"
+    runs = sorted((tmp_path / "wandb" / "wandb").glob("offline-run-*"))
+    assert {p.name.rsplit("-", 1)[-1] for p in runs} == {(pre / "wandb_run_id").read_text().strip()}, \
+        "W&B run split on requeue"
+    for run in runs:
+        data = next(run.glob("*.wandb")).read_bytes()
+        assert b"slurm_job_id" in data and f'"{job_b}"'.encode() in data, "no SLURM job id in the W&B metadata"
