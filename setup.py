@@ -25,9 +25,12 @@ setup(
         "pyyaml==6.0.3",
         "numpy",
         "tqdm",
+        "jsonschema==4.26.0",  # rrg submit k8s: RayJob manifests checked against KubeRay's CRD schema
+        "s3fs==2026.9.0",  # s3:// shards and checkpoints (fsspec)
     ],
+    package_data={"cluster": ["kuberay/*"]},
     extras_require={
-        "test": ["pytest", "pytest-timeout", "pycocoevalcap==1.2"],
+        "test": ["pytest", "pytest-timeout", "pycocoevalcap==1.2", "moto[server]==5.2.5"],
     },
     entry_points={"console_scripts": ["rrg=launcher.cli:main"]},
 )

@@ -44,7 +44,10 @@ class RunConfig:
 
     @property
     def checkpoint_dir(self) -> str:
-        return self.checkpoint.dir or os.path.join(self.output_dir, "checkpoints")
+        """Local checkpoint dir; an s3:// ``checkpoint.dir`` is staged here and mirrored (trainer/worker.py)."""
+        if self.checkpoint.dir and "://" not in self.checkpoint.dir:
+            return self.checkpoint.dir
+        return os.path.join(self.output_dir, "checkpoints")
 
     def to_dict(self) -> dict:
         return to_dict(self)

@@ -95,8 +95,11 @@ def prepare_run(cfg: RunConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     cfg.output_dir = str(out)
-    cfg.data.shards_dir = str(Path(cfg.data.shards_dir).resolve())
-    if cfg.checkpoint.dir:
+    from shards.storage import is_remote
+
+    if not is_remote(cfg.data.shards_dir):  # s3:// shards are synced by every worker's loader
+        cfg.data.shards_dir = str(Path(cfg.data.shards_dir).resolve())
+    if cfg.checkpoint.dir and not is_remote(cfg.checkpoint.dir):
         cfg.checkpoint.dir = str(Path(cfg.checkpoint.dir).resolve())
     if cfg.checkpoint.resume not in ("auto", "none", "latest"):
         cfg.checkpoint.resume = str(Path(cfg.checkpoint.resume).resolve())

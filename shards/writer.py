@@ -315,7 +315,18 @@ def _run_tasks(adapter: Any, todo: list[dict[str, Any]], out_dir: Path, build: B
 
 
 def build_from_config(data_cfg: DataConfig, seed: int, out_dir: str | None = None) -> Manifest:
-    """Build (or finish building) the shard set described by ``data_cfg``; return its manifest."""
+    """Build (or finish building) the shard set described by ``data_cfg``; return its manifest.
+
+    An ``s3://`` (fsspec) target is built in a local staging dir, then published: shards, manifest last."""
+    from shards.storage import cache_root, is_remote, publish_shards
+
+    target = str(out_dir or data_cfg.shards_dir)
+    if is_remote(target):
+        staging = cache_root() / "build" / hashlib.sha1(target.encode()).hexdigest()[:16]
+        manifest = build_from_config(data_cfg, seed, out_dir=str(staging))
+        publish_shards(staging, target)
+        print(f"published {len(manifest.shards)} shards + manifest to {target}")
+        return manifest
     build = data_cfg.build
     out = Path(out_dir or data_cfg.shards_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)

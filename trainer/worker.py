@@ -60,10 +60,20 @@ class TrainingRun:
                                           use_gpu=cfg.cluster.use_gpu)
         self.family = build_family(cfg.model)
         self.tokenizer = self.family.tokenizer(None, save_dir=loop_config["tokenizer_dir"])
+        self._fetch_remote_checkpoint()
         self.checkpoints = CheckpointManager(cfg.checkpoint_dir, rank=self.rank, world_size=self.world_size,
                                              keep_last=cfg.checkpoint.keep_last, barrier=_barrier)
         self.resume: ResumePoint | None = self.checkpoints.resolve(cfg.checkpoint.resume)
         self.wandb_id = loop_config["wandb_id"]
+
+    def _fetch_remote_checkpoint(self) -> None:
+        """With ``checkpoint.dir: s3://...`` the latest complete remote checkpoint is staged locally first."""
+        from shards.storage import fetch_latest_checkpoint, is_remote
+
+        if is_remote(self.cfg.checkpoint.dir) and self.cfg.checkpoint.resume in ("auto", "latest"):
+            if self.local_rank == 0:
+                fetch_latest_checkpoint(self.cfg.checkpoint.dir, Path(self.cfg.checkpoint_dir))
+            _barrier()
 
     def _build(self) -> None:
         from modeling.tuning import apply_tuning
@@ -115,6 +125,12 @@ class TrainingRun:
         path = self.checkpoints.save(step, write_shards=write_shards, meta=meta,
                                      client={"reader": reader, "step": step})
         self.logger.note(f"checkpoint: {path}")
+        from shards.storage import is_remote, publish_checkpoint
+
+        if is_remote(cfg.checkpoint.dir):
+            if self.rank == 0:  # data, then COMPLETE, then latest (the local staging dir must be shared)
+                self.logger.note(f"checkpoint published: {publish_checkpoint(path, cfg.checkpoint.dir)}")
+            _barrier()
         return path
 
     def eval_loss(self) -> float:
