@@ -106,6 +106,10 @@ class LocalSlurm:
     def stop(self) -> None:
         for job in self.run(["squeue", "-h", "-o", "%i"]).stdout.split():
             self.run(["scancel", job])
+            try:
+                self.wait_gone(job, 90)  # let slurmd stop the job's steps (and its Ray) before it goes
+            except AssertionError:
+                pass
         for name in ("slurmd", "slurmctld", "munged"):
             pid_file = self.root / f"{name}.pid"
             if pid_file.is_file():
