@@ -42,7 +42,8 @@ def wait_nodes(env: dict, address: str, count: int, timeout: float = 120) -> Non
 
 @pytest.mark.slow
 def test_two_loopback_nodes_train_and_survive_a_node_kill(shards, tmp_path):
-    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="token",
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="1",  # Ray refuses multi-node on one host otherwise
+               RAY_AUTH_MODE="token",
                RAY_AUTH_TOKEN_PATH=str(tmp_path / "token"), PYTHONPATH=str(ROOT), WANDB_MODE="disabled")
     (tmp_path / "token").write_text(os.urandom(16).hex())
     port = free_port()
@@ -57,8 +58,12 @@ def test_two_loopback_nodes_train_and_survive_a_node_kill(shards, tmp_path):
                     f"data.shards_dir={shards}", f"output_dir={out}", "cluster.max_failures=3",
                     "--address", address], env=env)
         wait_for_step(out, 14, proc, timeout=400)  # past the step-10 checkpoint
-        os.kill(raylet_of("127.0.0.3"), signal.SIGKILL)
-        nodes[1].wait(timeout=60)
+        os.kill(raylet_of("127.0.0.3"), signal.SIGKILL)  # the node dies
+        try:
+            nodes[1].wait(timeout=60)  # `ray start --block` exits when its raylet dies
+        except subprocess.TimeoutExpired:
+            os.killpg(nodes[1].pid, signal.SIGKILL)
+            nodes[1].wait(timeout=30)
         nodes[1] = ray_start(env, [f"--address={address}", "--node-ip-address=127.0.0.3"])  # the node comes back
         log, _ = proc.communicate(timeout=600)
         assert proc.returncode == 0, log[-5000:]
