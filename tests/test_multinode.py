@@ -18,9 +18,10 @@ STEPS = 60
 RAY = str(Path(sys.executable).parent / "ray")
 
 
-def ray_start(env: dict, args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([RAY, "start", "--block", "--num-cpus=1", "--include-dashboard=false", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+def ray_start(env: dict, args: list[str], log: Path) -> subprocess.Popen:
+    with open(log, "a") as out:
+        return subprocess.Popen([RAY, "start", "--block", "--num-cpus=1", "--include-dashboard=false", *args], env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def raylet_of(node_ip: str) -> int:
@@ -30,14 +31,14 @@ def raylet_of(node_ip: str) -> int:
     return int(out[0])
 
 
-def wait_nodes(env: dict, address: str, count: int, timeout: float = 120) -> None:
+def wait_nodes(env: dict, address: str, count: int, log: Path, timeout: float = 300) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         status = subprocess.run([RAY, "status", f"--address={address}"], env=env, capture_output=True, text=True)
         if status.stdout.count(" node_") >= count:
             return
         time.sleep(1)
-    raise AssertionError(f"fewer than {count} Ray nodes joined {address}")
+    raise AssertionError(f"fewer than {count} Ray nodes joined {address}:\n{log.read_text()[-3000:]}")
 
 
 @pytest.mark.slow
@@ -48,11 +49,12 @@ def test_two_loopback_nodes_train_and_survive_a_node_kill(shards, tmp_path):
     (tmp_path / "token").write_text(os.urandom(16).hex())
     port = free_port()
     address = f"127.0.0.2:{port}"
-    nodes = [ray_start(env, ["--head", "--node-ip-address=127.0.0.2", f"--port={port}", "--temp-dir=/tmp/rr-cl2"])]
+    nodes = [ray_start(env, ["--head", "--node-ip-address=127.0.0.2", f"--port={port}", "--temp-dir=/tmp/rr-cl2"],
+                       tmp_path / "head.log")]
     try:
-        wait_nodes(env, address, 1)
-        nodes.append(ray_start(env, [f"--address={address}", "--node-ip-address=127.0.0.3"]))
-        wait_nodes(env, address, 2)
+        wait_nodes(env, address, 1, tmp_path / "head.log")
+        nodes.append(ray_start(env, [f"--address={address}", "--node-ip-address=127.0.0.3"], tmp_path / "node.log"))
+        wait_nodes(env, address, 2, tmp_path / "node.log")
         out = tmp_path / "run"  # one filesystem: the checkpoint is where both nodes see it
         proc = rrg(["train", TINY, f"train.max_steps={STEPS}", "checkpoint.every_steps=10", "cluster.num_workers=2",
                     f"data.shards_dir={shards}", f"output_dir={out}", "cluster.max_failures=3",
@@ -64,7 +66,8 @@ def test_two_loopback_nodes_train_and_survive_a_node_kill(shards, tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(nodes[1].pid, signal.SIGKILL)
             nodes[1].wait(timeout=30)
-        nodes[1] = ray_start(env, [f"--address={address}", "--node-ip-address=127.0.0.3"])  # the node comes back
+        nodes[1] = ray_start(env, [f"--address={address}", "--node-ip-address=127.0.0.3"],  # the node comes back
+                             tmp_path / "node.log")
         log, _ = proc.communicate(timeout=600)
         assert proc.returncode == 0, log[-5000:]
         assert "node_rank=0" in log and "node_rank=1" in log, "workers were not spread over both nodes"
