@@ -20,7 +20,7 @@ RAY = str(Path(sys.executable).parent / "ray")
 
 def ray_start(env: dict, args: list[str], log: Path) -> subprocess.Popen:
     with open(log, "a") as out:
-        return subprocess.Popen([RAY, "start", "--block", "--num-cpus=1", "--include-dashboard=false", *args], env=env,
+        return subprocess.Popen([RAY, "start", "--block", "--num-cpus=1", *args], env=env,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -49,7 +49,7 @@ def test_two_loopback_nodes_train_and_survive_a_node_kill(shards, tmp_path):
     (tmp_path / "token").write_text(os.urandom(16).hex())
     port = free_port()
     address = f"127.0.0.2:{port}"
-    nodes = [ray_start(env, ["--head", "--node-ip-address=127.0.0.2", f"--port={port}", "--temp-dir=/tmp/rr-cl2"],
+    nodes = [ray_start(env, ["--head", "--include-dashboard=false", "--node-ip-address=127.0.0.2", f"--port={port}", "--temp-dir=/tmp/rr-cl2"],
                        tmp_path / "head.log")]
     try:
         wait_nodes(env, address, 1, tmp_path / "head.log")
