@@ -49,8 +49,9 @@ def test_two_loopback_nodes_train_and_survive_a_node_kill(shards, tmp_path):
     (tmp_path / "token").write_text(os.urandom(16).hex())
     port = free_port()
     address = f"127.0.0.2:{port}"
-    nodes = [ray_start(env, ["--head", "--include-dashboard=false", "--node-ip-address=127.0.0.2", f"--port={port}", "--temp-dir=/tmp/rr-cl2"],
-                       tmp_path / "head.log")]
+    head = ["--head", "--include-dashboard=false", "--node-ip-address=127.0.0.2", f"--port={port}",
+            "--temp-dir=/tmp/rr-cl2"]
+    nodes = [ray_start(env, head, tmp_path / "head.log")]
     try:
         wait_nodes(env, address, 1, tmp_path / "head.log")
         nodes.append(ray_start(env, [f"--address={address}", "--node-ip-address=127.0.0.3"], tmp_path / "node.log"))
