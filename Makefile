@@ -24,11 +24,12 @@ demo: install
 	$(VENV)/bin/rrg train configs/demo.yaml
 	$(VENV)/bin/rrg eval configs/demo.yaml --checkpoint latest
 
-# system tools the tests use for real: headless Chromium (HTML report) and Java (METEOR, PTB tokenizer)
+# system tools the tests use for real: headless Chromium (HTML report), Java (METEOR, PTB tokenizer),
+# SLURM + munge (a one-machine SLURM cluster for the submit tests)
 system-deps:
-	@command -v chromium >/dev/null && command -v java >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium default-jre-headless >/dev/null; \
-	  else echo "install chromium and a Java runtime (apt-get install chromium default-jre-headless)"; exit 1; fi; }
+	@command -v chromium >/dev/null && command -v java >/dev/null && command -v slurmctld >/dev/null && command -v munged >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium default-jre-headless slurm-wlm munge >/dev/null; \
+	  else echo "install chromium, a Java runtime, SLURM and munge (apt-get install chromium default-jre-headless slurm-wlm munge)"; exit 1; fi; }
 
 # the whole suite, slow end-to-end tests included (CI runs exactly this)
 test: install system-deps

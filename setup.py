@@ -28,9 +28,12 @@ setup(
         "pydicom==3.0.2",
         "pylibjpeg==2.1.0",
         "pylibjpeg-openjpeg==2.6.0",
+        "jsonschema==4.26.0",  # rrg submit k8s: RayJob manifests checked against KubeRay's CRD schema
+        "s3fs==2026.9.0",  # s3:// shards and checkpoints (fsspec)
     ],
+    package_data={"cluster": ["kuberay/*"]},
     extras_require={
-        "test": ["pytest", "pytest-timeout", "pycocoevalcap==1.2"],
+        "test": ["pytest", "pytest-timeout", "pycocoevalcap==1.2", "moto[server]==5.2.5"],
     },
     entry_points={"console_scripts": ["rrg=launcher.cli:main"]},
 )

@@ -188,6 +188,24 @@ def _labeler_from_args(args):
     return make_labeler(args.labeler, kwargs, "--labeler")
 
 
+def cmd_submit_k8s(args):
+    from cluster.k8s import submit_k8s
+
+    submit_k8s(_load(args), dry_run=args.dry_run)
+
+
+def cmd_submit_slurm(args):
+    from cluster.slurm import submit_slurm
+
+    cfg = _load(args)
+    for flag in ("nodes", "gpus_per_node", "cpus_per_node", "time", "partition"):
+        if getattr(args, flag) is not None:
+            setattr(cfg.cluster.slurm, flag, getattr(args, flag))
+    cfg.cluster.slurm.validate()
+    config, _ = _split_config(args)
+    submit_slurm(cfg, config_path=config, overrides=_split_config(args)[1], dry_run=args.dry_run)
+
+
 def cmd_label(args):
     from shards.labeling import label_file
 
@@ -308,6 +326,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", default=None, help="scratch directory (default: the system temp dir)")
     p.set_defaults(func=cmd_bench_build)
 
+    submit = sub.add_parser("submit", help="submit training to SLURM or Kubernetes").add_subparsers(
+        dest="submit_cmd", required=True)
+    p = submit.add_parser("slurm", help="write and sbatch one script: Ray on every node, rrg train on the head")
+    _add_config_args(p)
+    p.add_argument("--nodes", type=int, default=None)
+    p.add_argument("--gpus-per-node", type=int, default=None)
+    p.add_argument("--cpus-per-node", type=int, default=None)
+    p.add_argument("--time", default=None, help="sbatch time limit, e.g. 04:00:00")
+    p.add_argument("--partition", default=None)
+    p.add_argument("--dry-run", action="store_true", help="print the sbatch script, submit nothing")
+    p.set_defaults(func=cmd_submit_slurm)
+    p = submit.add_parser("k8s", help="a KubeRay RayJob: validate, then kubectl apply (or print)")
+    _add_config_args(p)
+    p.add_argument("--dry-run", action="store_true", help="print the validated manifest, apply nothing")
+    p.set_defaults(func=cmd_submit_k8s)
+
     cfg = sub.add_parser("config", help="configuration tools").add_subparsers(dest="config_cmd", required=True)
     p = cfg.add_parser("show", help="print the fully resolved config")
     _add_config_args(p)
@@ -317,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _known_errors() -> list[tuple[tuple[type, ...], int]]:
     """(error types, exit code): 2 config, 3 data, 4 checkpoint / run directory, 5 disk, 6 diverged."""
+    from cluster.k8s import ManifestError as RayJobError
     from modeling.family import TargetError
     from shards.adapters import AdapterError
     from shards.buildlock import BuildLockedError
@@ -329,7 +364,7 @@ def _known_errors() -> list[tuple[tuple[type, ...], int]]:
     from trainer.runguard import RunDirError, StorageError
     from trainer.safe_load import CheckpointTrustError
 
-    return [((ConfigError,), 2), ((ManifestError, DataError, AdapterError, SidecarError, BuildLockedError, LabelInputError,
+    return [((ConfigError, RayJobError), 2), ((ManifestError, DataError, AdapterError, SidecarError, BuildLockedError, LabelInputError,
                                  TargetError, TopicAnnotationError), 3),
             ((CheckpointTrustError, RunDirError), 4), ((StorageError,), 5), ((NonFiniteError,), 6)]
 

@@ -113,6 +113,18 @@ class Manifest:
 
 
 def load_manifest(shards_dir: str | os.PathLike) -> Manifest:
+    """The manifest at ``shards_dir``; an ``s3://`` (fsspec) URL is first synced into the local cache
+    (shards streamed and sha256-verified, retried; see shards/storage.py)."""
+    from shards.storage import StorageError, is_remote, sync_shards
+
+    if is_remote(shards_dir):
+        try:
+            shards_dir = sync_shards(str(shards_dir))
+        except FileNotFoundError:
+            raise ManifestError(f"no shard manifest at {shards_dir}/manifest.json: build the shards first "
+                                f"(`rrg shards build CONFIG --out {shards_dir}`)") from None
+        except StorageError as err:
+            raise ManifestError(str(err)) from None
     root = Path(shards_dir)
     path = root / MANIFEST_NAME if root.is_dir() or not root.suffix else root
     root = path.parent

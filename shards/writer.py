@@ -384,8 +384,18 @@ def build_from_config(data_cfg: DataConfig, seed: int, out_dir: str | None = Non
     """Build (or finish building) the shard set described by ``data_cfg``; return its manifest.
 
     Shards are written as tasks on ``pool`` (the CLI hands in a Ray pool; default: this process).
+    An ``s3://`` (fsspec) target is built in a local staging dir, then published: shards, manifest last.
     """
     from shards.buildlock import build_lock
+    from shards.storage import cache_root, is_remote, publish_shards
+
+    target = str(out_dir or data_cfg.shards_dir)
+    if is_remote(target):
+        staging = cache_root() / "build" / hashlib.sha1(target.encode()).hexdigest()[:16]
+        manifest = build_from_config(data_cfg, seed, out_dir=str(staging), pool=pool)
+        publish_shards(staging, target)
+        print(f"published {len(manifest.shards)} shards + manifest to {target}")
+        return manifest
 
     out = Path(out_dir or data_cfg.shards_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)

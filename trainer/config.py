@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from configs.atomic import atomic_write_text
+from configs.cluster import ClusterConfig
 from configs.schema import ConfigError, apply_overrides, deep_merge, from_dict, read_yaml_chain, to_dict
 from modeling.config import LoraConfig, ModelConfig
 from shards.config import DataConfig
@@ -178,25 +179,6 @@ class EvalConfig:
                 raise ConfigError(f"{key}.{name}", "must be >= 1" if name != "bootstrap" else "must be >= 0")
 
 
-@dataclass
-class ClusterConfig:
-    backend: Literal["ray", "torchrun"] = "ray"  # cluster/ray_train.py, or cluster/torchrun.py (no Ray)
-    num_workers: int = 2  # training workers (= DeepSpeed ranks)
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    address: Optional[str] = None  # join an existing Ray cluster; None = embedded local one on loopback
-    max_failures: int = 2  # worker-group restarts from the latest checkpoint
-    ray_temp_dir: Optional[str] = None  # default: <output_dir>/../.ray (kept short for unix sockets)
-
-    def validate(self, key: str = "cluster") -> None:
-        if self.num_workers < 1:
-            raise ConfigError(f"{key}.num_workers", "must be >= 1")
-        if self.cpus_per_worker <= 0:
-            raise ConfigError(f"{key}.cpus_per_worker", "must be > 0")
-        if self.max_failures < 0:
-            raise ConfigError(f"{key}.max_failures", "must be >= 0")
-
-
 def _check_finite(value: Any, key: str) -> None:
     """No NaN or infinity anywhere in a config (e.g. ``train.lr=1e999``)."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -236,7 +218,10 @@ class RunConfig:
 
     @property
     def checkpoint_dir(self) -> str:
-        return self.checkpoint.dir or os.path.join(self.output_dir, "checkpoints")
+        """Local checkpoint dir; an s3:// ``checkpoint.dir`` is staged here and mirrored (trainer/worker.py)."""
+        if self.checkpoint.dir and "://" not in self.checkpoint.dir:
+            return self.checkpoint.dir
+        return os.path.join(self.output_dir, "checkpoints")
 
     def to_dict(self) -> dict:
         return to_dict(self)

@@ -39,6 +39,19 @@ def new_run_id() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
+def cluster_metadata(rank: int) -> dict[str, Any]:
+    """Where this run executes: rank, node, and the SLURM / Kubernetes job (set by rrg submit's scripts)."""
+    import socket
+
+    meta: dict[str, Any] = {"rank": rank, "node": socket.gethostname()}
+    for key, env in (("job_id", "RRG_JOB_ID"), ("slurm_job_id", "SLURM_JOB_ID"),
+                     ("slurm_restart_count", "SLURM_RESTART_COUNT"), ("slurm_nodes", "SLURM_JOB_NODELIST"),
+                     ("k8s_pod", "RRG_K8S_POD")):
+        if os.environ.get(env):
+            meta[key] = os.environ[env]
+    return meta
+
+
 class RunLogger:
     """Only rank 0 talks; other ranks hold a silent instance so call sites need no branches."""
 
@@ -57,8 +70,11 @@ class RunLogger:
 
             wandb_dir = Path(os.environ.get("WANDB_DIR", Path(output_dir)))
             wandb_dir.mkdir(parents=True, exist_ok=True)
+            meta = cluster_metadata(rank)
+            # one run per output dir (the id survives requeues and restarts), grouped by the cluster job
             self.run = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, name=run_name, id=run_id,
-                                  resume="allow", mode=mode, dir=str(wandb_dir), config=config,
+                                  resume="allow", mode=mode, dir=str(wandb_dir), group=meta.get("job_id"),
+                                  config={**config, "cluster_meta": meta},
                                   settings=wandb.Settings(console="off", x_disable_stats=True))
         if cfg.progress_bar:
             from tqdm import tqdm

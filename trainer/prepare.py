@@ -35,7 +35,8 @@ def worker_env(cfg: RunConfig) -> dict[str, str]:
         "WANDB_DIR": os.environ.get("WANDB_DIR") or str(Path(cfg.output_dir).resolve()),
         "OMP_NUM_THREADS": str(max(1, int(cfg.cluster.cpus_per_worker))),
     }
-    for key in ("WANDB_MODE", "WANDB_API_KEY", "TORCH_EXTENSIONS_DIR", "HF_HOME", "PYTHONPATH"):
+    for key in ("WANDB_MODE", "WANDB_API_KEY", "TORCH_EXTENSIONS_DIR", "HF_HOME", "PYTHONPATH",
+                "RRG_JOB_ID", "SLURM_JOB_ID", "SLURM_RESTART_COUNT", "SLURM_JOB_NODELIST"):
         if os.environ.get(key):
             env[key] = os.environ[key]
     return env
@@ -119,12 +120,14 @@ def prepare_run(cfg: RunConfig, pool: Optional[TaskPool] = None) -> dict[str, An
     Order matters: every check (writable dirs, run-dir mixing, checkpoint trust and
     compatibility) runs before the first byte is written into the run directory.
     """
+    from shards.storage import is_remote
     from trainer.runguard import check_run_dir, check_writable
 
     out = Path(cfg.output_dir).resolve()
     cfg.output_dir = str(out)
-    cfg.data.shards_dir = str(Path(cfg.data.shards_dir).resolve())
-    if cfg.checkpoint.dir:
+    if not is_remote(cfg.data.shards_dir):  # s3:// shards are synced by every worker's loader
+        cfg.data.shards_dir = str(Path(cfg.data.shards_dir).resolve())
+    if cfg.checkpoint.dir and not is_remote(cfg.checkpoint.dir):
         cfg.checkpoint.dir = str(Path(cfg.checkpoint.dir).resolve())
     if cfg.checkpoint.resume not in ("auto", "none", "latest"):
         cfg.checkpoint.resume = str(Path(cfg.checkpoint.resume).resolve())

@@ -70,6 +70,7 @@ class TrainingRun:
         self.family = build_family(cfg.model)
         self.tokenizer = self.family.tokenizer(None, save_dir=loop_config["tokenizer_dir"])
         self.assets = load_manifest(cfg.data.shards_dir).assets
+        self._fetch_remote_checkpoint()
         self.checkpoints = CheckpointManager(cfg.checkpoint_dir, rank=self.rank, world_size=self.world_size,
                                              keep_last=cfg.checkpoint.keep_last, barrier=_barrier,
                                              trusted=cfg.checkpoint.trust)
@@ -82,6 +83,15 @@ class TrainingRun:
         from trainer.runguard import tokenizer_hash
 
         self.tokenizer_sha256 = tokenizer_hash(Path(loop_config["tokenizer_dir"]))
+
+    def _fetch_remote_checkpoint(self) -> None:
+        """With ``checkpoint.dir: s3://...`` the latest complete remote checkpoint is staged locally first."""
+        from shards.storage import fetch_latest_checkpoint, is_remote
+
+        if is_remote(self.cfg.checkpoint.dir) and self.cfg.checkpoint.resume in ("auto", "latest"):
+            if self.local_rank == 0:
+                fetch_latest_checkpoint(self.cfg.checkpoint.dir, Path(self.cfg.checkpoint_dir))
+            _barrier()
 
     def _build_stage(self, index: int, start_state: Optional[dict] = None, load_universal: bool = False) -> None:
         """Model, tuning and engine of stage ``index``; the loader is made once and re-targeted after."""
@@ -161,6 +171,12 @@ class TrainingRun:
         path = self.checkpoints.save(step, write_shards=write_shards, meta=meta,
                                      client={"reader": reader, "step": step})
         self.logger.note(f"checkpoint: {path}")
+        from shards.storage import is_remote, publish_checkpoint
+
+        if is_remote(cfg.checkpoint.dir):
+            if self.rank == 0:  # data, then COMPLETE, then latest (the local staging dir must be shared)
+                self.logger.note(f"checkpoint published: {publish_checkpoint(path, cfg.checkpoint.dir)}")
+            _barrier()
         return path
 
     def eval_loss(self) -> float:
@@ -292,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     import sys
 
     from trainer.config import load_config
-    from trainer.prepare import finish_run, prepare_run
+    from trainer.prepare import finish_run, install_stop_handlers, prepare_run
 
     args = sys.argv[1:] if argv is None else argv
     cfg = load_config(args[0] if args and "=" not in args[0] else None,
@@ -300,6 +316,8 @@ def main(argv: list[str] | None = None) -> None:
     DeepSpeedStrategy.init_distributed(cfg.cluster.use_gpu)
     loop_config = broadcast_json(prepare_run(cfg) if dist.get_rank() == 0 else None)
     cfg = config_from_dict(loop_config["config"])
+    # SIGTERM/SIGUSR1 (srun, torchrun's agent, a SLURM preemption) to any rank: checkpoint at the next step, stop
+    install_stop_handlers(Path(loop_config["stop_file"]))
     try:
         TrainingRun(cfg, loop_config).run()
     except Exception as err:
