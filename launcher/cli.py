@@ -99,6 +99,26 @@ def cmd_eval(args):
              out=args.out, image_ablation=args.image_ablation)
 
 
+def cmd_kg_build(args):
+    from trainer.kg.graph import build_kg
+
+    build_kg(_load(args).data)
+
+
+def cmd_kg_attach(args):
+    from trainer.kg.attach import attach
+
+    cfg = _load(args)
+    attach(cfg.data, pool=_pool(cfg, args.address))
+
+
+def cmd_bench_kg(args):
+    from trainer.kg.attach import bench_attach
+
+    cfg = _load(args)
+    bench_attach(cfg.data, _pool(cfg))
+
+
 def cmd_label(args):
     from trainer.labeler import label_file
 
@@ -160,6 +180,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3)
     p.set_defaults(func=cmd_bench_train)
 
+    p = bench.add_parser("kg", help="kg attach: one process vs the Ray pool, studies/s and ratio")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_bench_kg)
+
+    kg = sub.add_parser("kg", help="knowledge graph: build from training reports, attach subgraphs").add_subparsers(
+        dest="kg_cmd", required=True)
+    p = kg.add_parser("build", help="KG + vision-token bank assets from the training split (data.kg)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_kg_build)
+    p = kg.add_parser("attach", help="per-study multi-scale subgraph tensors (kg sidecar) for every split, on Ray")
+    _add_config_args(p)
+    p.add_argument("--address", default=None)
+    p.set_defaults(func=cmd_kg_attach)
+
     cfg = sub.add_parser("config", help="configuration tools").add_subparsers(dest="config_cmd", required=True)
     p = cfg.add_parser("show", help="print the fully resolved config")
     _add_config_args(p)
@@ -188,7 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - clear one-line errors for known data problems
         from shards.manifest import ManifestError
 
-        known = (ManifestError,)
+        known: tuple = (ManifestError,)
+        try:
+            from trainer.kg import KGError
+
+            known += (KGError,)
+        except ImportError:
+            pass
         try:
             from shards.reader import DataError
 
