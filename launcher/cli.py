@@ -106,9 +106,10 @@ def cmd_kg_build(args):
 
 
 def cmd_kg_attach(args):
-    from trainer.kg.attach import attach
+    from trainer.kg.attach import attach, check_existing
 
     cfg = _load(args)
+    check_existing(cfg.data.shards_dir)  # refuse a corrupt sidecar before starting Ray
     attach(cfg.data, pool=_pool(cfg, args.address))
 
 
