@@ -179,3 +179,65 @@ def test_bad_input_names_the_study_and_loses_nothing(kg_shards, tmp_path):
     assert proc.returncode == 3 and "is missing or corrupt" in proc.stderr
     after = _files(root)
     assert all(after[k] == before[k] for k in before if k != f"sidecars/kg/{tar.name}")
+
+
+# ---------------------------------------------------------------------------------- the family
+def _family_batch(kg_shards, tmp_path):
+    from modeling.r2genkg import R2GenKGFamily
+    from trainer.config import load_config
+
+    cfg = load_config(str(ROOT / "configs" / "tiny.yaml"), []).model
+    cfg.family_args = {"num_scales": len(SCALES), "dim": 32, "kg_queries": 2}
+    family = R2GenKGFamily(cfg)
+    m = load_manifest(kg_shards)
+    train = [s.report for s in iter_decoded(m, m.split_shards("train")[0])]
+    tok = family.tokenizer(train, str(tmp_path / "tok"))
+    samples = list(iter_decoded(m, m.split_shards("test")[0]))[:3]
+    build = family.sample_builder(tok, "eval")
+    batch = family.collate(tok)([row for s in samples for row in build(s)])
+    return family, tok, batch, samples
+
+
+@pytest.mark.slow
+def test_r2genkg_export_reload_same_text_and_ablations_change_inputs(kg_shards, tmp_path):
+    import torch
+
+    from modeling.family import GenConfig, load_pretrained
+
+    family, tok, batch, samples = _family_batch(kg_shards, tmp_path)
+    torch.manual_seed(0)
+    assets = {n: str(kg_shards / "assets" / n) for n in family.asset_names}
+    model = family.build_model(tok, assets)
+    groups = family.trainable_groups(model, "lora")
+    model.eval()  # after LoRA wrapping: its dropout is off
+    assert [g.name for g in groups] == ["kg_fusion", "lm_lora"] and all(g.params for g in groups)
+    with torch.no_grad():  # LoRA B starts at zero: make the adapter matter for the round trip
+        for n, p in model.lm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    gen = GenConfig(max_new_tokens=10)
+    before = [g.generated for g in family.generate(model, tok, batch, gen)]
+    tensors = {k: v for k, v in batch.items() if torch.is_tensor(v) and k != "sample_weight"}
+    logits = model(**tensors).logits
+    family.save_pretrained(model, str(tmp_path / "export"))
+    assert (tmp_path / "export" / "assets" / "kg" / "graph.safetensors").is_file()
+    reloaded = load_pretrained(str(tmp_path / "export")).eval()
+    assert [g.generated for g in family.generate(reloaded, tok, batch, gen)] == before and any(before)
+    assert torch.allclose(reloaded(**tensors).logits, logits, atol=1e-5)
+    # ablations: "kg" empties every subgraph, "black" also blanks image and bank; both change the output
+    for kind in ("kg", "black"):
+        ab = family.ablate(batch, kind)
+        assert all((ab[k] == -1).all() for k in ab if k.startswith("kg"))
+        assert (ab["pixel_values"] == 0).all() == (kind == "black") and (ab["bank_gate"] == 0).all() == (kind == "black")
+        out = model(**{k: v for k, v in ab.items() if torch.is_tensor(v) and k != "sample_weight"}).logits
+        assert (out - logits).abs().max() > 1e-4
+    # a study without its kg tensors, or with a corrupt subgraph, is named
+    build = family.sample_builder(tok, "eval")
+    bare = samples[0]
+    bare.tensors = {}
+    with pytest.raises(ValueError, match=f"study {bare.key}: no 'kg' subgraph"):
+        build(bare)
+    bad = samples[1]
+    bad.tensors["kg"]["s0_edge_index"] = bad.tensors["kg"]["s0_edge_index"] + 100
+    with pytest.raises(ValueError, match=f"study {bad.key}: kg subgraph scale 0 is corrupt"):
+        build(bad)
