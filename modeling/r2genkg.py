@@ -27,16 +27,15 @@ import torch
 from safetensors.torch import load as load_bytes, load_file, save_file
 from torch import nn
 
-from configs.schema import ConfigError, from_dict, to_dict
+from configs.schema import ConfigError, to_dict
 from modeling.attention import hf_attn_name
-from modeling.config import LoraConfig as RrgLoraConfig
 from modeling.family import FAMILIES, MODEL_JSON, ModelFamily, ParamGroup, read_model_json
 from modeling.kg_modules import BiCrossAttention, CrossAttention, QFormer, RGCNEncoder, ScaleFusion, pad_by_graph
-from modeling.llava_rad import (VLMOutput, build_prompt_sample, collate_prompt_batch, prompt_ids,
+from modeling.llava_rad import (VLMOutput, build_prompt_sample, collate_prompt_batch, prompt_ids, rows_of,
                                 splice_image_features, weighted_lm_loss)
 from modeling.templates import get_template
 from modeling.tokenizer import get_tokenizer, image_token_id
-from modeling.tuning import is_peft, lm_state_dict_for_export
+from modeling.tuning import TuningSpec, is_peft, lm_state_dict_for_export, lora_parameters, wrap_lora
 from modeling.vision import VisionEncoder, image_stats, load_vision_model
 
 KG_ASSET, BANK_ASSET, SIDECAR = "kg", "kg_bank", "kg"
@@ -175,12 +174,14 @@ def kg_rows(sample: Any, num_scales: int) -> dict[str, torch.Tensor]:
 
 
 def build_row(sample: Any, *, num_scales: int, base: Callable) -> list[dict]:
+    """The prompt row of :func:`modeling.llava_rad.build_prompt_sample` plus the study's subgraphs."""
     row = base(sample)
     row.update(kg_rows(sample, num_scales))
     return [row]
 
 
 def collate_kg(items: list[dict], pad_token_id: int, num_scales: int) -> dict:
+    items = rows_of(items)
     batch = collate_prompt_batch(items, pad_token_id)
     bsz = len(items)
     for i in range(num_scales):
@@ -222,9 +223,8 @@ class R2GenKGFamily(ModelFamily):
                  "kg": "every study gets an empty KG subgraph"}
 
     def __init__(self, cfg):
-        self.cfg = cfg
-        raw = getattr(cfg, "options", None) or getattr(cfg, "family_args", None) or {}
-        self.opts = raw if isinstance(raw, R2GenKGOptions) else from_dict(R2GenKGOptions, raw, "model.options")
+        super().__init__(cfg)
+        self.opts.validate("model.options")
         self.image_keys = ("pixel_values", "bank_gate", *kg_batch_keys(self.opts.num_scales))
 
     def tokenizer(self, train_texts: Optional[Iterable[str]] = None, save_dir: Optional[str] = None):
@@ -249,28 +249,26 @@ class R2GenKGFamily(ModelFamily):
             lm = AutoModelForCausalLM.from_config(AutoConfig.for_model(**hf), attn_implementation=attn)
         return R2GenKG(self.cfg, self.opts, vision, lm, tok, graph, bank, roots)
 
-    def trainable_groups(self, model: R2GenKG, mode: str, stage: Optional[Any] = None) -> list[ParamGroup]:
+    def trainable_groups(self, model: R2GenKG, mode: str, spec: Optional[TuningSpec] = None) -> list[ParamGroup]:
+        """``kg_fusion`` (Q-Former, bank, R-GCN, fusion, cross-attention, projector) always; + ``lora`` or ``lm``
+        (+ ``vision`` with ``train_vision``)."""
+        spec = spec or TuningSpec(mode)
         groups = [ParamGroup("kg_fusion", [p for m in model.new_modules() for p in m.parameters()])]
         if mode == "lora":
-            from peft import LoraConfig, get_peft_model
-
             if not is_peft(model.lm):
-                lora = getattr(stage, "lora", None) or RrgLoraConfig()
-                model.lm = get_peft_model(model.lm, LoraConfig(r=lora.r, lora_alpha=lora.alpha,
-                                                               lora_dropout=lora.dropout,
-                                                               target_modules=list(lora.target_modules),
-                                                               task_type="CAUSAL_LM"))
-            groups.append(ParamGroup("lm_lora", [p for n, p in model.lm.named_parameters() if "lora_" in n]))
+                model.lm = wrap_lora(model.lm, spec.lora)
+            groups.append(ParamGroup("lora", lora_parameters(model.lm)))
         elif mode == "full":
             groups.append(ParamGroup("lm", list(model.lm.parameters())))
-            groups.append(ParamGroup("vision", list(model.vision.feature_parameters())))
+            if spec.train_vision:
+                groups.append(ParamGroup("vision", list(model.vision.feature_parameters())))
         model.rrg_tuning = mode
         return groups
 
     def sample_builder(self, tok, mode: str, target: str = "report") -> Callable[[Any], list[dict]]:
         mean, std = image_stats(self.cfg.vision)
         base = partial(build_prompt_sample, tok=tok, cfg=self.cfg, train=mode == "train", mean=mean, std=std,
-                       prompt=prompt_ids(tok, self.cfg))
+                       prompt=prompt_ids(tok, self.cfg), target=target)
         return partial(build_row, num_scales=self.opts.num_scales, base=base)
 
     def collate(self, tok) -> Callable[[list[dict]], dict]:
@@ -282,8 +280,12 @@ class R2GenKGFamily(ModelFamily):
         out = dict(batch)
         for k in kg_batch_keys(self.opts.num_scales):
             out[k] = torch.full_like(batch[k], -1)
-        if kind == "black":
-            out["pixel_values"] = torch.zeros_like(batch["pixel_values"])
+        if kind == "black":  # an all-black radiograph after normalisation, no bank retrieval, no subgraph
+            mean, std = image_stats(self.cfg.vision)
+            pv = batch["pixel_values"]
+            shape = [1] * pv.ndim
+            shape[-3] = pv.shape[-3]
+            out["pixel_values"] = (-torch.tensor(mean) / torch.tensor(std)).view(shape).to(pv).expand_as(pv).clone()
             out["bank_gate"] = torch.zeros_like(batch["bank_gate"])
         return out
 
@@ -316,10 +318,7 @@ class R2GenKGFamily(ModelFamily):
         cfg.vision.path, cfg.vision.hf_config = os.path.join(directory, "vision"), {}
         cfg.lm.path, cfg.lm.hf_config = os.path.join(directory, "lm"), {}
         cfg.lm.tokenizer = os.path.join(directory, "tokenizer")
-        if hasattr(cfg, "options"):
-            cfg.options = meta["options"]
-        else:
-            cfg.family_args = meta["options"]
+        cfg.options = meta["options"]
         family = cls(cfg)
         assets = {n: os.path.join(directory, "assets", n) for n in cls.asset_names}
         model = family.build_model(family.tokenizer(), assets)
