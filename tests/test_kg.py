@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from safetensors.numpy import load
 
 from configs.parallel import SerialPool
@@ -58,7 +59,7 @@ def kg_shards(shards, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_build_and_attach_via_cli_cover_every_split_never_self(kg_shards):
+def test_build_and_attach_via_cli_cover_every_split_never_self(kg_shards, capsys):
     m = load_manifest(kg_shards)
     assert m.assets["kg"].meta["reads_splits"] == ["train"] and m.assets["kg_bank"].meta["reads_splits"] == ["train"]
     assert m.sidecars["kg"].reads_splits == ["train"]
@@ -81,6 +82,11 @@ def test_build_and_attach_via_cli_cover_every_split_never_self(kg_shards):
             assert t["s0_node_ids"].tolist() == t["s2_node_ids"][: len(t["s0_node_ids"])].tolist()
             seen += 1
     assert seen == sum(m.splits.values())
+    from shards.inspect import inspect_shards
+
+    png = inspect_shards(str(kg_shards), out_png=str(kg_shards.parent / "inspect.png"), split="test")
+    out = capsys.readouterr().out
+    assert "kg scale 2:" in out and "edges {'located_at'" in out and Image.open(png).width > 1000
 
 
 def _edit_reports(root: Path, splits=("validate", "test")) -> int:
