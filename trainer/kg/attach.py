@@ -152,7 +152,8 @@ def bench_attach(data_cfg, pool, log=print) -> dict[str, float]:
     from configs.parallel import SerialPool
 
     root = Path(data_cfg.shards_dir)
-    list(pool.map_unordered(_noop, [(i,) for i in range(pool.parallelism)]))  # start the workers
+    # start the workers and import what a task imports, so neither side pays process start-up
+    list(pool.map_unordered(_warm, [(i,) for i in range(2 * pool.parallelism)]))
     results = {}
     try:
         for label, p in (("one process", SerialPool()), ("pool", pool)):
@@ -168,5 +169,8 @@ def bench_attach(data_cfg, pool, log=print) -> dict[str, float]:
             "cores": cores, "ratio": ratio}
 
 
-def _noop(i: int) -> int:
+def _warm(i: int) -> int:
+    import shards.reader  # noqa: F401  (torch, PIL, the reader: what every attach task imports)
+    import trainer.kg.attach  # noqa: F401
+
     return i
