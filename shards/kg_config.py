@@ -30,7 +30,6 @@ class KGConfig:
     bank_epochs: int = 8
     bank_image_size: int = 64
     bank_channels: int = 32
-    num_tasks: int = 0  # attach: parallel tasks (0 = one per shard)
 
     def validate(self, key: str) -> None:
         if self.extractor != "rule" and not self.extractor_dir:
