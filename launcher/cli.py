@@ -143,6 +143,27 @@ def cmd_eval(args):
              out=args.out, image_ablation=args.image_ablation)
 
 
+def cmd_kg_build(args):
+    from trainer.kg.graph import build_kg
+
+    build_kg(_load(args).data)
+
+
+def cmd_kg_attach(args):
+    from trainer.kg.attach import attach, check_existing
+
+    cfg = _load(args)
+    check_existing(cfg.data.shards_dir)  # refuse a corrupt sidecar before starting Ray
+    attach(cfg.data, pool=_pool(cfg, args.address))
+
+
+def cmd_bench_kg(args):
+    from trainer.kg.attach import bench_attach
+
+    cfg = _load(args)
+    bench_attach(cfg.data, _pool(cfg))
+
+
 def cmd_annotate_topics(args):
     cfg = _load(args)
     from trainer.topic_annotate import annotate_topics
@@ -342,6 +363,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the validated manifest, apply nothing")
     p.set_defaults(func=cmd_submit_k8s)
 
+    p = bench.add_parser("kg", help="kg attach: one process vs the Ray pool, studies/s and ratio")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_bench_kg)
+
+    kg = sub.add_parser("kg", help="knowledge graph: build from training reports, attach subgraphs").add_subparsers(
+        dest="kg_cmd", required=True)
+    p = kg.add_parser("build", help="KG + vision-token bank assets from the training split (data.kg)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_kg_build)
+    p = kg.add_parser("attach", help="per-study multi-scale subgraph tensors (kg sidecar) for every split, on Ray")
+    _add_config_args(p)
+    p.add_argument("--address", default=None)
+    p.set_defaults(func=cmd_kg_attach)
+
     cfg = sub.add_parser("config", help="configuration tools").add_subparsers(dest="config_cmd", required=True)
     p = cfg.add_parser("show", help="print the fully resolved config")
     _add_config_args(p)
@@ -359,13 +394,14 @@ def _known_errors() -> list[tuple[tuple[type, ...], int]]:
     from shards.manifest import ManifestError
     from shards.reader import DataError
     from shards.sidecars import SidecarError
+    from trainer.kg import KGError
     from trainer.nonfinite import NonFiniteError
     from trainer.topic_annotate import TopicAnnotationError
     from trainer.runguard import RunDirError, StorageError
     from trainer.safe_load import CheckpointTrustError
 
     return [((ConfigError, RayJobError), 2), ((ManifestError, DataError, AdapterError, SidecarError, BuildLockedError, LabelInputError,
-                                 TargetError, TopicAnnotationError), 3),
+                                 TargetError, TopicAnnotationError, KGError), 3),
             ((CheckpointTrustError, RunDirError), 4), ((StorageError,), 5), ((NonFiniteError,), 6)]
 
 

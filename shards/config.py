@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from configs.schema import ConfigError
+from shards.kg_config import KGConfig
 
 
 @dataclass
@@ -116,11 +117,13 @@ class DataConfig:
     verify: Literal["checksum", "size", "none"] = "checksum"  # shard check against the manifest
     prefetch_factor: int = 2
     topics: TopicsConfig = field(default_factory=TopicsConfig)
+    kg: KGConfig = field(default_factory=KGConfig)  # rrg kg build / attach
 
     def validate(self, key: str = "data") -> None:
         self.build.validate(f"{key}.build")
         self.masks.validate(f"{key}.masks")
         self.topics.validate(f"{key}.topics")
+        self.kg.validate(f"{key}.kg")
         if self.loader_workers < 0:
             raise ConfigError(f"{key}.loader_workers", "must be >= 0")
         if self.shuffle_buffer < 1:

@@ -13,7 +13,7 @@ afresh).  Per sentence, in this order:
    observed finding kept.
 2. **Segment.** The sentence is cut at contrast and negation boundaries (", but", ";",
    "without", ", no") so that "small right effusion without pneumothorax" is two statements.
-3. **Assign.** Mentions come from the shared labeler engine (trainer/labeler.py:
+3. **Assign.** Mentions come from the shared labeler engine (shards/labeling:
    ``label_sentence_mentions`` - no second phrase list).  A negated mention becomes the
    standardised negative of its pathology topic ("Pneumothorax is absent."), one per topic,
    so a list ("No effusion or pneumothorax.") gives one row per topic.  A positive statement

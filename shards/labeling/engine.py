@@ -114,6 +114,20 @@ def _coordinated(m) -> bool:
     return "," not in words or re.search(r"\b(?:and|or|nor)\b", words) is not None
 
 
+def span_value(rules: RuleSet, sent: str, start: int, end: int) -> tuple[float, str]:
+    """(value, rule) of the words ``sent[start:end]`` as if they were a mention: the same scope rules.
+
+    Words that are themselves part of a negation trigger ("no", "without") are negative.
+    """
+    trig_ends, trigs = _triggers(rules, sent)
+    for t_end, t_start, value, kind, text in trigs:
+        if kind == "neg" and t_start < end and start < t_end:
+            return 0.0, f"part of the negation '{text}'"
+    brk_starts, brk_ends = _breaks(rules, sent)
+    post = _post(rules, sent, end, brk_starts)
+    return post if post else _pre(rules, sent, start, end, trig_ends, trigs, brk_starts, brk_ends)
+
+
 def sentence_mentions(rules: RuleSet, sent: str) -> list[Mention]:
     """Every mention in one (lower-cased) sentence with its value and the rule that set it."""
     out: list[Mention] = []

@@ -1,0 +1,176 @@
+"""``rrg kg attach``: per-study multi-scale KG subgraph tensors as the ``kg`` sidecar, every split.
+
+For each study (any split) the image embedding of its first view is compared (cosine) with the
+training index of the ``kg`` asset; the k most similar TRAINING studies that have entities - never
+the study itself nor another study of the same patient - vote for their entities.  Nodes are ranked
+seeds first (votes, then id), then breadth-first KG neighbours (edge count, then id); scale ``i``
+keeps the first ``scales[i]`` nodes and at most ``max_edges_per_node`` x nodes of the edges among
+them (highest count first).  Members of ``<key>.kg.safetensors``::
+
+    s<i>_node_ids   (n,)    global node ids (int16 when the KG has < 32768 nodes, else int32)
+    s<i>_edge_index (2, e)  local indices into s<i>_node_ids (int16)
+    s<i>_edge_type  (e,)    relation index (uint8)
+    neighbours      (k,)    row of each neighbour in the training index (int32)
+
+Studies are computed by :func:`shards.sidecars.build_sidecar` on the task pool (Ray from the CLI),
+one task per shard; the sidecar is published atomically, so a failure loses nothing.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import save
+
+from trainer.kg import KG_SIDECAR, KGError
+from trainer.kg.graph import image_embedding, load_kg
+
+VERSION = "1"
+
+
+def make_context(kg: dict[str, Any], cfg) -> dict[str, Any]:
+    """What every task needs, shipped once: the training index and the ranked adjacency."""
+    n = len(kg["vocab"]["nodes"])
+    ei, count = kg["edge_index"], kg["edge_count"]
+    order = np.lexsort((kg["edge_type"], ei[1], ei[0], -count))  # strongest edges first, then by ids
+    und = np.concatenate([ei, ei[::-1]], axis=1)
+    w = np.concatenate([count, count])
+    adj_order = np.lexsort((und[1], -w, und[0]))
+    heads, tails = und[0][adj_order], und[1][adj_order]
+    ptr = np.searchsorted(heads, np.arange(n + 1))
+    return {"num_nodes": n, "emb": kg["embeddings"], "keys": kg["keys"], "patients": kg["patients"],
+            "ent_ptr": kg["entity_ptr"], "ent_ids": kg["entity_ids"], "adj_ptr": ptr, "adj": tails,
+            "edges": ei[:, order], "edge_type": kg["edge_type"][order], "scales": list(cfg.scales),
+            "k": cfg.neighbours, "embed_size": cfg.embed_size, "max_edges": cfg.max_edges_per_node}
+
+
+def neighbours(key: str, patient: str, emb: np.ndarray, ctx: dict[str, Any]) -> np.ndarray:
+    sims = ctx["emb"] @ emb
+    has = np.diff(ctx["ent_ptr"]) > 0
+    allowed = has & np.array([k != key and (not patient or p != patient)
+                              for k, p in zip(ctx["keys"], ctx["patients"])])
+    if not allowed.any():
+        raise KGError(f"study {key}: no training study with entities other than itself (or its patient) "
+                      f"to retrieve a subgraph from")
+    idx = np.flatnonzero(allowed)
+    best = idx[np.lexsort((idx, -sims[idx]))][: ctx["k"]]
+    return best.astype(np.int32)
+
+
+def ranked_nodes(nbrs: np.ndarray, ctx: dict[str, Any], limit: int) -> list[int]:
+    votes: dict[int, int] = {}
+    for r in nbrs:
+        for e in ctx["ent_ids"][ctx["ent_ptr"][r]:ctx["ent_ptr"][r + 1]]:
+            votes[int(e)] = votes.get(int(e), 0) + 1
+    ranked = sorted(votes, key=lambda e: (-votes[e], e))
+    seen = set(ranked)
+    i = 0
+    while i < len(ranked) and len(ranked) < limit:
+        node = ranked[i]
+        for nb in ctx["adj"][ctx["adj_ptr"][node]:ctx["adj_ptr"][node + 1]]:
+            if int(nb) not in seen:
+                seen.add(int(nb))
+                ranked.append(int(nb))
+        i += 1
+    return ranked[:limit]
+
+
+def subgraph_tensors(ranked: list[int], ctx: dict[str, Any]) -> dict[str, np.ndarray]:
+    node_dtype = np.int16 if ctx["num_nodes"] < 32768 else np.int32
+    out = {}
+    for i, scale in enumerate(ctx["scales"]):
+        nodes = np.array(ranked[:scale], dtype=np.int64)
+        local = np.full(ctx["num_nodes"], -1, dtype=np.int64)
+        local[nodes] = np.arange(len(nodes))
+        h, t = local[ctx["edges"][0]], local[ctx["edges"][1]]
+        keep = np.flatnonzero((h >= 0) & (t >= 0))[: ctx["max_edges"] * len(nodes)]
+        out[f"s{i}_node_ids"] = nodes.astype(node_dtype)
+        out[f"s{i}_edge_index"] = np.stack([h[keep], t[keep]]).astype(np.int16)
+        out[f"s{i}_edge_type"] = ctx["edge_type"][keep].astype(np.uint8)
+    return out
+
+
+def kg_members(sample, ctx: dict[str, Any]) -> dict[str, bytes]:
+    """One study's ``kg.safetensors`` member (module level: it runs in pool tasks)."""
+    if not sample.images:
+        raise KGError(f"study {sample.key}: no image to retrieve neighbours with")
+    emb = image_embedding(sample.images[0], ctx["embed_size"])
+    nbrs = neighbours(sample.key, str(sample.record.get("patient_id", "")), emb, ctx)
+    ranked = ranked_nodes(nbrs, ctx, max(ctx["scales"]))
+    tensors = subgraph_tensors(ranked, ctx)
+    tensors["neighbours"] = nbrs
+    return {f"{KG_SIDECAR}.safetensors": save(tensors)}
+
+
+def check_existing(shards_dir) -> None:
+    """A corrupt ``kg`` sidecar would fail every read of the pass: refuse, naming the tar (nothing is touched)."""
+    from shards.manifest import file_sha256
+    from shards.sidecars import load_sidecars
+
+    side = load_sidecars(shards_dir).get(KG_SIDECAR)
+    if side is None:
+        return
+    for file, info in side.shards.items():
+        path = side.path(file)
+        if not path.is_file() or file_sha256(path) != info["sha256"]:
+            raise KGError(f"sidecar '{KG_SIDECAR}' tar {path} is missing or corrupt (sha256 differs): remove "
+                          f"{Path(side.root)} and run `rrg kg attach` again (the shards themselves are untouched)")
+
+
+def attach(data_cfg, pool=None, name: str = KG_SIDECAR, log=print) -> dict[str, Any]:
+    """Write the sidecar for every split; returns {studies, seconds, studies_per_s}."""
+    from shards.manifest import load_manifest
+    from shards.sidecars import build_sidecar
+
+    root = Path(data_cfg.shards_dir)
+    check_existing(root)
+    kg = load_kg(root)
+    ctx = make_context(kg, data_cfg.kg)
+    manifest = load_manifest(root)
+    splits = sorted(manifest.splits)
+    t0 = time.perf_counter()
+    info = build_sidecar(root, name, kind="tensors", producer={"name": "rrg kg attach", "scales": ctx["scales"],
+                                                               "neighbours": ctx["k"]},
+                         version=VERSION, reads_splits=list(kg["reads_splits"]), splits=splits,
+                         make_members=kg_members, context=ctx, pool=pool, meta={"scales": ctx["scales"]})
+    secs = time.perf_counter() - t0
+    studies = sum(v["num_entries"] for v in info.shards.values())
+    log(f"kg attach: {studies} studies in {secs:.2f}s = {studies / secs:.1f} studies/s "
+        f"(pool parallelism {getattr(pool, 'parallelism', 1)}), scales {ctx['scales']}, sidecar {info.root}")
+    return {"studies": studies, "seconds": secs, "studies_per_s": studies / secs}
+
+
+def bench_attach(data_cfg, pool, log=print) -> dict[str, float]:
+    """``rrg bench kg``: the same attach work in this one process and on the pool, side by side.
+
+    ratio = pool rate / (single-process rate x pool parallelism); the pool is warmed up first.
+    """
+    import shutil
+
+    from configs.parallel import SerialPool
+
+    root = Path(data_cfg.shards_dir)
+    # start the workers and import what a task imports, so neither side pays process start-up
+    list(pool.map_unordered(_warm, [(i,) for i in range(2 * pool.parallelism)]))
+    results = {}
+    try:
+        for label, p in (("one process", SerialPool()), ("pool", pool)):
+            results[label] = attach(data_cfg, p, name=f"kgbench_{label.replace(' ', '_')}", log=log)
+    finally:
+        for label in ("one_process", "pool"):
+            shutil.rmtree(root / "sidecars" / f"kgbench_{label}", ignore_errors=True)
+    cores = pool.parallelism
+    ratio = results["pool"]["studies_per_s"] / (results["one process"]["studies_per_s"] * cores)
+    log(f"bench kg: one process {results['one process']['studies_per_s']:.1f} studies/s; pool "
+        f"{results['pool']['studies_per_s']:.1f} studies/s on {cores} cores; ratio vs one process x cores = {ratio:.2f}")
+    return {"serial": results["one process"]["studies_per_s"], "pool": results["pool"]["studies_per_s"],
+            "cores": cores, "ratio": ratio}
+
+
+def _warm(i: int) -> int:
+    import shards.reader  # noqa: F401  (torch, PIL, the reader: what every attach task imports)
+    import trainer.kg.attach  # noqa: F401
+
+    return i
