@@ -99,6 +99,19 @@ def cmd_eval(args):
              out=args.out, image_ablation=args.image_ablation)
 
 
+def cmd_annotate_reasoning(args):
+    """LVMed-R2 data: perception-tree asset + reasoning/reflection overlay for the training split."""
+    cfg = _load(args)
+    from shards.reasoning.annotate import annotate_reasoning, template_members
+
+    members = template_members
+    if cfg.data.reasoning.backend == "hf_lm":
+        from trainer.reasoning_lm import lm_members as members
+    summary = annotate_reasoning(args.shards or cfg.data.shards_dir, cfg.data.reasoning, pool=_pool(cfg),
+                                 make_members=members, split=cfg.data.train_split)
+    print("reasoning overlay: " + "  ".join(f"{k}: {v}" for k, v in summary.items() if k != "producer"))
+
+
 def cmd_label(args):
     from trainer.labeler import label_file
 
@@ -135,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--out", default=None, help="shard directory (default data.shards_dir)")
     p.set_defaults(func=cmd_shards_build)
+
+    annotate = sub.add_parser("annotate", help="annotation overlays and dataset assets beside the shards")
+    annotate = annotate.add_subparsers(dest="annotate_cmd", required=True)
+    p = annotate.add_parser("reasoning", help="LVMed-R2 perception tree + reasoning/reflection chains (train split)")
+    _add_config_args(p)
+    p.add_argument("--shards", default=None, help="shard directory (default data.shards_dir)")
+    p.set_defaults(func=cmd_annotate_reasoning)
 
     shards = sub.add_parser("shards", help="build or inspect WebDataset shards").add_subparsers(dest="shards_cmd", required=True)
     p = shards.add_parser("build", help="read a dataset through its adapter and write shards + manifest")

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from configs.schema import ConfigError
+from shards.reasoning.annotate import ReasoningConfig
 
 
 @dataclass
@@ -54,9 +55,11 @@ class DataConfig:
     max_skip_fraction: float = 0.01  # stop once bad samples exceed this share of the planned ones
     verify: Literal["checksum", "size", "none"] = "checksum"  # shard check against the manifest
     prefetch_factor: int = 2
+    reasoning: ReasoningConfig = field(default_factory=ReasoningConfig)  # rrg annotate reasoning (LVMed-R2)
 
     def validate(self, key: str = "data") -> None:
         self.build.validate(f"{key}.build")
+        self.reasoning.validate(f"{key}.reasoning")
         if self.loader_workers < 0:
             raise ConfigError(f"{key}.loader_workers", "must be >= 0")
         if self.shuffle_buffer < 1:
