@@ -40,3 +40,18 @@ def edit_reports(shards_dir: str, split: str, suffix: str) -> list[str]:
         info.sha256, info.num_bytes = file_sha256(path), path.stat().st_size
     manifest.write()
     return keys
+
+
+def tiny_causal_lm(directory: Path, texts: list[str]) -> str:
+    """A random-initialised Llama-style LM + byte-level BPE tokenizer saved in the real HF layout."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from modeling.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(texts, 300)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, pad_token_id=tok.pad_token_id,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return str(directory)

@@ -15,7 +15,7 @@ from shards.reasoning.annotate import ReasoningConfig, annotate_reasoning, build
 from shards.reasoning.chain import (HEADERS, build_tree, extract_final_report, parse_chain, sentence_counts,
                                     target_text, template_chain)
 from shards.reasoning.ontology import classify_sentence, organ_sentences
-from tests.reasoningkit import edit_reports, shard_copy
+from tests.reasoningkit import edit_reports, shard_copy, tiny_causal_lm
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT = ("FINDINGS: Dense consolidative opacity in the right lower lobe. No pneumothorax. Moderate left pleural "
@@ -102,6 +102,24 @@ def test_held_out_reports_never_reach_the_tree_or_overlay(shards, tmp_path):
     assert build_perception_tree(copy, cfg, SerialPool()).read_bytes("tree.json") != tree
 
 
+def test_local_lm_backend_malformed_output_falls_back_counted(shards, tmp_path):
+    """The local causal-LM backend through its real loading code (a tiny random LM saved in the HF
+    layout): its output is no chain, so every study gets the template chain and the summary counts it."""
+    from trainer.reasoning_lm import lm_members
+
+    copy = shard_copy(shards, tmp_path)
+    lm = tiny_causal_lm(tmp_path / "lm", [REPORT, *OTHERS] * 4)
+    cfg = ReasoningConfig(backend="hf_lm", lm_path=lm, max_new_tokens=4)
+    summary = annotate_reasoning(copy, cfg, SerialPool(), make_members=lm_members)
+    n = load_manifest(copy).splits["train"]
+    assert summary["entries"] == n and summary["backend_template_fallback"] == n == summary["malformed_lm_output"]
+    assert summary["producer"]["backend"] == "hf_lm" and summary["producer"]["prompt"] == cfg.prompt
+    train = _annotations(copy, "train")
+    assert all(a["malformed"] and parse_chain(a["reasoning"]) for a in train.values())
+    saved = json.loads(Path(copy, "sidecars", "reasoning.summary.json").read_text())
+    assert saved["malformed_lm_output"] == n
+
+
 @pytest.mark.slow
 def test_cli_annotates_training_studies_only_on_ray(shards, tmp_path):
     copy = shard_copy(shards, tmp_path)
@@ -120,5 +138,5 @@ def test_cli_annotates_training_studies_only_on_ray(shards, tmp_path):
         held = _annotations(copy, split)
         assert held and all(a is None for a in held.values())
     summary = json.loads(Path(copy, "sidecars", "reasoning.summary.json").read_text())
-    assert summary["entries"] == m.splits["train"] and summary["backend_template"] == m.splits["train"]
+    assert summary["entries"] == summary["backend_template"] == m.splits["train"]
     assert "reasoning overlay: sidecar: reasoning" in proc.stdout
