@@ -1,0 +1,246 @@
+"""LVMed-R2 (arXiv 2504.02885): reason before reporting, reflect on and correct one's own perception.
+
+The architecture is llava_rad's (vision encoder -> projector -> causal LM, ``<image>`` spliced in);
+what changes is the text the LM learns and emits:
+
+* training rows learn one target field per stage (``report``, ``reasoning`` or ``reflection``) from
+  the ``reasoning`` overlay of ``rrg annotate reasoning`` (shards/reasoning/); the prompt names the
+  target (reflection rows ask the model to check its perception), and the tokens of a reflection
+  chain's corrupted span get label -100 (zero loss weight) unless ``include_corrupt_span``;
+* each target has its own length budget (``max_len``): chains are several times longer than reports;
+* ``generate`` prompts for a chain with reflection on or off (``eval.family_options.reflection``),
+  keeps the whole chain as the trace and scores the extracted final report; a chain without a
+  ``Final report:`` section falls back to its last paragraph, flagged for the evaluator to count.
+
+Eval-mode rows read only the image and the reference text (kept aside): no annotation is read, so
+editing a held-out report cannot change an eval batch.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from configs.schema import ConfigError, from_dict
+from modeling.config import LoraConfig, ModelConfig
+from modeling.family import FAMILIES, MODEL_JSON, Generation, GenConfig, ModelFamily, ParamGroup, read_model_json
+from modeling.llava_rad import IGNORE, LlavaRad, LlavaRadFamily, collate_prompt_batch
+from modeling.templates import get_template
+from modeling.tokenizer import get_tokenizer
+from modeling.tuning import is_peft
+from modeling.vision import image_stats, preprocess_image
+from shards.reasoning.chain import TARGETS, extract_final_report, target_text
+
+
+@dataclass
+class LvmedR2Options:
+    """``model.options`` of lvmed_r2."""
+
+    # prompt + target tokens per target field (image tokens come on top)
+    max_len: dict[str, int] = field(default_factory=lambda: {"report": 160, "reasoning": 1024, "reflection": 1152})
+    include_corrupt_span: bool = False  # learn the corrupted perception line too (off: it has zero loss weight)
+    reasoning_instruction: str = "Reason step by step, then write the report."
+    reflection_instruction: str = "Reason step by step, check each perception and correct it, then write the report."
+    max_new_tokens: int = 0  # generation budget for a chain; 0 = max_len of the generated target
+
+    def validate(self, key: str = "model.options") -> None:
+        for t, n in self.max_len.items():
+            if t not in TARGETS:
+                raise ConfigError(f"{key}.max_len.{t}", f"unknown target; known: {list(TARGETS)}")
+            if n < 16:
+                raise ConfigError(f"{key}.max_len.{t}", "must be >= 16")
+        missing = set(TARGETS) - set(self.max_len)
+        if missing:
+            raise ConfigError(f"{key}.max_len", f"missing targets {sorted(missing)}")
+
+
+def options_of(cfg: ModelConfig) -> LvmedR2Options:
+    raw = getattr(cfg, "options", None)
+    opts = raw if isinstance(raw, LvmedR2Options) else from_dict(LvmedR2Options, raw or {}, "model.options")
+    opts.validate()
+    return opts
+
+
+def prompt_text(cfg: ModelConfig, opts: LvmedR2Options, target: str) -> str:
+    """The templated prompt of a target: reports get the plain instruction, chains add theirs."""
+    extra = {"report": "", "reasoning": opts.reasoning_instruction, "reflection": opts.reflection_instruction}[target]
+    return get_template(cfg.lm.chat_template).prompt(f"{cfg.prompt} {extra}".strip())
+
+
+def prompt_ids(tok, cfg: ModelConfig, opts: LvmedR2Options, target: str) -> list[int]:
+    ids = tok(prompt_text(cfg, opts, target), add_special_tokens=False)["input_ids"]
+    ids = ([tok.bos_token_id] if tok.bos_token_id is not None else []) + ids
+    if len(ids) >= opts.max_len[target]:
+        raise ConfigError(f"model.options.max_len.{target}", f"{opts.max_len[target]} leaves no room after the "
+                          f"{len(ids)}-token prompt")
+    return ids
+
+
+def target_tokens(tok, text: str, zero_spans: list[tuple[int, int]], chat_template: str) -> tuple[list[int], list[int]]:
+    """(ids, labels) of a target text + eos; tokens overlapping a zero span get label -100.
+
+    Character offsets come from the fast tokenizer's offset mapping over the templated target
+    (template prefix accounted for), so a span recorded on the chain text maps to its tokens exactly.
+    """
+    tpl = get_template(chat_template)
+    full = tpl.target(text)
+    shift = full.find(text.strip()) if text.strip() else 0
+    enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids, labels = list(enc["input_ids"]), list(enc["input_ids"])
+    for j, (a, b) in enumerate(enc["offset_mapping"]):
+        if any(a < s1 + shift and b > s0 + shift for s0, s1 in zero_spans):
+            labels[j] = IGNORE
+    return ids + [tok.eos_token_id], labels + [tok.eos_token_id]
+
+
+def build_lvmed_sample(sample: Any, tok, cfg: ModelConfig, opts: LvmedR2Options, mode: str, target: str,
+                       mean: list[float], std: list[float], prompts: dict[str, list[int]]) -> list[dict]:
+    """DecodedSample -> one row.  Train: prompt + target (falls back to the report row when the study
+    has no chain).  Eval: the reasoning prompt only, the reference kept aside; no annotation is read."""
+    row: dict[str, Any] = {
+        "pixel_values": preprocess_image(sample.images[0], cfg.vision.image_size, cfg.vision.channels, mean, std),
+        "key": sample.key, "study_id": sample.record.get("study_id", sample.key)}
+    if mode == "eval":
+        row["input_ids"] = torch.tensor(prompts["reasoning"], dtype=torch.long)
+        row["reference"] = sample.report
+        return [row]
+    text, spans = target_text(sample.report, sample.annotations.get("reasoning"), target, opts.include_corrupt_span)
+    if text is None:
+        target, (text, spans) = "report", target_text(sample.report, None, "report")
+    prompt = prompts[target]
+    ids, labels = target_tokens(tok, text, spans, cfg.lm.chat_template)
+    room = opts.max_len[target] - len(prompt)
+    row["input_ids"] = torch.tensor(prompt + ids[:room], dtype=torch.long)
+    row["labels"] = torch.tensor([IGNORE] * len(prompt) + labels[:room], dtype=torch.long)
+    return [row]
+
+
+class LvmedR2(LlavaRad):
+    family_name = "lvmed_r2"
+
+
+@FAMILIES.register("lvmed_r2")
+class LvmedR2Family(ModelFamily):
+    """llava_rad's architecture trained on reasoning chains, with reflection at inference."""
+
+    name = "lvmed_r2"
+    Options = LvmedR2Options
+    asset_names = ("perception_tree",)
+
+    def __init__(self, cfg: ModelConfig):  # noqa: D107 - model.options may not exist on older ModelConfigs
+        self.cfg, self.opts = cfg, options_of(cfg)
+        self.base = LlavaRadFamily(cfg)
+
+    # ---- text -------------------------------------------------------------------------------
+    def tokenizer(self, train_texts: Optional[Iterable[str]] = None, save_dir: Optional[str] = None):
+        lm = self.cfg.lm
+        path = lm.tokenizer or lm.path
+        texts = None
+        if path is None and train_texts is not None:
+            texts = [prompt_text(self.cfg, self.opts, t) for t in TARGETS] + list(train_texts)
+        return get_tokenizer(path, texts, lm.tokenizer_vocab_size, save_dir)
+
+    def tokenizer_texts(self, records: Iterable[dict], annotations: Iterable[dict] = ()) -> Iterable[str]:
+        for r in records:
+            yield r["report"]["text"]
+        for ann in annotations:
+            for key in ("reasoning", "reflection"):
+                if (ann or {}).get(key):
+                    yield ann[key]
+
+    # ---- model ------------------------------------------------------------------------------
+    def build_model(self, tok, assets: Optional[dict[str, Any]] = None) -> LvmedR2:
+        m = self.base.build_model(tok)
+        return LvmedR2(self.cfg, m.vision, m.projector, m.lm, tok)
+
+    def trainable_groups(self, model: nn.Module, mode: str, stage: Optional[Any] = None) -> list[ParamGroup]:
+        """projector always; ``lora`` wraps the LM once (a later LoRA stage keeps training the same
+        adapter, i.e. starts from the previous stage's weights); ``full`` trains the LM."""
+        for p in model.parameters():
+            p.requires_grad_(False)
+        groups = [ParamGroup("projector", list(model.projector.parameters()))]
+        if mode == "lora":
+            if not is_peft(model.lm):
+                from peft import LoraConfig as PeftLoraConfig, get_peft_model
+
+                lora = getattr(stage, "lora", None) or LoraConfig()
+                model.lm = get_peft_model(model.lm, PeftLoraConfig(
+                    r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                    target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+            groups.append(ParamGroup("lm_lora", [p for n, p in model.lm.named_parameters() if "lora_" in n]))
+        elif mode == "full":
+            groups.append(ParamGroup("lm", list(model.lm.parameters())))
+        elif mode != "projector":
+            raise ConfigError("train.tuning", f"lvmed_r2 has no tuning mode '{mode}'")
+        for g in groups:
+            for p in g.params:
+                p.requires_grad_(True)
+        model.rrg_tuning = mode
+        return groups
+
+    # ---- samples ----------------------------------------------------------------------------
+    def sample_builder(self, tok, mode: str, target: str = "report") -> Callable[[Any], list[dict]]:
+        if target not in TARGETS:
+            raise ConfigError("train.stages.target", f"lvmed_r2 learns {list(TARGETS)}, not '{target}'")
+        mean, std = image_stats(self.cfg.vision)
+        prompts = {t: prompt_ids(tok, self.cfg, self.opts, t) for t in TARGETS}
+        return partial(build_lvmed_sample, tok=tok, cfg=self.cfg, opts=self.opts, mode=mode, target=target,
+                       mean=mean, std=std, prompts=prompts)
+
+    def collate(self, tok) -> Callable[[list[dict]], dict]:
+        return partial(collate_prompt_batch, pad_token_id=tok.pad_token_id)
+
+    # ---- generation -------------------------------------------------------------------------
+    def generate(self, model: nn.Module, tok, batch: dict, gen: GenConfig) -> list[Generation]:
+        """A chain per study (reflection prompt when ``gen.options['reflection']``); the final report is scored."""
+        reflection = bool(gen.options.get("reflection", False))
+        target = "reflection" if reflection else "reasoning"
+        prompt = torch.tensor(prompt_ids(tok, self.cfg, self.opts, target), dtype=torch.long)
+        bsz = batch["pixel_values"].shape[0]
+        ids = prompt.to(batch["pixel_values"].device)[None].expand(bsz, -1).contiguous()
+        budget = self.opts.max_new_tokens or (self.opts.max_len[target] - len(prompt))
+        out = model.generate(pixel_values=batch["pixel_values"], input_ids=ids, attention_mask=torch.ones_like(ids),
+                             max_new_tokens=max(budget, gen.max_new_tokens), num_beams=gen.num_beams,
+                             synced_gpus=gen.synced_gpus)
+        chains = tok.batch_decode(out, skip_special_tokens=True)
+        gens = []
+        for i, w in enumerate(batch["sample_weight"].tolist()):
+            if w > 0:
+                text, fell_back = extract_final_report(chains[i].strip())
+                gens.append(Generation(batch["study_ids"][i], batch["references"][i], text, trace=chains[i].strip(),
+                                       extra={"final_report_fallback": fell_back, "reflection": reflection}))
+        return gens
+
+    # ---- export -----------------------------------------------------------------------------
+    def save_pretrained(self, model: nn.Module, directory: str, merge: bool = False) -> None:
+        model.save_pretrained(directory, merge=merge)
+        meta_path = os.path.join(directory, MODEL_JSON)
+        with open(meta_path) as fh:
+            meta = json.load(fh)
+        meta["options"] = json.loads(json.dumps(self.opts.__dict__))
+        with open(meta_path, "w") as fh:
+            json.dump(meta, fh, indent=2)
+
+    @classmethod
+    def load_pretrained(cls, directory: str) -> LvmedR2:
+        _, cfg, meta = read_model_json(directory)
+        if "options" in meta and hasattr(cfg, "options"):
+            cfg.options = meta["options"]
+        cfg.vision.path, cfg.vision.hf_config = os.path.join(directory, "vision"), {}
+        cfg.lm.path, cfg.lm.hf_config = os.path.join(directory, "lm"), {}
+        cfg.lm.tokenizer = os.path.join(directory, "tokenizer")
+        family = cls(cfg)
+        model = family.build_model(family.tokenizer())
+        model.projector.load_state_dict(load_file(os.path.join(directory, "projector.safetensors")))
+        if meta.get("lm_adapter"):
+            from peft import PeftModel
+
+            model.lm = PeftModel.from_pretrained(model.lm, os.path.join(directory, "lm_adapter"))
+        model.rrg_tuning = meta.get("tuning", "full")
+        return model
