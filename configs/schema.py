@@ -27,6 +27,9 @@ class ConfigError(ValueError):
         self.key, self.why = key, why
         super().__init__(f"config key '{key}': {why}" if key else why)
 
+    def __reduce__(self):  # crosses process boundaries (Ray tasks and workers) intact
+        return (type(self), (self.key, self.why))
+
 
 T = TypeVar("T")
 

@@ -134,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", default=None, help="an exported Hugging Face model directory")
     p.add_argument("--predictions", default=None, help="score this predictions JSONL instead of generating")
     p.add_argument("--out", default=None, help="output directory")
-    p.add_argument("--image-ablation", choices=["black", "shuffle"], default=None)
+    p.add_argument("--image-ablation", default=None, metavar="KIND",
+                   help="generate again with inputs blanked: black | shuffle, plus the family's own "
+                        "(radixpert: masks; llava_ta: segment; r2genkg: kg) - reports the drop per metric")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--address", default=None)
     p.set_defaults(func=cmd_eval)

@@ -49,7 +49,8 @@ class ModelConfig:
     attn_implementation: Literal["auto", "flash", "sdpa", "eager"] = "auto"
     max_text_len: int = 160  # prompt + report tokens (image tokens come on top)
     prompt: str = "Write the findings and impression of this chest X-ray."
-    family_args: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # the family's typed options (its Options dataclass)
+    init_from: Optional[str] = None  # an rrg export directory whose weights start this run
 
     def validate(self, key: str = "model") -> None:
         for part in ("vision", "lm"):
@@ -67,3 +68,11 @@ class ModelConfig:
             raise ConfigError(f"{key}.vision.image_size", "must be >= 16")
         if self.max_text_len < 8:
             raise ConfigError(f"{key}.max_text_len", "must be >= 8")
+        if self.init_from is not None and not os.path.isfile(os.path.join(self.init_from, "rrg_model.json")):
+            raise ConfigError(f"{key}.init_from", f"not an rrg export directory: {self.init_from}")
+
+    def validate_family(self) -> None:
+        """Unknown family, unknown option or a bad option type (imports the family modules: run it last)."""
+        from modeling.family import family_class, parse_options
+
+        parse_options(family_class(self.family), self)

@@ -128,7 +128,7 @@ class ModelFamily(ABC):
     # ---- generation and ablation ----------------------------------------------------------
     def generate(self, model: nn.Module, tok, batch: dict, gen: GenConfig) -> list[Generation]:
         """Default: one pass over each study's prompt row (``model.generate`` on the batch tensors)."""
-        inputs = {k: v for k, v in batch.items() if torch.is_tensor(v) and k != "sample_weight"}
+        inputs = {k: v for k, v in batch.items() if torch.is_tensor(v) and k not in ("sample_weight", "labels")}
         out = model.generate(**inputs, max_new_tokens=gen.max_new_tokens, num_beams=gen.num_beams,
                              synced_gpus=gen.synced_gpus)
         texts = tok.batch_decode(out, skip_special_tokens=True)
@@ -156,6 +156,21 @@ class ModelFamily(ABC):
 
 
 FAMILIES: Registry[type[ModelFamily]] = Registry("model family")
+
+
+class TargetError(ValueError):
+    """A training sample lacks the text its stage trains on (names the study and the field)."""
+
+
+def target_text(sample: Any, target: str) -> str:
+    """The text a stage trains on: the report, or an annotation overlay's ``text`` (reasoning, ...)."""
+    if target == "report":
+        return sample.report
+    entry = sample.annotations.get(target)
+    if entry is None:
+        raise TargetError(f"study {sample.key} (shard {sample.shard}) has no '{target}' annotation: "
+                          f"run the annotator that writes it, or train on target 'report'")
+    return entry["text"] if isinstance(entry, dict) else str(entry)
 
 
 def parse_options(family_cls: type[ModelFamily], cfg: ModelConfig) -> Any:

@@ -27,10 +27,10 @@ from configs.schema import ConfigError, to_dict
 from modeling.attention import hf_attn_name
 from modeling.config import ModelConfig
 from modeling.projector import build_projector
-from modeling.registry import FAMILIES, MODEL_JSON, ModelFamily, read_model_json
+from modeling.family import FAMILIES, MODEL_JSON, ModelFamily, ParamGroup, read_model_json, target_text, family_class
 from modeling.templates import get_template
 from modeling.tokenizer import get_tokenizer, image_token_id
-from modeling.tuning import is_peft, lm_state_dict_for_export
+from modeling.tuning import TuningSpec, is_peft, lm_state_dict_for_export, lora_parameters, wrap_lora
 from modeling.vision import VisionEncoder, image_stats, load_vision_model, preprocess_image
 
 IGNORE = -100
@@ -125,8 +125,7 @@ class LlavaRad(nn.Module):
         return splice_image_features(embeds, input_ids, attention_mask, feats, self.image_token_id, labels)
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                labels: Optional[torch.Tensor] = None, sample_weight: Optional[torch.Tensor] = None,
-                **ignored: Any) -> VLMOutput:
+                labels: Optional[torch.Tensor] = None, sample_weight: Optional[torch.Tensor] = None) -> VLMOutput:
         embeds, mask, labels = self.embed(pixel_values, input_ids, attention_mask, labels)
         logits = self.lm(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
         if labels is None:
@@ -187,7 +186,7 @@ class LlavaRad(nn.Module):
         cfg.vision.path, cfg.vision.hf_config = os.path.join(directory, "vision"), {}
         cfg.lm.path, cfg.lm.hf_config = os.path.join(directory, "lm"), {}
         cfg.lm.tokenizer = os.path.join(directory, "tokenizer")
-        family = FAMILIES.get(family_name, "model.family")(cfg)
+        family = family_class(family_name)(cfg)
         model = family.build_model(family.tokenizer())
         model.projector.load_state_dict(load_file(os.path.join(directory, "projector.safetensors")))
         if meta.get("lm_adapter"):
@@ -211,7 +210,7 @@ def prompt_ids(tok: PreTrainedTokenizerBase, cfg: ModelConfig) -> list[int]:
 
 
 def build_prompt_sample(sample: Any, tok: PreTrainedTokenizerBase, cfg: ModelConfig, train: bool,
-                        mean: list[float], std: list[float], prompt: list[int]) -> dict:
+                        mean: list[float], std: list[float], prompt: list[int], target: str = "report") -> dict:
     """DecodedSample -> {pixel_values, input_ids, labels (train), key, study_id, reference (eval)}.
 
     Train: bos + prompt + report + eos, labels -100 on bos/prompt, cut to ``max_text_len``.
@@ -226,7 +225,8 @@ def build_prompt_sample(sample: Any, tok: PreTrainedTokenizerBase, cfg: ModelCon
         out["input_ids"] = torch.tensor(prompt, dtype=torch.long)
         out["reference"] = sample.report
         return out
-    target = tok(get_template(cfg.lm.chat_template).target(sample.report), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    text = target_text(sample, target)
+    target = tok(get_template(cfg.lm.chat_template).target(text), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     target = target[: cfg.max_text_len - len(prompt)]
     out["input_ids"] = torch.tensor(prompt + target, dtype=torch.long)
     out["labels"] = torch.tensor([IGNORE] * len(prompt) + target, dtype=torch.long)
@@ -235,6 +235,7 @@ def build_prompt_sample(sample: Any, tok: PreTrainedTokenizerBase, cfg: ModelCon
 
 def collate_prompt_batch(items: list[dict], pad_token_id: int) -> dict:
     """Pad and stack; right padding for training items (with labels), left padding for prompts."""
+    items = rows_of(items)
     left = "labels" not in items[0]
     length = max(len(it["input_ids"]) for it in items)
     bsz = len(items)
@@ -264,6 +265,11 @@ def collate_prompt_batch(items: list[dict], pad_token_id: int) -> dict:
 
 
 # ---- the family ---------------------------------------------------------------------------
+def rows_of(items: list) -> list[dict]:
+    """Builder outputs (a row dict, or a list of rows per study) flattened into rows."""
+    return [row for it in items for row in (it if isinstance(it, list) else [it])]
+
+
 @FAMILIES.register("llava_rad")
 class LlavaRadFamily(ModelFamily):
     """SigLIP/CLIP encoder + MLP projector + causal LM, prompt ``<image>\\n{prompt}\\n``, report loss."""
@@ -271,14 +277,17 @@ class LlavaRadFamily(ModelFamily):
     name = "llava_rad"
     model_class = LlavaRad
 
-    def tokenizer(self, train_reports: Optional[Iterable[str]] = None,
+    def prompt_texts(self) -> list[str]:
+        """Every prompt this family can show the LM (the tokenizer must cover them)."""
+        return [get_template(self.cfg.lm.chat_template).prompt(self.cfg.prompt)]
+
+    def tokenizer(self, train_texts: Optional[Iterable[str]] = None,
                   save_dir: Optional[str] = None) -> PreTrainedTokenizerBase:
         lm = self.cfg.lm
         path = lm.tokenizer or lm.path
         texts = None
-        if path is None and train_reports is not None:
-            # the prompt text is part of every sample, so the tokenizer learns it too
-            texts = [get_template(lm.chat_template).prompt(self.cfg.prompt), *train_reports]
+        if path is None and train_texts is not None:
+            texts = [*self.prompt_texts(), *train_texts]
         return get_tokenizer(path, texts, lm.tokenizer_vocab_size, save_dir)
 
     def build_lm(self, tok: PreTrainedTokenizerBase, attn: str) -> nn.Module:
@@ -292,20 +301,48 @@ class LlavaRadFamily(ModelFamily):
                   bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
         return AutoModelForCausalLM.from_config(AutoConfig.for_model(**hf), attn_implementation=attn)
 
-    def build_model(self, tok: PreTrainedTokenizerBase) -> LlavaRad:
+    def build_vision(self, attn: str) -> VisionEncoder:
+        return VisionEncoder(load_vision_model(self.cfg.vision, attn), self.cfg.vision.select_layer)
+
+    def build_model(self, tok: PreTrainedTokenizerBase, assets: Optional[dict] = None) -> LlavaRad:
         attn = hf_attn_name(self.cfg.attn_implementation)
-        vision = VisionEncoder(load_vision_model(self.cfg.vision, attn), self.cfg.vision.select_layer)
+        vision = self.build_vision(attn)
         lm = self.build_lm(tok, attn)
         projector = build_projector(self.cfg.projector, vision.hidden_size, lm.config.hidden_size)
         return self.model_class(self.cfg, vision, projector, lm, tok)
 
-    def sample_builder(self, tok: PreTrainedTokenizerBase, train: bool) -> Callable[[Any], dict]:
+    def trainable_groups(self, model: nn.Module, mode: str, spec: Optional[TuningSpec] = None) -> list[ParamGroup]:
+        spec = spec or TuningSpec(mode)
+        groups = [ParamGroup("projector", list(model.projector.parameters()))]
+        if mode == "lora":
+            model.lm = wrap_lora(model.lm, spec.lora)
+            groups.append(ParamGroup("lora", lora_parameters(model.lm)))
+        elif mode == "full":
+            groups.append(ParamGroup("lm", list(model.lm.parameters())))
+            if spec.train_vision:
+                groups.append(ParamGroup("vision", list(model.vision.feature_parameters())))
+        return groups
+
+    def sample_builder(self, tok: PreTrainedTokenizerBase, mode: str, target: str = "report") -> Callable[[Any], dict]:
         mean, std = image_stats(self.cfg.vision)
-        return partial(build_prompt_sample, tok=tok, cfg=self.cfg, train=train, mean=mean, std=std,
-                       prompt=prompt_ids(tok, self.cfg))
+        return partial(build_prompt_sample, tok=tok, cfg=self.cfg, train=mode == "train", mean=mean, std=std,
+                       prompt=prompt_ids(tok, self.cfg), target=target)
 
     def collate(self, tok: PreTrainedTokenizerBase) -> Callable[[list[dict]], dict]:
         return partial(collate_prompt_batch, pad_token_id=tok.pad_token_id)
+
+    def ablate(self, batch: dict, kind: str) -> dict:
+        if kind == "black":  # an all-black radiograph after the encoder's normalisation
+            mean, std = image_stats(self.cfg.vision)
+            pv = batch["pixel_values"]
+            shape = [1] * pv.ndim
+            shape[-3] = pv.shape[-3]
+            black = (-torch.tensor(mean) / torch.tensor(std)).view(shape).to(pv)
+            return {**batch, "pixel_values": black.expand_as(pv).clone()}
+        return super().ablate(batch, kind)
+
+    def save_pretrained(self, model: nn.Module, directory: str, merge: bool = False) -> None:
+        model.save_pretrained(directory, merge=merge)
 
     @classmethod
     def load_pretrained(cls, directory: str) -> LlavaRad:

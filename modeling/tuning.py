@@ -1,8 +1,10 @@
 """What is trained: a transform over a built model, never a forked model class.
 
-``projector``: only the projector.  ``lora``: peft LoRA on the LM (``model.lm``
-becomes a PeftModel), projector trainable, vision frozen.  ``full``: LM +
-projector, and the vision tower when ``train_vision``.
+Each family names its trainable parameter groups per tuning mode
+(``ModelFamily.trainable_groups``); :func:`apply_tuning` freezes everything else.
+For the base family: ``projector`` trains the projector; ``lora`` wraps the LM with peft
+LoRA (``model.lm`` becomes a PeftModel) and trains LoRA + projector; ``full`` trains
+LM + projector, and the vision tower when ``train_vision``.
 
 Export helpers here are pure functions of the parameters (no merging in
 place), so the trainer can call ``model.save_pretrained`` inside ZeRO-3's
@@ -12,12 +14,26 @@ LM with ``merge=True``) and ``lm_adapter/`` (peft), loadable with
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
+
+from modeling.config import LoraConfig
 
 
 
 MODES = ("projector", "lora", "full")
+
+
+@dataclass
+class TuningSpec:
+    """What one training stage trains: the mode, its LoRA settings, the groups it may restrict to."""
+
+    mode: str = "full"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train_vision: bool = False
+    groups: list[str] = field(default_factory=list)  # empty: every group the family gives for ``mode``
 
 
 def is_peft(module: nn.Module) -> bool:
@@ -28,35 +44,75 @@ def is_peft(module: nn.Module) -> bool:
     return isinstance(module, PeftModel)
 
 
-def _set_trainable(module: nn.Module, flag: bool) -> None:
-    for p in module.parameters():
-        p.requires_grad_(flag)
+def wrap_lora(module: nn.Module, lora: LoraConfig) -> nn.Module:
+    """``module`` with peft LoRA on ``lora.target_modules`` (base frozen, LoRA matrices trainable)."""
+    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+
+    peft_cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                              target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(module, peft_cfg)
 
 
-def apply_tuning(model: nn.Module, train_cfg) -> nn.Module:
-    """Freeze/unfreeze (and wrap the LM with LoRA) according to ``train_cfg.tuning``; returns ``model``."""
-    mode = train_cfg.tuning
-    if mode not in MODES:
-        raise ValueError(f"unknown tuning mode {mode!r}; known: {list(MODES)}")
+def lora_parameters(module: nn.Module) -> list[nn.Parameter]:
+    return [p for n, p in module.named_parameters() if "lora_" in n]
+
+
+def apply_tuning(model: nn.Module, family, spec: TuningSpec) -> list:
+    """Freeze everything, let the family name (and wrap) what trains in ``spec.mode``, unfreeze that.
+
+    Returns the family's :class:`modeling.family.ParamGroup` list (restricted to ``spec.groups``
+    when given); ``model.rrg_tuning`` records the mode.
+    """
+    if spec.mode not in MODES:
+        raise ValueError(f"unknown tuning mode {spec.mode!r}; known: {list(MODES)}")
     if getattr(model, "rrg_tuning_applied", False):
         raise RuntimeError("apply_tuning was already applied to this model")
-    _set_trainable(model, False)
-    if mode == "lora":
-        from peft import LoraConfig as PeftLoraConfig, get_peft_model
-
-        lora = train_cfg.lora
-        peft_cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                  target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
-        model.lm = get_peft_model(model.lm, peft_cfg)  # freezes the base LM, LoRA weights trainable
-    elif mode == "full":
-        _set_trainable(model.lm, True)
-        if train_cfg.train_vision:
-            for p in model.vision.feature_parameters():
-                p.requires_grad_(True)
-    _set_trainable(model.projector, True)
-    model.rrg_tuning = mode
+    groups = family.trainable_groups(model, spec.mode, spec)
+    names = [g.name for g in groups]
+    if spec.groups:
+        unknown = sorted(set(spec.groups) - set(names))
+        if unknown:
+            raise ValueError(f"trainable groups {unknown} are not among {family.name}'s groups for "
+                             f"tuning '{spec.mode}': {names}")
+        groups = [g for g in groups if g.name in spec.groups]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for g in groups:
+        for p in g.params:
+            p.requires_grad_(True)
+    model.rrg_tuning = spec.mode
     model.rrg_tuning_applied = True
-    return model
+    return groups
+
+
+def plain_state_dict(model: nn.Module, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """``model``'s weights with every peft wrapper folded away (LoRA merged: W + B A * alpha/r).
+
+    The hand-off between training stages: load it into a freshly built model before that
+    stage's tuning is applied.  ``state`` is an already gathered ``model.state_dict()``.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    state = dict(model.state_dict() if state is None else state)
+    peft_roots = [n for n, m in model.named_modules() if is_peft(m)]
+    out: dict[str, torch.Tensor] = {}
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
+    for key, value in state.items():
+        if "lora_" in key:
+            continue
+        plain = key
+        for root in peft_roots:
+            if key.startswith(root + ".base_model.model."):
+                plain = root + "." + key[len(root + ".base_model.model."):]
+        layer_name = key[: -len(".base_layer.weight")] if key.endswith(".base_layer.weight") else None
+        if layer_name in layers:
+            value = value.clone()
+            layer = layers[layer_name]
+            for adapter in layer.active_adapters:
+                a, b = state[f"{layer_name}.lora_A.{adapter}.weight"], state[f"{layer_name}.lora_B.{adapter}.weight"]
+                value += (b.float() @ a.float()).to(value.dtype) * layer.scaling[adapter]
+        out[plain.replace(".base_layer.", ".")] = value
+    return out
 
 
 def trainable_summary(model: nn.Module) -> str:

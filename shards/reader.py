@@ -339,8 +339,15 @@ class _WorkerReader:
         good = [s for s in picked if s is not None]
         donor = good[0] if good else self._donor(lo + self.bs)
         self.last_good = good[-1] if good else self.last_good or donor
-        batch = self.collate([self.builder(s or donor) for s in picked])
-        batch["sample_weight"] = torch.tensor([float(s is not None) for s in picked])
+        built = [self.builder(s or donor) for s in picked]
+        for item, s in zip(built, picked):  # a builder returns one row per study, or a list (fan-out)
+            for row in (item if isinstance(item, list) else [item]):
+                row["sample_weight"] = float(row.get("sample_weight", 1.0)) * float(s is not None)
+        batch = self.collate(built)
+        if "sample_weight" not in batch or len(batch["sample_weight"]) != len(picked):
+            batch["study_weight"] = [float(s is not None) for s in picked]  # a list: never a model input
+        if "sample_weight" not in batch:
+            batch["sample_weight"] = torch.tensor(batch["study_weight"])
         batch["keys"] = [(s or donor).key for s in picked]
         batch["skipped"] = skipped_here
         return batch

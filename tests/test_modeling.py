@@ -15,11 +15,11 @@ import yaml
 from configs.schema import ConfigError, from_dict
 from modeling.attention import attention, hf_attn_name, resolve_impl
 from modeling.config import ModelConfig
-from modeling.registry import build_family, load_pretrained
+from modeling.family import build_family, load_pretrained
 from modeling.templates import IMAGE_TOKEN, get_template
-from modeling.tuning import apply_tuning, trainable_summary
+from modeling.config import LoraConfig
+from modeling.tuning import TuningSpec, apply_tuning, trainable_summary
 from shards.records import DecodedSample
-from trainer.config import TrainConfig
 
 REPORTS = [
     "FINDINGS: No acute cardiopulmonary process. IMPRESSION: Normal chest.",
@@ -53,13 +53,21 @@ def make_samples(n: int, seed: int = 0) -> list[DecodedSample]:
     return out
 
 
+def tune(model, mode: str, train_vision: bool = False):
+    """``model`` with the base family's tuning ``mode`` applied (in place; returned for chaining)."""
+    apply_tuning(model, build_family(tiny_cfg()), TuningSpec(mode, LoraConfig(), train_vision))
+    return model
+
+
 @pytest.fixture(scope="module")
 def setup():
     fam = build_family(tiny_cfg())
     tok = fam.tokenizer(REPORTS)
     torch.manual_seed(0)
     model = fam.build_model(tok).eval()
-    batch = fam.collate(tok)([fam.sample_builder(tok, True)(s) for s in make_samples(3)])
+    full = fam.collate(tok)([fam.sample_builder(tok, "train")(s) for s in make_samples(3)])
+    assert "keys" in full and "study_ids" in full  # plain lists ride along for the trainer, never into forward
+    batch = {k: v for k, v in full.items() if torch.is_tensor(v)}
     return fam, tok, model, batch
 
 
@@ -137,19 +145,20 @@ def test_builder_masks_prompt_and_pads(setup):
     assert (labels[~valid] == -100).all() and (ids[~valid] == tok.pad_token_id).all()  # right padding
     first = tok.decode(ids[0][labels[0] != -100])
     assert first == REPORTS[0] + tok.eos_token
-    cut = fam.sample_builder(tok, True)(make_samples(1)[0])  # unchanged config, shorter budget below
-    short = build_family(tiny_cfg(max_text_len=prompt_len + 3)).sample_builder(tok, True)(make_samples(1)[0])
+    cut = fam.sample_builder(tok, "train")(make_samples(1)[0])  # unchanged config, shorter budget below
+    short = build_family(tiny_cfg(max_text_len=prompt_len + 3)).sample_builder(tok, "train")(make_samples(1)[0])
     assert len(short["input_ids"]) == prompt_len + 3 < len(cut["input_ids"])
     with pytest.raises(ConfigError, match="max_text_len"):  # a prompt that fills the budget is a config error
-        build_family(tiny_cfg(max_text_len=prompt_len)).sample_builder(tok, True)
+        build_family(tiny_cfg(max_text_len=prompt_len)).sample_builder(tok, "train")
     with pytest.raises(ConfigError):
         build_family(tiny_cfg(family="nope"))
 
 
 def test_loss_counts_report_tokens_only(setup):
     fam, tok, model, batch = setup
-    assert "keys" in batch and "study_ids" in batch  # extra keys pass through forward unused
-    out = model(**batch, skipped=3)
+    with pytest.raises(TypeError, match="skipped"):  # a misspelled or unknown batch key is an error
+        model(**batch, skipped=3)
+    out = model(**batch)
     assert torch.isfinite(out.loss)
     # equal to plain mean CE over the report positions of the spliced sequence
     shift = out.logits.shape[1] - batch["input_ids"].shape[1]
@@ -175,7 +184,7 @@ def test_sample_weight(setup):
         keep = [0, 2]
         sub = {k: batch[k][keep] for k in ("pixel_values", "input_ids", "attention_mask", "labels")}
         torch.testing.assert_close(w, model(**sub).loss, atol=1e-5, rtol=1e-5)
-    m = apply_tuning(copy.deepcopy(model), from_dict(TrainConfig, {"tuning": "full", "train_vision": True})).train()
+    m = tune(copy.deepcopy(model), "full", True).train()
     out = m(**dict(batch, sample_weight=torch.zeros(3)))
     assert out.loss.item() == 0.0 and out.loss.requires_grad
     out.loss.backward()
@@ -215,7 +224,7 @@ def test_sdpa_and_eager_agree_on_padded_batch(setup):
 
 def test_activation_checkpointing_same_loss(setup):
     fam, tok, model, batch = setup
-    m = apply_tuning(copy.deepcopy(model), from_dict(TrainConfig, {"tuning": "lora"})).train()
+    m = tune(copy.deepcopy(model), "lora").train()
     m.enable_activation_checkpointing()  # on top of LoRA: the frozen base LM must still pass gradients
     loss = m(**batch).loss
     loss.backward()
@@ -232,9 +241,9 @@ def test_demo_config_builds_and_runs():
     fam = build_family(cfg)
     tok = fam.tokenizer(REPORTS * 4)
     model = fam.build_model(tok)
-    batch = fam.collate(tok)([fam.sample_builder(tok, True)(s) for s in make_samples(2)])
+    batch = fam.collate(tok)([fam.sample_builder(tok, "train")(s) for s in make_samples(2)])
     assert batch["pixel_values"].shape[-1] == 128
-    assert torch.isfinite(model(**batch).loss)
+    assert torch.isfinite(model(**{k: v for k, v in batch.items() if torch.is_tensor(v)}).loss)
 
 
 # ---- tokenizer / templates -----------------------------------------------------------------------
@@ -260,14 +269,14 @@ def test_generate_greedy_deterministic_and_stops_at_eos(setup):
     fam, tok, model, _ = setup
     m = copy.deepcopy(model).train()
     samples = make_samples(2)
-    train = fam.collate(tok)([fam.sample_builder(tok, True)(s) for s in samples])
+    train = fam.collate(tok)([fam.sample_builder(tok, "train")(s) for s in samples])
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
     for _ in range(60):  # memorise two reports
         opt.zero_grad()
-        m(**train).loss.backward()
+        m(**{k: v for k, v in train.items() if torch.is_tensor(v)}).loss.backward()
         opt.step()
     m.eval()
-    items = [fam.sample_builder(tok, False)(s) for s in samples]
+    items = [fam.sample_builder(tok, "eval")(s) for s in samples]
     longer = dict(items[1], input_ids=torch.cat([items[1]["input_ids"][:1], torch.tensor([70, 71]),
                                                  items[1]["input_ids"][1:]]))
     batch = fam.collate(tok)([items[0], longer])  # row 0 left-padded by two
@@ -285,6 +294,11 @@ def test_generate_greedy_deterministic_and_stops_at_eos(setup):
     assert g_alone[0].tolist()[: end + 1] == row[: end + 1]  # left padding does not change the answer
     short = m.generate(*args, max_new_tokens=3)
     assert short.shape == (2, 3)
+    # the contract's default generate: one Generation per real study, fillers (weight 0) left out
+    from modeling.family import GenConfig
+
+    gens = fam.generate(m, tok, {**batch, "sample_weight": torch.tensor([1.0, 0.0])}, GenConfig(max_new_tokens=40))
+    assert [(g.id, g.generated) for g in gens] == [("s0", REPORTS[0])]
 
 
 # ---- tuning ----------------------------------------------------------------------------------
@@ -300,7 +314,7 @@ def _trainable(m) -> set[str]:
 ])
 def test_apply_tuning(setup, mode, train_vision, expect):
     _, _, model, _ = setup
-    m = apply_tuning(copy.deepcopy(model), from_dict(TrainConfig, {"tuning": mode, "train_vision": train_vision}))
+    m = tune(copy.deepcopy(model), mode, train_vision)
     assert m.rrg_tuning == mode and _trainable(m) == expect
     lm_trainable = [n for n, p in m.lm.named_parameters() if p.requires_grad]
     if mode == "lora":
@@ -344,7 +358,7 @@ def test_save_load_lora(tmp_path, setup, merge):
     from transformers import AutoModelForCausalLM
 
     _, _, model, batch = setup
-    m = apply_tuning(copy.deepcopy(model), from_dict(TrainConfig, {"tuning": "lora"}))
+    m = tune(copy.deepcopy(model), "lora")
     with torch.no_grad():  # LoRA B starts at zero: give the adapter a real effect
         for n, p in m.lm.named_parameters():
             if "lora_B" in n:

@@ -80,7 +80,7 @@ def test_lora_zero3_adapter_loads_in_plain_peft(shards, tmp_path):
     assert (export / "lm_adapter" / "adapter_config.json").is_file()
     res = result(out)
     from trainer.config import load_config
-    from modeling.registry import build_family
+    from modeling.family import build_family
     from shards.reader import make_loader
     from trainer.loop import to_device
 
@@ -94,7 +94,7 @@ def test_lora_zero3_adapter_loads_in_plain_peft(shards, tmp_path):
                                          str(export / "lm_adapter"))
     model.lm = plain_lm.merge_and_unload()
     loader = make_loader(cfg.data, cfg.data.eval_split, rank=0, world_size=2, batch_size=cfg.train.micro_batch_size,
-                         seed=cfg.seed, builder=family.sample_builder(tok, train=True), collate=family.collate(tok),
+                         seed=cfg.seed, builder=family.sample_builder(tok, "train"), collate=family.collate(tok),
                          mode="eval")
     model.eval()
     with torch.no_grad():

@@ -43,7 +43,7 @@ def _time_steps(step_fn, batches: list) -> list[float]:
 
 def bench_train(cfg: RunConfig, steps: int = 20, repeats: int = 3) -> dict[str, float]:
     from trainer.prepare import ensure_shards
-    from modeling.registry import build_family
+    from modeling.family import build_family
     from modeling.tuning import apply_tuning
     from shards.manifest import iter_json_records
     from shards.reader import make_loader
@@ -55,10 +55,11 @@ def bench_train(cfg: RunConfig, steps: int = 20, repeats: int = 3) -> dict[str, 
     tok_dir = Path(cfg.output_dir) / "tokenizer"
     if not (tok_dir.is_dir() and any(tok_dir.iterdir())):
         tok_dir = Path(tempfile.mkdtemp(prefix="rrg-bench-tok-"))
-        family.tokenizer((r["report"]["text"] for r in iter_json_records(manifest, cfg.data.train_split)),
+        family.tokenizer(family.tokenizer_texts(iter_json_records(manifest, cfg.data.train_split)),
                          save_dir=str(tok_dir))
     tok = family.tokenizer(None, save_dir=str(tok_dir))
-    builder, collate = family.sample_builder(tok, train=True), family.collate(tok)
+    stage = cfg.train.resolved_stages()[0]
+    builder, collate = family.sample_builder(tok, "train", stage.target), family.collate(tok)
     bs = cfg.train.micro_batch_size
 
     def loader(workers: int):
@@ -75,7 +76,8 @@ def bench_train(cfg: RunConfig, steps: int = 20, repeats: int = 3) -> dict[str, 
             break
 
     torch.manual_seed(cfg.seed)
-    base = apply_tuning(family.build_model(tok), cfg.train)
+    base = family.build_model(tok, manifest.assets)
+    apply_tuning(base, family, stage.spec(cfg.train.lora))
     plain_model = copy.deepcopy(base)
     params = [p for p in plain_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.train.lr, betas=tuple(cfg.train.betas), weight_decay=cfg.train.weight_decay)

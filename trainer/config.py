@@ -20,6 +20,24 @@ from shards.config import DataConfig
 
 
 @dataclass
+class StageConfig:
+    """One stage of a multi-stage run: what trains, on which target, how fast, for how long."""
+
+    name: str = "main"
+    tuning: Literal["projector", "lora", "full"] = "full"
+    groups: list[str] = field(default_factory=list)  # restrict to these of the family's groups (empty: all)
+    lr: Optional[float] = None  # default train.lr
+    steps: int = 100
+    target: str = "report"  # the text trained on: report, or an annotation overlay (reasoning, reflection, ...)
+    train_vision: bool = False
+
+    def spec(self, lora: LoraConfig):
+        from modeling.tuning import TuningSpec
+
+        return TuningSpec(self.tuning, lora, self.train_vision, list(self.groups))
+
+
+@dataclass
 class TrainConfig:
     # what is trained: projector only; projector + LoRA on the LM; everything but the vision tower
     tuning: Literal["projector", "lora", "full"] = "full"
@@ -40,6 +58,29 @@ class TrainConfig:
     grad_clip: float = 1.0
     activation_checkpointing: bool = False
     deepspeed_overrides: dict[str, Any] = field(default_factory=dict)  # merged last into the generated DS config
+    # several stages run as one job (each its own tuning, groups, lr, steps, target); when given,
+    # max_steps becomes their sum and tuning/train_vision/lr above are only the stages' defaults
+    stages: list[StageConfig] = field(default_factory=list)
+
+    def resolved_stages(self) -> list[StageConfig]:
+        if not self.stages:
+            return [StageConfig("main", self.tuning, [], self.lr, self.max_steps, "report", self.train_vision)]
+        return [StageConfig(s.name, s.tuning, list(s.groups), s.lr if s.lr is not None else self.lr, s.steps,
+                            s.target, s.train_vision) for s in self.stages]
+
+    def stage_at(self, step: int) -> int:
+        """Index of the stage that optimizer step ``step + 1`` belongs to (the last one past the end)."""
+        end = 0
+        for i, st in enumerate(self.resolved_stages()):
+            end += st.steps
+            if step < end:
+                return i
+        return len(self.resolved_stages()) - 1
+
+    def stage_bounds(self, index: int) -> tuple[int, int]:
+        stages = self.resolved_stages()
+        start = sum(st.steps for st in stages[:index])
+        return start, start + stages[index].steps
 
     def validate(self, key: str = "train") -> None:
         if self.zero_stage not in (0, 1, 2, 3):
@@ -59,6 +100,18 @@ class TrainConfig:
             raise ConfigError(f"{key}.betas", "needs two values")
         if self.train_vision and self.tuning != "full":
             raise ConfigError(f"{key}.train_vision", "only with tuning: full")
+        names = [st.name for st in self.stages]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{key}.stages", f"stage names must be unique, got {names}")
+        for i, st in enumerate(self.stages):
+            if st.steps < 1:
+                raise ConfigError(f"{key}.stages[{i}].steps", "must be >= 1")
+            if st.lr is not None and not st.lr > 0:
+                raise ConfigError(f"{key}.stages[{i}].lr", "must be > 0")
+            if st.train_vision and st.tuning != "full":
+                raise ConfigError(f"{key}.stages[{i}].train_vision", "only with tuning: full")
+        if self.stages:
+            self.max_steps = sum(st.steps for st in self.stages)
 
 
 @dataclass
@@ -90,6 +143,10 @@ class LoggingConfig:
     progress_bar: bool = True
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
+    def validate(self, key: str = "logging") -> None:
+        if self.every_steps < 1:
+            raise ConfigError(f"{key}.every_steps", "must be >= 1")
+
 
 @dataclass
 class EvalConfig:
@@ -103,6 +160,7 @@ class EvalConfig:
     meteor: bool = True  # METEOR through the reference jar (needs java; says so plainly when absent)
     labeler: str = "rrg"  # registry name; e.g. a local CheXbert plug-in
     labeler_args: dict[str, Any] = field(default_factory=dict)
+    family_options: dict[str, Any] = field(default_factory=dict)  # generation switches a family reads
 
 
 @dataclass
@@ -141,7 +199,9 @@ class RunConfig:
         self.model.validate("model")
         self.train.validate("train")
         self.checkpoint.validate("checkpoint")
+        self.logging.validate("logging")
         self.cluster.validate("cluster")
+        self.model.validate_family()
         return self
 
     @property

@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from configs.schema import ConfigError
 from trainer.scoring import clinical_scores, label_prior_baseline, retrieval_baseline, score, score_predictions_file
 
 __all__ = ["run_eval", "score_predictions_file", "InTrainingEvaluator"]
@@ -113,7 +114,7 @@ def _report_samples(cfg, records: list[dict], limit: int = 16) -> list[dict]:
 def _write_jsonl(path: Path, records: list[dict]) -> None:
     with open(path, "w") as f:
         for r in records:
-            f.write(json.dumps({k: r[k] for k in ("id", "reference", "generated", "ref_labels", "gen_labels")
+            f.write(json.dumps({k: r[k] for k in ("id", "reference", "generated", "trace", "ref_labels", "gen_labels")
                                 if k in r}) + "\n")
 
 
@@ -130,8 +131,17 @@ def run_eval(cfg, *, pool, checkpoint: Optional[str] = None, model_dir: Optional
     out_dir.mkdir(parents=True, exist_ok=True)
     name = out_dir.name
 
-    world = cfg.cluster.num_workers
+    from modeling.family import build_family, read_model_json
+    from trainer.generate import gen_config
+
+    family = build_family(read_model_json(str(model))[1])
     ablations = (image_ablation,) if image_ablation else ()
+    for kind in ablations:
+        if kind not in family.ablations:
+            raise ConfigError("--image-ablation", f"family '{family.name}' has no ablation '{kind}'; "
+                              f"it has {sorted(family.ablations)}")
+    oracle = family.oracle_inputs(gen_config(cfg))
+    world = cfg.cluster.num_workers
     parts = [part for _, part in pool.map_unordered(
         generate_slice, [(str(model), cfg.to_dict(), r, world, ablations) for r in range(world)],
         num_cpus=cfg.cluster.cpus_per_worker, num_gpus=1 if cfg.cluster.use_gpu else 0, env=worker_env(cfg))]
@@ -144,13 +154,18 @@ def run_eval(cfg, *, pool, checkpoint: Optional[str] = None, model_dir: Optional
     _write_jsonl(out_dir / "predictions.jsonl", runs["model"])
     baselines = _baselines(cfg, runs["model"], cfg.eval.bootstrap)
     flat = dict(metrics)
+    flat["family"] = family.name
+    flat["oracle_inputs"] = oracle  # fields beyond the image the model read at evaluation ([] = none)
+    if oracle:
+        print(f"rrg: note: this evaluation reads oracle inputs {oracle}: not comparable with image-only systems",
+              flush=True)
     for bname, bm in baselines.items():
         flat.update({f"baseline_{bname}_{k}": v for k, v in bm.items() if k != "convention"})
     ablation_metrics = {}
     for aname in ablations:
         am = score(runs[aname], bootstrap=cfg.eval.bootstrap, meteor=cfg.eval.meteor)
         _write_jsonl(out_dir / f"predictions_{aname}.jsonl", runs[aname])
-        ablation_metrics[f"image={aname}"] = am
+        ablation_metrics[f"{aname} ({family.ablations[aname]})"] = am
         for k, v in am.items():
             if isinstance(v, float) and not k.endswith(("_ci_low", "_ci_high")):
                 flat[f"ablation_{aname}_{k}"] = v
@@ -194,7 +209,7 @@ class InTrainingEvaluator:
     def __call__(self, step: int) -> None:
         import torch
 
-        from trainer.generate import eval_loader, generate_batches
+        from trainer.generate import eval_loader, gen_config, generate_batches
         from trainer.distributed import gather_json
 
         run, cfg = self.run, self.run.cfg
@@ -205,8 +220,8 @@ class InTrainingEvaluator:
         engine = run.strategy.engine
         engine.eval()
         dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
-        preds = list(generate_batches(engine.module, run.tokenizer, batches, max_new_tokens=cfg.eval.max_new_tokens,
-                                      num_beams=cfg.eval.num_beams, synced_gpus=cfg.train.zero_stage == 3,
+        preds = list(generate_batches(engine.module, run.family, run.tokenizer, batches,
+                                      gen_config(cfg, synced_gpus=cfg.train.zero_stage == 3),
                                       device=engine.device, dtype=dtype))
         engine.train()
         gathered = gather_json(preds)

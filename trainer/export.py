@@ -31,31 +31,41 @@ def save_trainable(strategy, path: Path, *, rank: int, tuning: str) -> None:
         save_file({k: v.contiguous() for k, v in state.items()}, str(path))
 
 
-def write_export(family, tokenizer, train_cfg, state: dict[str, torch.Tensor], out_dir: Path, *,
-                 merge: bool, where: str) -> Path:
-    """Load a full state dict into a clean, undistributed model copy, check it, and save it."""
-    from modeling.tuning import apply_tuning
+def write_export(family, tokenizer, spec, state: dict[str, torch.Tensor], out_dir: Path, *,
+                 merge: bool, where: str, shards_dir: str | None = None) -> Path:
+    """Load a full state dict into a clean, undistributed model copy, check it, and save it.
 
-    model = apply_tuning(family.build_model(tokenizer), train_cfg)
+    ``spec`` (a :class:`modeling.tuning.TuningSpec`) is the tuning of the stage that wrote ``state``;
+    the family's dataset assets are copied from ``shards_dir`` into ``out_dir/assets/``.
+    """
+    from modeling.tuning import apply_tuning
+    from shards.manifest import load_manifest
+    from shards.sidecars import copy_assets
+
+    assets = load_manifest(shards_dir).assets if shards_dir and family.asset_names else {}
+    model = family.build_model(tokenizer, assets)
+    apply_tuning(model, family, spec)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("inv_freq")]  # recomputed buffers
     if missing or unexpected:
         raise RuntimeError(f"{where}: state does not fit the model: missing={missing[:5]} unexpected={unexpected[:5]}")
-    if train_cfg.tuning == "lora":
+    if spec.mode == "lora":
         check_adapter(state, where)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out_dir), merge=merge)  # writes tokenizer/ too
+    family.save_pretrained(model, str(out_dir), merge=merge)  # writes tokenizer/ too
+    if family.asset_names:
+        copy_assets(shards_dir, list(family.asset_names), out_dir)
     return out_dir
 
 
-def export_model(strategy, family, tokenizer, cfg, out_dir: Path, *, rank: int) -> Path | None:
+def export_model(strategy, family, tokenizer, cfg, out_dir: Path, *, rank: int, spec) -> Path | None:
     """Collective: every rank calls; rank 0 writes ``out_dir`` and returns it."""
     state = strategy.full_state_dict()
     if rank != 0:
         return None
     strategy.release_model_init_context()
-    return write_export(family, tokenizer, cfg.train, state, out_dir, merge=cfg.checkpoint.export == "merged",
-                        where="export")
+    return write_export(family, tokenizer, spec, state, out_dir, merge=cfg.checkpoint.export == "merged",
+                        where="export", shards_dir=cfg.data.shards_dir)
 
 
 def export_checkpoint(cfg, point, out_dir: Path) -> Path:
@@ -69,7 +79,7 @@ def export_checkpoint(cfg, point, out_dir: Path) -> Path:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     from trainer.config import config_from_dict
-    from modeling.registry import build_family
+    from modeling.family import build_family
     from trainer.checkpoint import DS_TAG
 
     run_cfg = config_from_dict(point.meta["config"]) if "config" in point.meta else cfg
@@ -79,6 +89,8 @@ def export_checkpoint(cfg, point, out_dir: Path) -> Path:
         tok_dir = Path(cfg.output_dir) / "tokenizer"
     tokenizer = family.tokenizer(None, save_dir=str(tok_dir))
     state = get_fp32_state_dict_from_zero_checkpoint(str(point.path), tag=DS_TAG)
-    write_export(family, tokenizer, run_cfg.train, state, out_dir, merge=True, where=str(point.path))
+    stage = run_cfg.train.resolved_stages()[int(point.meta.get("stage", 0))]
+    write_export(family, tokenizer, stage.spec(run_cfg.train.lora), state, out_dir, merge=True,
+                 where=str(point.path), shards_dir=run_cfg.data.shards_dir)
     (out_dir / "source.json").write_text(json.dumps({"checkpoint": str(point.path), "step": point.step}))
     return out_dir

@@ -75,13 +75,15 @@ class Trainer:
         self.evaluator = evaluator
         self.float_dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
 
-    def fit(self) -> LoopState:
+    def fit(self, until: Optional[int] = None) -> LoopState:
+        """Optimizer steps up to ``until`` (default ``max_steps``: the end of the current stage)."""
         train, st = self.cfg.train, self.state
+        until = train.max_steps if until is None else until
         meter = StepMeter()
         micro = 0
-        while st.step < train.max_steps:
+        while st.step < until:
             batches = iter(self.loader)
-            while st.step < train.max_steps:
+            while st.step < until:
                 t_wait = time.perf_counter()
                 batch = next(batches, None)
                 if batch is None:  # epoch done: the loader moves on to the next epoch
@@ -97,7 +99,7 @@ class Trainer:
                     continue
                 st.step += 1
                 self.logger.advance()
-                log_step = st.step % self.cfg.logging.every_steps == 0 or st.step == train.max_steps
+                log_step = st.step % self.cfg.logging.every_steps == 0 or st.step == until
                 if log_step:  # the only host-device syncs of the loop happen here
                     self._log(meter)
                     meter.reset()
@@ -107,8 +109,8 @@ class Trainer:
                     self.logger.note(f"preemption requested: checkpointing at step {st.step}")
                     self.save_checkpoint(st.step)
                     return st
-                if st.step % self.cfg.checkpoint.every_steps == 0 or st.step == train.max_steps:
-                    self.save_checkpoint(st.step)
+                if st.step % self.cfg.checkpoint.every_steps == 0 or st.step == until:
+                    self.save_checkpoint(st.step)  # and at every stage end
                 if self.evaluator and self.cfg.eval.every_steps and st.step % self.cfg.eval.every_steps == 0:
                     self.evaluator(st.step)
         return st

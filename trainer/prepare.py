@@ -57,7 +57,7 @@ def ensure_shards(cfg: RunConfig, pool: Optional[TaskPool] = None):
 
 def prepare_tokenizer(cfg: RunConfig, manifest) -> str:
     """Train (first run) or reuse (resume) the run's tokenizer; returns its directory."""
-    from modeling.registry import build_family
+    from modeling.family import build_family
     from shards.manifest import iter_json_records
 
     tok_dir = Path(cfg.output_dir) / "tokenizer"
@@ -65,8 +65,8 @@ def prepare_tokenizer(cfg: RunConfig, manifest) -> str:
     if tok_dir.is_dir() and any(tok_dir.iterdir()):
         family.tokenizer(None, save_dir=str(tok_dir))  # fail early if unreadable
         return str(tok_dir)
-    reports = (r["report"]["text"] for r in iter_json_records(manifest, cfg.data.train_split))
-    family.tokenizer(reports, save_dir=str(tok_dir))
+    texts = family.tokenizer_texts(iter_json_records(manifest, cfg.data.train_split))
+    family.tokenizer(texts, save_dir=str(tok_dir))
     return str(tok_dir)
 
 

@@ -99,24 +99,43 @@ class DeepSpeedStrategy:
         """Stop building ZeRO-3-partitioned models (e.g. for an undistributed export copy)."""
         self._hf_ds_config = None
 
-    def setup(self, model: torch.nn.Module, *, load_universal: bool = False) -> Any:
+    def setup(self, model: torch.nn.Module, *, groups: Optional[list] = None, lr: Optional[float] = None,
+              steps: Optional[int] = None, load_universal: bool = False) -> Any:
+        """Wrap ``model``: one optimizer param group per family group (its lr = ``lr`` x ``lr_scale``).
+
+        The schedule (warmup, then cosine to ``min_lr_ratio``) spans ``steps`` (one stage).
+        """
         import deepspeed
 
-        params = [p for p in model.parameters() if p.requires_grad]
-        if not params:
-            raise RuntimeError("no trainable parameters: check train.tuning")
+        lr = self.train.lr if lr is None else lr
+        if groups is None:
+            param_groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
+        else:
+            param_groups = [{"params": [p for p in g.params if p.requires_grad], "lr": lr * g.lr_scale, "name": g.name}
+                            for g in groups]
+            param_groups = [g for g in param_groups if g["params"]]
+        if not param_groups or not any(g["params"] for g in param_groups):
+            raise RuntimeError("no trainable parameters: check train.tuning / train.stages")
         cfg = self.ds_config(load_universal)
-        total = self.train.max_steps
+        cfg["optimizer"]["params"]["lr"] = lr
+        total = steps or self.train.max_steps
+        warmup = min(self.train.warmup_steps, max(0, total - 1))
         engine, _, _, _ = deepspeed.initialize(
             model=model,
-            model_parameters=params,
+            model_parameters=param_groups,
             config=cfg,
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(
-                opt, lambda s: cosine_with_warmup(s, warmup=self.train.warmup_steps, total=total,
-                                                  min_ratio=self.train.min_lr_ratio)),
+                opt, lambda s: cosine_with_warmup(s, warmup=warmup, total=total, min_ratio=self.train.min_lr_ratio)),
         )
         self.engine = engine
         return engine
+
+    def teardown(self) -> None:
+        """Drop the engine (between stages: the next stage wraps a freshly built model)."""
+        self.engine = None
+        import gc
+
+        gc.collect()
 
     # -- the step ---------------------------------------------------------------------
     @property
@@ -154,8 +173,8 @@ class DeepSpeedStrategy:
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {directory}/{tag}")
 
-    def full_state_dict(self, *, only_trainable: bool = False) -> dict[str, torch.Tensor]:
-        """The unpartitioned ``module.state_dict()`` on rank 0 (other ranks get {}); all ranks must call.
+    def full_state_dict(self, *, only_trainable: bool = False, all_ranks: bool = False) -> dict[str, torch.Tensor]:
+        """The unpartitioned ``module.state_dict()`` on rank 0 (others get {} unless ``all_ranks``); all must call.
 
         Under ZeRO-3 parameters are gathered one at a time (tied ones once), so peak
         memory stays one parameter above the shard size.
@@ -164,8 +183,9 @@ class DeepSpeedStrategy:
         entries = module.state_dict(keep_vars=True)
         if only_trainable:
             entries = {k: v for k, v in entries.items() if isinstance(v, torch.nn.Parameter) and v.requires_grad}
+        keep = all_ranks or self.rank == 0
         if self.train.zero_stage != 3:
-            if self.rank != 0:
+            if not keep:
                 return {}
             return {k: v.detach().cpu().clone() for k, v in entries.items()}
         import deepspeed
@@ -176,9 +196,9 @@ class DeepSpeedStrategy:
             if id(tensor) not in done:
                 if hasattr(tensor, "ds_id"):
                     with deepspeed.zero.GatheredParameters([tensor], modifier_rank=None):
-                        done[id(tensor)] = tensor.detach().cpu().clone() if self.rank == 0 else torch.empty(0)
+                        done[id(tensor)] = tensor.detach().cpu().clone() if keep else torch.empty(0)
                 else:
                     done[id(tensor)] = tensor.detach().cpu().clone()
-            if self.rank == 0:
+            if keep:
                 out[name] = done[id(tensor)]
         return out

@@ -10,7 +10,7 @@ import json
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -48,10 +48,18 @@ def _barrier() -> None:
 
 
 class TrainingRun:
-    """Everything one rank holds for a run; ``run()`` returns the rank's result summary."""
+    """Everything one rank holds for a run; ``run()`` returns the rank's result summary.
+
+    A run is a list of stages (``train.stages``, or one implicit stage).  Each stage builds the
+    family's model afresh, starts from the previous stage's weights (LoRA merged), lets the
+    family name what trains (:func:`modeling.tuning.apply_tuning`) and gets its own DeepSpeed
+    engine, optimizer and schedule.  The loader keeps its position across stages; only the
+    sample builder's target changes.  Checkpoints record the stage, so a resume lands inside it.
+    """
 
     def __init__(self, cfg: RunConfig, loop_config: dict[str, Any]):
-        from modeling.registry import build_family
+        from modeling.family import build_family
+        from shards.manifest import load_manifest
 
         self.cfg, self.loop_config = cfg, loop_config
         self.rank, self.world_size, self.local_rank = dist_info()
@@ -61,32 +69,62 @@ class TrainingRun:
                                           use_gpu=cfg.cluster.use_gpu)
         self.family = build_family(cfg.model)
         self.tokenizer = self.family.tokenizer(None, save_dir=loop_config["tokenizer_dir"])
+        self.assets = load_manifest(cfg.data.shards_dir).assets
         self.checkpoints = CheckpointManager(cfg.checkpoint_dir, rank=self.rank, world_size=self.world_size,
                                              keep_last=cfg.checkpoint.keep_last, barrier=_barrier)
         self.resume: ResumePoint | None = self.checkpoints.resolve(cfg.checkpoint.resume)
         self.wandb_id = loop_config["wandb_id"]
+        self.stages = cfg.train.resolved_stages()
+        self.stage_index = 0
+        self.loader = None
+        self.logger = None
 
-    def _build(self) -> None:
-        from modeling.tuning import apply_tuning
+    def _build_stage(self, index: int, start_state: Optional[dict] = None, load_universal: bool = False) -> None:
+        """Model, tuning and engine of stage ``index``; the loader is made once and re-targeted after."""
+        from modeling.tuning import apply_tuning, trainable_summary
         from shards.reader import make_loader
 
-        cfg = self.cfg
+        cfg, stage = self.cfg, self.stages[index]
         seed_all(cfg.seed)  # same initial weights on every rank
         with self.strategy.model_init_context():
-            model = self.family.build_model(self.tokenizer)
-        model = apply_tuning(model, cfg.train)
-        if cfg.train.activation_checkpointing:
+            model = self.family.build_model(self.tokenizer, self.assets)
+        if start_state is None and index == 0 and cfg.model.init_from:
+            start_state = init_state(cfg.model.init_from)
+        if start_state is not None:
+            load_plain_state(model, start_state, where=f"stage '{stage.name}'")
+        groups = apply_tuning(model, self.family, stage.spec(cfg.train.lora))
+        if cfg.train.activation_checkpointing and hasattr(model, "enable_activation_checkpointing"):
             model.enable_activation_checkpointing()
-        self.universal = self.resume is not None and self.resume.world_size != self.world_size
-        self.strategy.setup(model, load_universal=self.universal)
-        self.loader = make_loader(cfg.data, cfg.data.train_split, rank=self.rank, world_size=self.world_size,
-                                  batch_size=cfg.train.micro_batch_size, seed=cfg.seed,
-                                  builder=self.family.sample_builder(self.tokenizer, train=True),
-                                  collate=self.family.collate(self.tokenizer), mode="train")
-        seed_all(cfg.seed * 1000 + self.rank)  # per-rank stream for dropout etc.
+        self.strategy.setup(model, groups=groups, lr=stage.lr, steps=stage.steps, load_universal=load_universal)
+        self.stage_index = index
+        builder = self.family.sample_builder(self.tokenizer, "train", stage.target)
+        if self.loader is None:
+            self.loader = make_loader(cfg.data, cfg.data.train_split, rank=self.rank, world_size=self.world_size,
+                                      batch_size=cfg.train.micro_batch_size, seed=cfg.seed, builder=builder,
+                                      collate=self.family.collate(self.tokenizer), mode="train")
+        else:
+            self.loader.builder = builder
+        seed_all(cfg.seed * 1000 + self.rank + 7919 * index)  # per-rank, per-stage stream for dropout etc.
+        if self.rank == 0:
+            print(f"rrg: stage {index + 1}/{len(self.stages)} '{stage.name}' (target {stage.target}): "
+                  f"{trainable_summary(model)}", flush=True)
+
+    def _next_stage(self) -> None:
+        """Hand the trained weights (LoRA merged) to a freshly built model of the next stage."""
+        from modeling.tuning import plain_state_dict
+
+        module = self.strategy.engine.module
+        state = plain_state_dict(module, self.strategy.full_state_dict(all_ranks=True))
+        self.strategy.teardown()
+        self._build_stage(self.stage_index + 1, start_state=state)
+        if self.logger is not None:
+            self.logger.note(f"stage '{self.stages[self.stage_index].name}' starts from the previous stage's weights")
 
     def _restore(self, state: LoopState) -> None:
         point = self.resume
+        self.universal = point.world_size != self.world_size
+        index = int(point.meta.get("stage", self.cfg.train.stage_at(max(point.step - 1, 0))))
+        self._build_stage(index, load_universal=self.universal)
         tag = self.checkpoints.ensure_universal(point) if self.universal else DS_TAG
         self.strategy.load(str(point.path), tag)
         # every rank saved the same reader position (ranks step in lockstep); the reader
@@ -102,15 +140,17 @@ class TrainingRun:
 
     def save_checkpoint(self, step: int) -> Path:
         cfg = self.cfg
+        tuning = self.stages[self.stage_index].tuning
 
         def write_shards(directory: str, tag: str) -> None:
             self.strategy.save(directory, tag)
-            if cfg.train.tuning != "full":  # small, directly loadable trainable weights (adapter + projector)
+            if tuning != "full":  # small, directly loadable trainable weights (adapter + projector)
                 save_trainable(self.strategy, Path(directory) / "trainable.safetensors", rank=self.rank,
-                               tuning=cfg.train.tuning)
+                               tuning=tuning)
 
         reader = self.loader.state_dict()
-        meta = {"zero_stage": cfg.train.zero_stage, "tuning": cfg.train.tuning, "wandb_id": self.wandb_id,
+        meta = {"zero_stage": cfg.train.zero_stage, "tuning": tuning, "wandb_id": self.wandb_id,
+                "stage": self.stage_index, "stage_name": self.stages[self.stage_index].name,
                 "manifest_fingerprint": reader.get("fingerprint"),
                 "precision": cfg.train.precision, "config": cfg.to_dict()}
         path = self.checkpoints.save(step, write_shards=write_shards, meta=meta,
@@ -123,9 +163,10 @@ class TrainingRun:
         from shards.reader import make_loader
         from trainer.loop import to_device
 
+        # held-out studies carry no training annotations: the reference point is the loss on reports
         loader = make_loader(self.cfg.data, self.cfg.data.eval_split, rank=self.rank, world_size=self.world_size,
                              batch_size=self.cfg.train.micro_batch_size, seed=self.cfg.seed,
-                             builder=self.family.sample_builder(self.tokenizer, train=True),
+                             builder=self.family.sample_builder(self.tokenizer, "train", "report"),
                              collate=self.family.collate(self.tokenizer), mode="eval")
         batch = next(iter(loader))
         engine = self.strategy.engine
@@ -141,15 +182,18 @@ class TrainingRun:
         pid_dir = Path(cfg.output_dir) / "pids"
         pid_dir.mkdir(parents=True, exist_ok=True)
         (pid_dir / f"rank_{self.rank}.pid").write_text(str(os.getpid()))
-        self._build()
         state = LoopState()
+        self.universal = False
         if self.resume is not None:
             self._restore(state)
+        else:
+            self._build_stage(0)
         self.logger = RunLogger(cfg.logging, rank=self.rank, output_dir=cfg.output_dir, run_name=cfg.name,
                                 run_id=self.wandb_id, total_steps=cfg.train.max_steps, start_step=state.step,
                                 config=cfg.to_dict())
         if self.resume is not None:
-            self.logger.note(f"resumed from {self.resume.path} at step {state.step}"
+            self.logger.note(f"resumed from {self.resume.path} at step {state.step}, stage "
+                             f"'{self.stages[self.stage_index].name}'"
                              + (f" (world size {self.resume.world_size} -> {self.world_size})" if self.universal else ""))
         stop_file = Path(self.loop_config["stop_file"])
         evaluator = None
@@ -161,16 +205,24 @@ class TrainingRun:
                           logger=self.logger, rank=self.rank, world_size=self.world_size, state=state,
                           save_checkpoint=self.save_checkpoint, stop_requested=stop_file.exists,
                           evaluator=evaluator)
-        if state.step < cfg.train.max_steps:
-            state = trainer.fit()
+        while True:
+            end = cfg.train.stage_bounds(self.stage_index)[1]
+            if state.step < end:
+                state = trainer.fit(until=end)
+            if state.preempted or self.stage_index == len(self.stages) - 1:
+                break
+            self._next_stage()
+            trainer.loader = self.loader
         if evaluator is not None:
             evaluator.close()  # rank 0 may still be scoring the last evaluation
         export_dir = None
         if not state.preempted and cfg.checkpoint.export != "none":
             export_dir = export_model(self.strategy, self.family, self.tokenizer, cfg,
-                                      Path(cfg.output_dir) / "export", rank=self.rank)
+                                      Path(cfg.output_dir) / "export", rank=self.rank,
+                                      spec=self.stages[self.stage_index].spec(cfg.train.lora))
         final_eval_loss = None if state.preempted else self.eval_loss()
         result = {"step": state.step, "preempted": state.preempted, "final_eval_loss": final_eval_loss,
+                  "stage": self.stages[self.stage_index].name,
                   "checkpoint": str(self.checkpoints.latest() or ""), "export": str(export_dir or ""),
                   "skipped_samples": getattr(self.loader, "skipped", 0)}
         if self.rank == 0:
@@ -178,6 +230,31 @@ class TrainingRun:
         self.logger.finish()
         _barrier()
         return result
+
+
+def init_state(export_dir: str) -> dict[str, torch.Tensor]:
+    """Weights of an earlier export (``model.init_from``), LoRA merged, as a plain state dict."""
+    from modeling.family import load_pretrained
+    from modeling.tuning import plain_state_dict
+
+    model = load_pretrained(export_dir)
+    return plain_state_dict(model)
+
+
+def load_plain_state(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Load a plain state dict into a freshly built model (every rank holds it; ZeRO-3 aware)."""
+    params = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    if params:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+            missing, unexpected = model.load_state_dict(state, strict=False)
+    else:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("inv_freq")]
+    if missing or unexpected:
+        raise RuntimeError(f"{where}: the starting weights do not fit the model: missing={missing[:5]} "
+                           f"unexpected={unexpected[:5]}")
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
