@@ -17,23 +17,18 @@ editing a held-out report cannot change an eval batch.
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
-from configs.schema import ConfigError, from_dict
-from modeling.config import LoraConfig, ModelConfig
-from modeling.family import FAMILIES, MODEL_JSON, Generation, GenConfig, ModelFamily, ParamGroup, read_model_json
-from modeling.llava_rad import IGNORE, LlavaRad, LlavaRadFamily, collate_prompt_batch
+from configs.schema import ConfigError
+from modeling.config import ModelConfig
+from modeling.family import FAMILIES, Generation, GenConfig
+from modeling.llava_rad import IGNORE, LlavaRad, LlavaRadFamily
 from modeling.templates import get_template
-from modeling.tokenizer import get_tokenizer
-from modeling.tuning import is_peft
 from modeling.vision import image_stats, preprocess_image
 from shards.reasoning.chain import TARGETS, extract_final_report, target_text
 
@@ -58,13 +53,6 @@ class LvmedR2Options:
         missing = set(TARGETS) - set(self.max_len)
         if missing:
             raise ConfigError(f"{key}.max_len", f"missing targets {sorted(missing)}")
-
-
-def options_of(cfg: ModelConfig) -> LvmedR2Options:
-    raw = getattr(cfg, "options", None)
-    opts = raw if isinstance(raw, LvmedR2Options) else from_dict(LvmedR2Options, raw or {}, "model.options")
-    opts.validate()
-    return opts
 
 
 def prompt_text(cfg: ModelConfig, opts: LvmedR2Options, target: str) -> str:
@@ -125,64 +113,44 @@ class LvmedR2(LlavaRad):
     family_name = "lvmed_r2"
 
 
+def chain_vocabulary() -> list[str]:
+    """The fixed text of every chain (thinking sentences, headers, ontology knowledge, organ and condition
+    names): the tokenizer learns it beside the training reports, so chains tokenize compactly."""
+    from shards.reasoning.chain import HEADERS, REFLECTION, THINKING
+    from shards.reasoning.ontology import ONTOLOGY, conditions
+
+    out = [*THINKING, *HEADERS]
+    for organ, o in ONTOLOGY.items():
+        out += [f"- {organ.capitalize()}: {o['knowledge']}", REFLECTION.format(organ=organ),
+                *(f"- {organ.capitalize()} ({c}):" for c in conditions(organ))]
+    return out
+
+
 @FAMILIES.register("lvmed_r2")
-class LvmedR2Family(ModelFamily):
+class LvmedR2Family(LlavaRadFamily):
     """llava_rad's architecture trained on reasoning chains, with reflection at inference."""
 
     name = "lvmed_r2"
     Options = LvmedR2Options
-    asset_names = ("perception_tree",)
+    model_class = LvmedR2
 
-    def __init__(self, cfg: ModelConfig):  # noqa: D107 - model.options may not exist on older ModelConfigs
-        self.cfg, self.opts = cfg, options_of(cfg)
-        self.base = LlavaRadFamily(cfg)
+    def __init__(self, cfg: ModelConfig):  # noqa: D107
+        super().__init__(cfg)
+        self.opts.validate()
 
     # ---- text -------------------------------------------------------------------------------
-    def tokenizer(self, train_texts: Optional[Iterable[str]] = None, save_dir: Optional[str] = None):
-        lm = self.cfg.lm
-        path = lm.tokenizer or lm.path
-        texts = None
-        if path is None and train_texts is not None:
-            texts = [prompt_text(self.cfg, self.opts, t) for t in TARGETS] + list(train_texts)
-        return get_tokenizer(path, texts, lm.tokenizer_vocab_size, save_dir)
+    def prompt_texts(self) -> list[str]:
+        return [prompt_text(self.cfg, self.opts, t) for t in TARGETS]
 
     def tokenizer_texts(self, records: Iterable[dict], annotations: Iterable[dict] = ()) -> Iterable[str]:
-        for r in records:
-            yield r["report"]["text"]
+        """Training reports, the chains' fixed vocabulary (x20, so its merges win) and any chains given."""
+        yield from super().tokenizer_texts(records)
+        for _ in range(20):
+            yield from chain_vocabulary()
         for ann in annotations:
             for key in ("reasoning", "reflection"):
                 if (ann or {}).get(key):
                     yield ann[key]
-
-    # ---- model ------------------------------------------------------------------------------
-    def build_model(self, tok, assets: Optional[dict[str, Any]] = None) -> LvmedR2:
-        m = self.base.build_model(tok)
-        return LvmedR2(self.cfg, m.vision, m.projector, m.lm, tok)
-
-    def trainable_groups(self, model: nn.Module, mode: str, stage: Optional[Any] = None) -> list[ParamGroup]:
-        """projector always; ``lora`` wraps the LM once (a later LoRA stage keeps training the same
-        adapter, i.e. starts from the previous stage's weights); ``full`` trains the LM."""
-        for p in model.parameters():
-            p.requires_grad_(False)
-        groups = [ParamGroup("projector", list(model.projector.parameters()))]
-        if mode == "lora":
-            if not is_peft(model.lm):
-                from peft import LoraConfig as PeftLoraConfig, get_peft_model
-
-                lora = getattr(stage, "lora", None) or LoraConfig()
-                model.lm = get_peft_model(model.lm, PeftLoraConfig(
-                    r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                    target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
-            groups.append(ParamGroup("lm_lora", [p for n, p in model.lm.named_parameters() if "lora_" in n]))
-        elif mode == "full":
-            groups.append(ParamGroup("lm", list(model.lm.parameters())))
-        elif mode != "projector":
-            raise ConfigError("train.tuning", f"lvmed_r2 has no tuning mode '{mode}'")
-        for g in groups:
-            for p in g.params:
-                p.requires_grad_(True)
-        model.rrg_tuning = mode
-        return groups
 
     # ---- samples ----------------------------------------------------------------------------
     def sample_builder(self, tok, mode: str, target: str = "report") -> Callable[[Any], list[dict]]:
@@ -192,9 +160,6 @@ class LvmedR2Family(ModelFamily):
         prompts = {t: prompt_ids(tok, self.cfg, self.opts, t) for t in TARGETS}
         return partial(build_lvmed_sample, tok=tok, cfg=self.cfg, opts=self.opts, mode=mode, target=target,
                        mean=mean, std=std, prompts=prompts)
-
-    def collate(self, tok) -> Callable[[list[dict]], dict]:
-        return partial(collate_prompt_batch, pad_token_id=tok.pad_token_id)
 
     # ---- generation -------------------------------------------------------------------------
     def generate(self, model: nn.Module, tok, batch: dict, gen: GenConfig) -> list[Generation]:
@@ -216,31 +181,3 @@ class LvmedR2Family(ModelFamily):
                 gens.append(Generation(batch["study_ids"][i], batch["references"][i], text, trace=chains[i].strip(),
                                        extra={"final_report_fallback": fell_back, "reflection": reflection}))
         return gens
-
-    # ---- export -----------------------------------------------------------------------------
-    def save_pretrained(self, model: nn.Module, directory: str, merge: bool = False) -> None:
-        model.save_pretrained(directory, merge=merge)
-        meta_path = os.path.join(directory, MODEL_JSON)
-        with open(meta_path) as fh:
-            meta = json.load(fh)
-        meta["options"] = json.loads(json.dumps(self.opts.__dict__))
-        with open(meta_path, "w") as fh:
-            json.dump(meta, fh, indent=2)
-
-    @classmethod
-    def load_pretrained(cls, directory: str) -> LvmedR2:
-        _, cfg, meta = read_model_json(directory)
-        if "options" in meta and hasattr(cfg, "options"):
-            cfg.options = meta["options"]
-        cfg.vision.path, cfg.vision.hf_config = os.path.join(directory, "vision"), {}
-        cfg.lm.path, cfg.lm.hf_config = os.path.join(directory, "lm"), {}
-        cfg.lm.tokenizer = os.path.join(directory, "tokenizer")
-        family = cls(cfg)
-        model = family.build_model(family.tokenizer())
-        model.projector.load_state_dict(load_file(os.path.join(directory, "projector.safetensors")))
-        if meta.get("lm_adapter"):
-            from peft import PeftModel
-
-            model.lm = PeftModel.from_pretrained(model.lm, os.path.join(directory, "lm_adapter"))
-        model.rrg_tuning = meta.get("tuning", "full")
-        return model

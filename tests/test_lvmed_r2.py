@@ -113,12 +113,10 @@ def test_generate_reflection_switch_trace_and_export_roundtrip(fam_tok, tmp_path
         for g in gens:
             assert (g.generated, g.extra["final_report_fallback"]) == extract_final_report(g.trace)
     groups = fam.trainable_groups(model, "lora")
-    lora = groups[1].params
-    assert groups[1].name == "lm_lora" and lora and all(p.requires_grad for p in lora)
+    assert [g.name for g in groups] == ["projector", "lora"] and groups[1].params
     with torch.no_grad():
-        lora[1].add_(0.5)  # stage 1 "trained" the adapter
-    again = fam.trainable_groups(model, "lora")  # stage 2: the same adapter, from stage 1's weights
-    assert [id(p) for p in again[1].params] == [id(p) for p in lora]
+        groups[1].params[1].add_(0.5)  # a trained adapter
+    model.eval()  # the new LoRA dropout layers start in training mode
     fam.save_pretrained(model, str(tmp_path / "export"))
     loaded = type(fam).load_pretrained(str(tmp_path / "export")).eval()
     inputs = {k: batch[k] for k in ("pixel_values", "input_ids", "attention_mask")}
