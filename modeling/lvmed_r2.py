@@ -162,14 +162,27 @@ class LvmedR2Family(LlavaRadFamily):
                        mean=mean, std=std, prompts=prompts)
 
     # ---- generation -------------------------------------------------------------------------
-    def generate(self, model: nn.Module, tok, batch: dict, gen: GenConfig) -> list[Generation]:
-        """A chain per study (reflection prompt when ``gen.options['reflection']``); the final report is scored."""
-        reflection = bool(gen.options.get("reflection", False))
-        target = "reflection" if reflection else "reasoning"
+    def _prompt_batch(self, tok, batch: dict, target: str) -> torch.Tensor:
+        """The target's prompt for every row (prompts are the same for all studies: no padding)."""
         prompt = torch.tensor(prompt_ids(tok, self.cfg, self.opts, target), dtype=torch.long)
-        bsz = batch["pixel_values"].shape[0]
-        ids = prompt.to(batch["pixel_values"].device)[None].expand(bsz, -1).contiguous()
-        budget = self.opts.max_new_tokens or (self.opts.max_len[target] - len(prompt))
+        return prompt.to(batch["pixel_values"].device)[None].expand(batch["pixel_values"].shape[0], -1).contiguous()
+
+    def generate(self, model: nn.Module, tok, batch: dict, gen: GenConfig) -> list[Generation]:
+        """A chain per study (reflection prompt when ``gen.options['reflection']``); the final report is scored.
+
+        ``gen.options['chain'] = False`` asks for the report directly (the direct-SFT baseline)."""
+        unknown = set(gen.options) - {"reflection", "chain"}
+        if unknown:
+            raise ConfigError("eval.family_options", f"lvmed_r2 reads 'reflection' and 'chain', not {sorted(unknown)}")
+        reflection = bool(gen.options.get("reflection", False))
+        if not gen.options.get("chain", True):
+            if reflection:
+                raise ConfigError("eval.family_options.reflection", "reflection needs chain: true")
+            ids = self._prompt_batch(tok, batch, "report")
+            return super().generate(model, tok, {**batch, "input_ids": ids, "attention_mask": torch.ones_like(ids)}, gen)
+        target = "reflection" if reflection else "reasoning"
+        ids = self._prompt_batch(tok, batch, target)
+        budget = self.opts.max_new_tokens or (self.opts.max_len[target] - ids.shape[1])
         out = model.generate(pixel_values=batch["pixel_values"], input_ids=ids, attention_mask=torch.ones_like(ids),
                              max_new_tokens=max(budget, gen.max_new_tokens), num_beams=gen.num_beams,
                              synced_gpus=gen.synced_gpus)

@@ -112,6 +112,10 @@ def test_generate_reflection_switch_trace_and_export_roundtrip(fam_tok, tmp_path
         assert [g.id for g in gens] == ["a", "b"] and all(g.extra["reflection"] is r for g in gens)
         for g in gens:
             assert (g.generated, g.extra["final_report_fallback"]) == extract_final_report(g.trace)
+    direct = fam.generate(model, tok, batch, GenConfig(max_new_tokens=3, options={"chain": False}))
+    assert all(g.trace is None and len(tok(g.generated)["input_ids"]) <= 3 for g in direct)  # the SFT baseline
+    with pytest.raises(Exception, match="family_options"):
+        fam.generate(model, tok, batch, GenConfig(options={"reflect": True}))
     groups = fam.trainable_groups(model, "lora")
     assert [g.name for g in groups] == ["projector", "lora"] and groups[1].params
     with torch.no_grad():
