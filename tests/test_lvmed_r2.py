@@ -125,3 +125,16 @@ def test_generate_reflection_switch_trace_and_export_roundtrip(fam_tok, tmp_path
     loaded = type(fam).load_pretrained(str(tmp_path / "export")).eval()
     inputs = {k: batch[k] for k in ("pixel_values", "input_ids", "attention_mask")}
     assert torch.allclose(model(**inputs).logits, loaded(**inputs).logits, atol=1e-5)
+
+
+def test_trace_is_collapsible_in_the_report_and_fallbacks_are_counted():
+    from trainer.evaluate import fallback_counts
+    from trainer.report_html import study_card
+
+    recs = [{"id": "a", "reference": "r", "generated": "g", "trace": "Final report:\ng <b>", "final_report_fallback": False},
+            {"id": "b", "reference": "r", "generated": "x", "trace": "x", "final_report_fallback": True},
+            {"id": "c", "reference": "r", "generated": "y"}]
+    assert fallback_counts(recs) == {"final_report_fallback_count": 1}
+    html = study_card(recs[0])
+    assert '<details class="trace"><summary>full trace</summary><pre>Final report:\ng &lt;b&gt;</pre></details>' in html
+    assert "last paragraph scored" in study_card(recs[1]) and "<details" not in study_card(recs[2])
