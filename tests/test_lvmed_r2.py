@@ -138,3 +138,24 @@ def test_trace_is_collapsible_in_the_report_and_fallbacks_are_counted():
     html = study_card(recs[0])
     assert '<details class="trace"><summary>full trace</summary><pre>Final report:\ng &lt;b&gt;</pre></details>' in html
     assert "last paragraph scored" in study_card(recs[1]) and "<details" not in study_card(recs[2])
+
+
+@pytest.mark.slow
+def test_two_stage_curriculum_resumes_inside_stage_two_bit_exactly(shards, tmp_path):
+    """Stage 1 LoRA on chains (3 steps), stage 2 LoRA on reflection (3 steps), one job; a resume from
+    the checkpoint one step into stage 2 repeats the uninterrupted run's losses exactly."""
+    from tests.trainkit import step_losses, torchrun
+
+    copy = shard_copy(shards, tmp_path)
+    annotate_reasoning(copy, ReasoningConfig(), SerialPool())
+    common = [f"data.shards_dir={copy}", "model.family=lvmed_r2", "model.options.max_len.reasoning=160",
+              "model.options.max_len.reflection=160", "checkpoint.every_steps=4",
+              "train.stages=[{name: chains, tuning: lora, steps: 3, target: reasoning}, "
+              "{name: reflect, tuning: lora, steps: 3, target: reflection}]"]
+    torchrun(1, common + [f"output_dir={tmp_path / 'full'}"])
+    ckpt = tmp_path / "full" / "checkpoints" / "step_0000004"
+    meta = __import__("json").loads((ckpt / "meta.json").read_text())
+    assert meta["stage"] == 1 and meta["stage_name"] == "reflect"
+    torchrun(1, common + [f"output_dir={tmp_path / 'resumed'}", f"checkpoint.resume={ckpt}"])
+    full, resumed = step_losses(tmp_path / "full"), step_losses(tmp_path / "resumed")
+    assert sorted(resumed) == [5, 6] and [resumed[s] for s in (5, 6)] == [full[s] for s in (5, 6)]
