@@ -25,6 +25,9 @@ setup(
         "pyyaml==6.0.3",
         "numpy",
         "tqdm",
+        "pydicom==3.0.2",
+        "pylibjpeg==2.1.0",
+        "pylibjpeg-openjpeg==2.6.0",
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "pycocoevalcap==1.2"],

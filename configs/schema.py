@@ -15,7 +15,7 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable, Generic, Literal, TypeVar, Union, get_args, get_origin
+from typing import Any, Callable, Generic, Literal, Optional, TypeVar, Union, get_args, get_origin
 
 import yaml
 
@@ -203,7 +203,8 @@ class Registry(Generic[T]):
         return name in self._items
 
 
-def read_yaml_chain(path: Path, seen: tuple = ()) -> dict:
+def read_yaml_chain(path: Path, seen: tuple = (), merge: Optional[Callable[[dict, dict], dict]] = None) -> dict:
+    """A YAML mapping with its ``base:`` chain merged in (``merge(base, child)``, default deep_merge)."""
     if not path.is_file():
         raise ConfigError("", f"config file not found: {path}")
     if path in seen:
@@ -216,5 +217,5 @@ def read_yaml_chain(path: Path, seen: tuple = ()) -> dict:
         raise ConfigError("", f"{path} must hold a mapping at the top level")
     base = data.pop("base", None)
     if base is not None:
-        data = deep_merge(read_yaml_chain((path.parent / base).resolve(), seen + (path,)), data)
+        data = (merge or deep_merge)(read_yaml_chain((path.parent / base).resolve(), seen + (path,), merge), data)
     return data

@@ -79,10 +79,19 @@ def cmd_bench_train(args):
 
 def cmd_train(args):
     cfg = _load(args)  # validate before anything heavy is imported or started
-    from cluster.ray_train import run_training
-
     if args.resume is not None:
         cfg.checkpoint.resume = args.resume
+    if cfg.cluster.backend == "torchrun":
+        from cluster.torchrun import run_training as torchrun_training
+
+        config, overrides = _split_config(args)
+        extra = [f"checkpoint.resume={args.resume}"] if args.resume is not None else []
+        rc = torchrun_training(cfg, config, overrides + extra)
+        if rc:
+            raise SystemExit(rc)
+        return
+    from cluster.ray_train import run_training
+
     run_training(cfg, address=args.address or cfg.cluster.address or os.environ.get("RAY_ADDRESS"))
 
 
@@ -98,6 +107,26 @@ def cmd_eval(args):
     run_eval(cfg, pool=_pool(cfg, args.address), checkpoint=args.checkpoint, model_dir=args.model_dir,
              out=args.out, image_ablation=args.image_ablation)
 
+
+def cmd_plan(args):
+    from modeling.config import without_path_checks
+    from trainer.plan import run_plan
+
+    with without_path_checks():  # real-scale configs name model directories that need not exist here
+        cfg = _load(args)
+    run_plan(cfg, gpus=args.gpus, nodes=args.nodes, gpu_memory=args.gpu_memory, studies=args.studies,
+             mfu=args.mfu, peak_tflops=args.peak_tflops)
+
+
+def cmd_generate(args):
+    from trainer.infer_files import GenerateError, generate_files
+
+    try:
+        generate_files(args.inputs, model_dir=args.model_dir, checkpoint=args.checkpoint, config=args.config,
+                       out=args.out, labels=args.labels, batch_size=args.batch_size, device=args.device)
+    except GenerateError as err:
+        print(str(err), file=sys.stderr)
+        sys.exit(3)
 
 def cmd_annotate_reasoning(args):
     """LVMed-R2 data: perception-tree asset + reasoning/reflection overlay for the training split."""
@@ -140,6 +169,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--address", default=None)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("plan", help="parameters, memory per GPU and time per epoch, without weights")
+    _add_config_args(p)
+    p.add_argument("--gpus", type=int, default=8, help="GPUs per node (default 8)")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpu-memory", type=float, default=80.0, help="GB per GPU (default 80)")
+    p.add_argument("--studies", type=int, default=None, help="training studies (default: the shard manifest's)")
+    p.add_argument("--mfu", type=float, default=0.40, help="model FLOPs utilisation assumed (default 0.40)")
+    p.add_argument("--peak-tflops", type=float, default=989.0, help="GPU bf16 peak (default H100: 989)")
+    p.set_defaults(func=cmd_plan)
+    p = sub.add_parser("generate", help="reports for PNG/JPEG/DICOM files or study folders, from an exported model")
+    p.add_argument("inputs", nargs="+", metavar="FILES_OR_FOLDERS",
+                   help="image files (one study each) or folders (a folder of images = one study)")
+    p.add_argument("--model-dir", required=True, help="an rrg export directory (written from --checkpoint if given)")
+    p.add_argument("--checkpoint", default=None, help="a checkpoint directory to export into --model-dir first")
+    p.add_argument("--config", default=None, help="run config (default: the export's or the checkpoint's)")
+    p.add_argument("--out", default="reports.jsonl", help="output JSONL, one line per study")
+    p.add_argument("--labels", action="store_true", help="add CheXpert-14 labels of each generated report")
+    p.add_argument("--batch-size", type=int, default=None, help="default eval.batch_size")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("label", help="CheXpert-14 labels for reports, as CSV")
     p.add_argument("file", help="JSONL with a 'report' field, or text with one report per line")
@@ -208,9 +258,10 @@ def main(argv: list[str] | None = None) -> int:
         print("rrg: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - clear one-line errors for known data problems
+        from shards.adapters import AdapterError
         from shards.manifest import ManifestError
 
-        known = (ManifestError,)
+        known = (ManifestError, AdapterError)
         try:
             from shards.reader import DataError
 

@@ -1,11 +1,25 @@
 """Typed config section for the model: family, vision encoder, projector, LM, attention."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 from configs.schema import ConfigError
+
+# ``rrg plan`` reads real-scale configs whose model directories are placeholders on this machine
+CHECK_PATHS = contextvars.ContextVar("rrg_check_model_paths", default=True)
+
+
+@contextlib.contextmanager
+def without_path_checks():
+    token = CHECK_PATHS.set(False)
+    try:
+        yield
+    finally:
+        CHECK_PATHS.reset(token)
 
 
 @dataclass
@@ -57,9 +71,9 @@ class ModelConfig:
             sub = getattr(self, part)
             if sub.path is None and not sub.hf_config:
                 raise ConfigError(f"{key}.{part}.path", "missing: give a local model path or an hf_config")
-            if sub.path is not None and not os.path.isdir(sub.path):
+            if sub.path is not None and CHECK_PATHS.get() and not os.path.isdir(sub.path):
                 raise ConfigError(f"{key}.{part}.path", f"no such model directory: {sub.path}")
-        if self.lm.tokenizer is not None and not os.path.exists(self.lm.tokenizer):
+        if self.lm.tokenizer is not None and CHECK_PATHS.get() and not os.path.exists(self.lm.tokenizer):
             raise ConfigError(f"{key}.lm.tokenizer", f"no such tokenizer: {self.lm.tokenizer}")
         if self.lm.tokenizer is None and self.lm.path is None and self.lm.tokenizer_vocab_size < 300:
             raise ConfigError(f"{key}.lm.tokenizer_vocab_size",
@@ -68,7 +82,7 @@ class ModelConfig:
             raise ConfigError(f"{key}.vision.image_size", "must be >= 16")
         if self.max_text_len < 8:
             raise ConfigError(f"{key}.max_text_len", "must be >= 8")
-        if self.init_from is not None and not os.path.isfile(os.path.join(self.init_from, "rrg_model.json")):
+        if self.init_from is not None and CHECK_PATHS.get() and not os.path.isfile(os.path.join(self.init_from, "rrg_model.json")):
             raise ConfigError(f"{key}.init_from", f"not an rrg export directory: {self.init_from}")
 
     def validate_family(self) -> None:

@@ -180,9 +180,10 @@ class LlavaRad(nn.Module):
             json.dump(meta, fh, indent=2)
 
     @classmethod
-    def from_pretrained(cls, directory: str) -> "LlavaRad":
+    def from_pretrained(cls, directory: str, cfg: Optional[ModelConfig] = None) -> "LlavaRad":
         """Rebuild from ``save_pretrained`` output (adapter re-attached with plain peft)."""
-        family_name, cfg, meta = read_model_json(directory)
+        family_name, saved_cfg, meta = read_model_json(directory)
+        cfg = cfg or saved_cfg
         cfg.vision.path, cfg.vision.hf_config = os.path.join(directory, "vision"), {}
         cfg.lm.path, cfg.lm.hf_config = os.path.join(directory, "lm"), {}
         cfg.lm.tokenizer = os.path.join(directory, "tokenizer")
@@ -297,7 +298,9 @@ class LlavaRadFamily(ModelFamily):
             if len(tok) > lm.get_input_embeddings().num_embeddings:
                 lm.resize_token_embeddings(len(tok))
             return lm
-        hf = dict(lm_cfg.hf_config, vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+        # an inline architecture may state its own (larger) vocabulary, as real-scale configs do
+        hf = dict(lm_cfg.hf_config, vocab_size=max(len(tok), int(lm_cfg.hf_config.get("vocab_size", 0))),
+                  pad_token_id=tok.pad_token_id,
                   bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
         return AutoModelForCausalLM.from_config(AutoConfig.for_model(**hf), attn_implementation=attn)
 

@@ -41,9 +41,13 @@ class VisionEncoder(nn.Module):
         super().__init__()
         self.model = model
         self.select_layer = select_layer
-        self.hidden_size = int(model.config.hidden_size)
-        size, patch = int(model.config.image_size), int(model.config.patch_size)
-        self.num_patches = (size // patch) ** 2
+        cfg = model.config
+        if hasattr(cfg, "patch_size"):  # a ViT: patch tokens
+            self.hidden_size = int(cfg.hidden_size)
+            self.num_patches = (int(cfg.image_size) // int(cfg.patch_size)) ** 2
+        else:  # a CNN (e.g. BioViL's ResNet-50): its last feature map, flattened row-major into tokens
+            self.hidden_size = int(cfg.hidden_sizes[-1])
+            self.num_patches = None
 
     # pooling parts of CLIP/SigLIP towers: the patch features never pass through them
     UNUSED_PARTS = frozenset({"post_layernorm", "head"})
@@ -62,6 +66,8 @@ class VisionEncoder(nn.Module):
         pixel_values = pixel_values.to(dtype=next(self.model.parameters()).dtype)
         out = self.model(pixel_values=pixel_values, output_hidden_states=True)
         feats = out.hidden_states[self.select_layer]
+        if feats.ndim == 4:  # CNN feature map (B, C, h, w) -> (B, h*w, C)
+            return feats.flatten(2).transpose(1, 2)
         if feats.shape[1] == self.num_patches + 1:  # CLIP-style class token first: keep patches only
             feats = feats[:, 1:]
         return feats

@@ -27,6 +27,8 @@ class BuildConfig:
     split_fractions: dict[str, float] = field(
         default_factory=lambda: {"train": 0.8, "validate": 0.1, "test": 0.1}
     )  # used only when the source gives no split; split is by patient
+    dicom_window: Literal["voi", "minmax", "none"] = "voi"  # DICOM intensity window (shards/dicom.py)
+    max_skip_fraction: float = 0.05  # unusable DICOM studies (counted, skipped) beyond this share fail the build
     num_tasks: int = 0  # parallel Ray tasks; 0 = one per CPU
     progress: bool = True
 
@@ -37,6 +39,10 @@ class BuildConfig:
             raise ConfigError(f"{key}.jpeg_quality", "must be within 1..100")
         if self.samples_per_shard < 1:
             raise ConfigError(f"{key}.samples_per_shard", "must be >= 1")
+        if self.dicom_window not in ("voi", "minmax", "none"):
+            raise ConfigError(f"{key}.dicom_window", f"must be voi, minmax or none, got {self.dicom_window!r}")
+        if not 0.0 <= self.max_skip_fraction <= 1.0:
+            raise ConfigError(f"{key}.max_skip_fraction", "must be within [0, 1]")
         if self.split_fractions and abs(sum(self.split_fractions.values()) - 1.0) > 1e-6:
             raise ConfigError(f"{key}.split_fractions", "fractions must sum to 1")
 

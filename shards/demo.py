@@ -122,7 +122,7 @@ def _measure_ctr(masks: np.ndarray) -> float:
 
 
 def build_study(index: int, seed: int, findings: dict[str, Any], image_size: int = 512,
-                two_view_fraction: float = 0.25) -> Study:
+                two_view_fraction: float = 0.25, language: str = "en") -> Study:
     """Render and report a study for given ground-truth findings (make_study minus the sampling)."""
     an = _anatomy(index, seed)
     patient_id, split = demo_entry(index, seed)
@@ -133,7 +133,14 @@ def build_study(index: int, seed: int, findings: dict[str, Any], image_size: int
     views = [View(image=image, position=position)]
     if two_views:
         views.append(View(image=render_lateral(an, findings, image_size, np.random.default_rng([seed, index, 5])), position="LATERAL"))
-    body, impression, topics, labels = write_report(findings, np.random.default_rng([seed, index, 6]))
+    if language == "es":  # PadChest-style Spanish reports, PadChest main labels
+        from shards.demo_report_es import write_report_es
+
+        body, impression, topics, labels = write_report_es(findings, np.random.default_rng([seed, index, 6]))
+    elif language == "en":
+        body, impression, topics, labels = write_report(findings, np.random.default_rng([seed, index, 6]))
+    else:
+        raise ValueError(f"demo language must be 'en' or 'es', got {language!r}")
     meta = {
         "generator": "rrg-demo-phantom-v1",
         "findings": findings,
@@ -146,15 +153,18 @@ def build_study(index: int, seed: int, findings: dict[str, Any], image_size: int
     }
     return Study(study_id=f"demo-{index:06d}", patient_id=patient_id, split=split, views=views,
                  findings=body, impression=impression, labels=labels, topics=topics, masks=masks,
+                 label_set="padchest" if language == "es" else "chexpert",
                  mask_channels=list(DEMO_MASK_CHANNELS), meta=meta)
 
 
-def make_study(index: int, seed: int = 0, image_size: int = 512, two_view_fraction: float = 0.25) -> Study:
+def make_study(index: int, seed: int = 0, image_size: int = 512, two_view_fraction: float = 0.25,
+               language: str = "en") -> Study:
     """The demo study number ``index`` (pure function of its arguments)."""
     if index < 0:
         raise ValueError(f"index must be >= 0, got {index}")
     findings = sample_findings(np.random.default_rng([seed, index, 2]))
-    return build_study(index, seed, findings, image_size=image_size, two_view_fraction=two_view_fraction)
+    return build_study(index, seed, findings, image_size=image_size, two_view_fraction=two_view_fraction,
+                       language=language)
 
 
 def label_frequencies(studies: list[Study]) -> dict[str, dict[str, Optional[float]]]:

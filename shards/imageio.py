@@ -62,8 +62,13 @@ def target_size(height: int, width: int, longest: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def preprocess_image(image: np.ndarray, longest: int, low_pct: float = 0.0, high_pct: float = 100.0) -> np.ndarray:
-    """Any supported array -> uint8 (H, W) or (H, W, 3) with longest side ``longest``."""
+def preprocess_image(image: np.ndarray, longest: int, low_pct: float = 0.0, high_pct: float = 100.0,
+                     bounds: tuple[float, float] | None = None) -> np.ndarray:
+    """Any supported array -> uint8 (H, W) or (H, W, 3) with longest side ``longest``.
+
+    ``bounds``: the intensity window of a high-bit-depth image when it is already known
+    (DICOM pixels come windowed to [0, 1]); otherwise min/max or the percentiles.
+    """
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] != 3):
@@ -76,7 +81,7 @@ def preprocess_image(image: np.ndarray, longest: int, low_pct: float = 0.0, high
         return np.asarray(img)
     if image.ndim == 3:  # high-bit-depth RGB is rare: window jointly, then resize as uint8
         return preprocess_image(apply_window(image, *window_bounds(image, low_pct, high_pct)), longest)
-    lo, hi = window_bounds(image, low_pct, high_pct)
+    lo, hi = bounds if bounds is not None else window_bounds(image, low_pct, high_pct)
     img = Image.fromarray(image.astype(np.float32))  # mode "F": filter in float
     if img.size != size:
         img = img.resize(size, Image.Resampling.LANCZOS)

@@ -41,7 +41,6 @@ ahead), so batch counts and shapes stay equal across ranks.  A worker raises
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -52,7 +51,6 @@ from typing import Any, Callable, Iterator, Literal, Optional
 
 import numpy as np
 import torch
-from PIL import Image
 from safetensors.numpy import load as load_safetensors
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -62,6 +60,7 @@ from shards.manifest import Manifest, ManifestError, ShardInfo, file_sha256, loa
 from shards.masks import decode_masks
 from shards.records import DecodedSample
 from shards.sidecars import index_tar
+from shards.views import decode_image
 
 log = logging.getLogger("rrg.shards")
 Builder = Callable[[DecodedSample], dict]
@@ -196,12 +195,7 @@ class ShardFiles:
 
 
 # -------------------------------------------------------------- stage 7: decode
-def _image(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        if img.mode not in ("L", "RGB"):
-            img = img.convert("RGB" if img.mode in ("RGBA", "P", "CMYK", "YCbCr") else "L")
-        return np.asarray(img, dtype=np.uint8)
+_image = decode_image  # shards/views.py: shared with `rrg generate`
 
 
 def decode(key: str, shard: str, members: dict[str, bytes]) -> DecodedSample:

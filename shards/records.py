@@ -11,6 +11,9 @@ Members of one sample (``<key>.<ext>`` in the tar)::
     <key>.view1.png       second view, when the study has one
     <key>.masks.bin       zlib(np.packbits(bool masks (C, H, W))), see shards/masks.py
     <key>.kg.safetensors  knowledge-graph subgraph tensors, when the source has them
+    <key>.<name>.safetensors  named per-study tensors (Study.tensors), e.g. soft masks as uint8
+
+Sidecars (shards/sidecars.py) add members of the same forms later, aligned by key.
 
 Nothing in a shard is a pickle: tensors are safetensors or raw bit-packed bytes.
 """
@@ -45,12 +48,15 @@ class Study:
     views: list[View]
     findings: str = ""
     impression: str = ""
-    labels: dict[str, Optional[float]] = field(default_factory=dict)  # CHEXPERT_LABELS keys
+    labels: dict[str, Optional[float]] = field(default_factory=dict)  # keys of the label set below
+    label_set: str = "chexpert"  # configs.labelsets name: chexpert (14) or padchest
     topics: list[dict[str, str]] = field(default_factory=list)  # [{"text": sentence, "topic": name}]
     masks: Optional[np.ndarray] = None  # bool (C, H, W), aligned with views[0]
     mask_channels: list[str] = field(default_factory=list)
     mask_paths: dict[str, str] = field(default_factory=dict)  # channel -> image file (adapter alternative)
     kg: Optional[dict[str, np.ndarray]] = None  # node_ids, edge_index (2, E), edge_type (E,), node_feat (N, D)
+    # named per-study tensors, one safetensors member each (e.g. soft masks quantised to uint8)
+    tensors: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -12,6 +12,12 @@ Two passes:
    ``{file}.info.json``.  Tars use a fixed mtime, so a rebuilt shard is
    byte-identical and the manifest fingerprint does not change.
 
+A view the writer cannot use (a DICOM with no pixel data or a transfer syntax no
+installed decoder reads: ``shards.dicom.DicomSkip``) is left out and counted; a
+study left with no view is not written.  ``build_summary.json`` beside the
+manifest lists every skip with its file and reason, and more than
+``build.max_skip_fraction`` of the studies left out fails the build.
+
 Re-running is safe: ``build.json`` (written first) pins the adapter and
 preprocess settings, and a different config pointed at the same directory is
 refused; shards whose tar + sidecar are complete are kept; temp leftovers are
@@ -30,7 +36,6 @@ The ``.json`` record of a sample::
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
@@ -45,12 +50,15 @@ import numpy as np
 from configs.parallel import SerialPool, TaskPool
 from shards.adapters import make_adapter
 from shards.config import BuildConfig, DataConfig
-from shards.imageio import encode_image, load_image, load_mask, preprocess_image, resize_masks
+from shards.dicom import DicomSkip
+from shards.imageio import load_mask, resize_masks
 from shards.manifest import Manifest, ManifestError, ShardInfo, file_sha256
 from shards.masks import ENCODING, encode_masks
 from shards.records import FORMAT_VERSION, Study
+from shards.views import encode_view
 
 BUILD_SETTINGS = "build.json"
+BUILD_SUMMARY = "build_summary.json"
 _TMP_MARK = ".tmp-"
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -97,7 +105,7 @@ def build_settings(data_cfg: DataConfig, seed: int) -> dict[str, Any]:
         "preprocess": {
             "image_size": b.image_size, "image_format": b.image_format, "jpeg_quality": b.jpeg_quality,
             "samples_per_shard": b.samples_per_shard, "split_fractions": dict(b.split_fractions),
-            "seed": seed, "window": "minmax",
+            "seed": seed, "window": "minmax", "dicom_window": b.dicom_window,
         },
     }
 
@@ -159,20 +167,32 @@ def _study_masks(study: Study, height: int, width: int) -> tuple[Optional[np.nda
     return None, []
 
 
-def pack_study(study: Study, index: int, split: str, key: str, build: BuildConfig) -> tuple[dict[str, bytes], int]:
-    """A Study -> one webdataset sample (member ext -> bytes) and its mask byte count."""
+def pack_study(study: Study, index: int, split: str, key: str, build: BuildConfig,
+               skipped: Optional[list[DicomSkip]] = None) -> tuple[dict[str, bytes], int]:
+    """A Study -> one webdataset sample (member ext -> bytes) and its mask byte count.
+
+    An unusable DICOM view is appended to ``skipped`` and left out; a study left with
+    no view raises the last DicomSkip.
+    """
     sample: dict[str, Any] = {"__key__": key}
     views = []
     if not study.views:
         raise ValueError(f"study {study.study_id} has no views")
-    for i, view in enumerate(study.views):
-        raw = view.image if view.image is not None else load_image(view.path)
-        image = preprocess_image(np.asarray(raw), build.image_size)
-        data, ext = encode_image(image, build.image_format, build.jpeg_quality)
+    last_skip: Optional[DicomSkip] = None
+    for view in study.views:
+        try:
+            data, ext, image, facts = encode_view(view.image if view.image is not None else view.path, build)
+        except DicomSkip as skip:
+            last_skip = skip
+            if skipped is not None:
+                skipped.append(skip)
+            continue
+        i = len(views)
         sample[f"view{i}.{ext}"] = data
         views.append({"member": f"view{i}.{ext}", "position": view.position, "height": image.shape[0],
-                      "width": image.shape[1], "channels": 1 if image.ndim == 2 else 3,
-                      "source_dtype": str(np.asarray(raw).dtype), "source_shape": list(np.shape(raw))})
+                      "width": image.shape[1], "channels": 1 if image.ndim == 2 else 3, **facts})
+    if not views:
+        raise last_skip
     masks, channels = _study_masks(study, views[0]["height"], views[0]["width"])
     mask_meta, mask_bytes = None, 0
     if masks is not None:
@@ -187,11 +207,19 @@ def pack_study(study: Study, index: int, split: str, key: str, build: BuildConfi
         sample["kg.safetensors"] = save({k: np.ascontiguousarray(v) for k, v in study.kg.items()})
         kg_meta = {"member": "kg.safetensors", "num_nodes": int(len(study.kg["node_ids"])),
                    "num_edges": int(np.shape(study.kg["edge_index"])[-1])}
+    tensors_meta = {}
+    for name, group in sorted(study.tensors.items()):  # named per-study tensors (float16 / uint8 ...)
+        from safetensors.numpy import save
+
+        if name in ("kg", "masks") or not name.isidentifier():
+            raise ValueError(f"study {study.study_id}: tensor group name {name!r} is reserved or not an identifier")
+        sample[f"{name}.safetensors"] = save({k: np.ascontiguousarray(v) for k, v in group.items()})
+        tensors_meta[name] = {k: {"dtype": str(np.asarray(v).dtype), "shape": list(np.shape(v))} for k, v in group.items()}
     record = {
         "study_id": study.study_id, "patient_id": study.patient_id, "split": split, "key": key, "index": index,
         "report": {"text": study.report, "findings": study.findings, "impression": study.impression},
-        "labels": study.labels, "topics": study.topics, "views": views, "masks": mask_meta, "kg": kg_meta,
-        "meta": study.meta,
+        "labels": study.labels, "label_set": study.label_set, "topics": study.topics, "views": views,
+        "masks": mask_meta, "kg": kg_meta, "tensors": tensors_meta, "meta": study.meta,
     }
     sample["json"] = json.dumps(record, default=_json_default).encode()
     return sample, mask_bytes
@@ -225,7 +253,7 @@ def write_shard(adapter: Any, shard: dict[str, Any], out_dir: str, build: BuildC
     final = out / shard["file"]
     tmp = out / f"{shard['file']}{_TMP_MARK}{os.getpid()}"
     used: set[str] = set()
-    mask_total = 0
+    mask_total, written, skips = 0, 0, []
     try:
         with open(tmp, "wb") as f:
             writer = TarWriter(f, encoder=False, mtime=0.0)  # fixed mtime: rebuilds are byte-identical
@@ -234,10 +262,17 @@ def write_shard(adapter: Any, shard: dict[str, Any], out_dir: str, build: BuildC
                 key = sample_key(study.study_id)
                 if key in used:  # two ids that sanitise alike: keep keys unique within the shard
                     key = f"{key[:_MAX_KEY - 9]}_{index:08d}"
+                view_skips: list[DicomSkip] = []
+                try:
+                    sample, mask_bytes = pack_study(study, index, shard["split"], key, build, view_skips)
+                except DicomSkip:
+                    skips += [_skip_entry(s, index, study_dropped=True) for s in view_skips]
+                    continue
+                skips += [_skip_entry(s, index, study_dropped=False) for s in view_skips]
                 used.add(key)
-                sample, mask_bytes = pack_study(study, index, shard["split"], key, build)
                 writer.write(sample)
                 mask_total += mask_bytes
+                written += 1
             writer.close()
             f.flush()
             os.fsync(f.fileno())
@@ -245,11 +280,38 @@ def write_shard(adapter: Any, shard: dict[str, Any], out_dir: str, build: BuildC
     finally:
         if tmp.exists():
             tmp.unlink()
-    info = asdict(ShardInfo(file=shard["file"], split=shard["split"], num_samples=len(shard["indices"]),
+    info = asdict(ShardInfo(file=shard["file"], split=shard["split"], num_samples=written,
                             num_bytes=final.stat().st_size, sha256=file_sha256(final)))
-    info.update(mask_bytes=mask_total, plan=_digest(shard["indices"]), settings=settings_digest)
+    info.update(mask_bytes=mask_total, plan=_digest(shard["indices"]), settings=settings_digest, skipped=skips)
     _atomic_write_json(_sidecar(out, shard["file"]), info)
     return info
+
+
+def _skip_entry(skip: DicomSkip, index: int, study_dropped: bool) -> dict[str, Any]:
+    return {"index": index, "file": skip.path, "reason": skip.reason, "message": str(skip),
+            "study_dropped": study_dropped}
+
+
+def _summarise(out: Path, plan: list[dict[str, Any]], infos: dict[str, dict[str, Any]], build: BuildConfig) -> None:
+    """build_summary.json beside the manifest; counted skips; too many fail the build (nothing is lost silently)."""
+    skips = [s for shard in plan for s in infos[shard["file"]].get("skipped", [])]
+    planned = sum(len(s["indices"]) for s in plan)
+    dropped = len({s["index"] for s in skips if s["study_dropped"]})
+    counts: dict[str, int] = defaultdict(int)
+    for s in skips:
+        counts[s["reason"]] += 1
+    summary = {"studies_planned": planned, "studies_written": planned - dropped, "studies_skipped": dropped,
+               "views_skipped": len(skips), "skip_reasons": dict(counts), "skipped": skips,
+               "max_skip_fraction": build.max_skip_fraction}
+    _atomic_write_json(out / BUILD_SUMMARY, summary)
+    if skips:
+        print(f"skipped {len(skips)} unusable DICOM views ({dropped} whole studies): "
+              + "; ".join(f"{n} x {r}" for r, n in sorted(counts.items())) + f"; details in {out / BUILD_SUMMARY}")
+        for s in skips[:5]:
+            print(f"  skipped {s['message']}")
+    if dropped > build.max_skip_fraction * planned:
+        raise ShardBuildError(f"{dropped} of {planned} studies had no usable view (more than "
+                              f"data.build.max_skip_fraction={build.max_skip_fraction}); see {out / BUILD_SUMMARY}")
 
 
 # ----------------------------------------------------------------------------- driver
@@ -335,6 +397,7 @@ def build_from_config(data_cfg: DataConfig, seed: int, out_dir: str | None = Non
         built = sum(len(s["indices"]) for s in todo)
         print(f"built {len(todo)} shards, {built} studies in {elapsed:.1f}s ({built / max(elapsed, 1e-9):.1f} studies/s)")
 
+    _summarise(out, plan, infos, build)
     shards = [ShardInfo(**{k: infos[s["file"]][k] for k in ("file", "split", "num_samples", "num_bytes", "sha256")})
               for s in plan]
     mask_total = sum(int(infos[s["file"]].get("mask_bytes", 0)) for s in plan)

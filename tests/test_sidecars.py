@@ -90,3 +90,20 @@ def test_asset_roundtrip_verified_and_copied(copy, tmp_path):
     (tmp_path / "export" / "assets" / "ontology" / "topics.json").write_text('{"a": 3}')
     with pytest.raises(SidecarError, match="differs from its recorded sha256"):
         load_asset(tmp_path / "export" / "assets" / "ontology")
+
+
+def test_named_study_tensors_round_trip_through_a_shard(tmp_path):
+    """Study.tensors -> <key>.<name>.safetensors in the shard -> DecodedSample.tensors[name], dtypes kept."""
+    from shards.config import BuildConfig
+    from shards.demo import make_study
+    from shards.reader import decode
+    from shards.writer import pack_study
+
+    study = make_study(3, image_size=64)
+    soft = (np.linspace(0, 1, 2 * 8 * 8).reshape(2, 8, 8) * 255).astype(np.uint8)
+    study.tensors = {"softmasks": {"probs": soft, "scale": np.array([1 / 255], dtype=np.float16)}}
+    sample, _ = pack_study(study, 3, "train", "k3", BuildConfig(image_size=64))
+    decoded = decode("k3", "s.tar", {k: v for k, v in sample.items()})
+    assert decoded.tensors["softmasks"]["probs"].dtype == np.uint8
+    assert np.array_equal(decoded.tensors["softmasks"]["probs"], soft)
+    assert json.loads(sample["json"])["tensors"]["softmasks"]["probs"] == {"dtype": "uint8", "shape": [2, 8, 8]}

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from configs.atomic import atomic_write_text
-from configs.schema import ConfigError, apply_overrides, from_dict, read_yaml_chain, to_dict
+from configs.schema import ConfigError, apply_overrides, deep_merge, from_dict, read_yaml_chain, to_dict
 from modeling.config import LoraConfig, ModelConfig
 from shards.config import DataConfig
 
@@ -158,6 +158,7 @@ class EvalConfig:
     batch_size: int = 16
     bootstrap: int = 1000  # resamples for the 95% intervals; 0 = none
     meteor: bool = True  # METEOR through the reference jar (needs java; says so plainly when absent)
+    meteor_language: str = "en"  # METEOR's -l; "es" for Spanish (PadChest) reports
     labeler: str = "rrg"  # registry name; e.g. a local CheXbert plug-in
     labeler_args: dict[str, Any] = field(default_factory=dict)
     family_options: dict[str, Any] = field(default_factory=dict)  # generation switches a family reads
@@ -165,7 +166,8 @@ class EvalConfig:
 
 @dataclass
 class ClusterConfig:
-    num_workers: int = 2  # Ray Train workers (= DeepSpeed ranks)
+    backend: Literal["ray", "torchrun"] = "ray"  # cluster/ray_train.py, or cluster/torchrun.py (no Ray)
+    num_workers: int = 2  # training workers (= DeepSpeed ranks)
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     address: Optional[str] = None  # join an existing Ray cluster; None = embedded local one on loopback
@@ -221,8 +223,18 @@ class RunConfig:
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
 
+def _merge_base(base: dict, child: dict) -> dict:
+    """``base:`` merge, except that a file naming another ``data.source.adapter`` than its base does not
+    inherit the base's adapter args (``base: demo.yaml`` must not hand ``num_studies`` to a DICOM adapter)."""
+    adapter = ((child.get("data") or {}).get("source") or {}).get("adapter")
+    source = (base.get("data") or {}).get("source") or {}
+    if adapter is not None and adapter != source.get("adapter") and "args" in source:
+        base = {**base, "data": {**base["data"], "source": {k: v for k, v in source.items() if k != "args"}}}
+    return deep_merge(base, child)
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> RunConfig:
-    data = read_yaml_chain(Path(path) if path else DEFAULT_CONFIG)
+    data = read_yaml_chain(Path(path) if path else DEFAULT_CONFIG, merge=_merge_base)
     data = apply_overrides(data, overrides or [])
     return from_dict(RunConfig, data).validate()
 

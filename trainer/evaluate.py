@@ -85,7 +85,8 @@ def _baselines(cfg, records: list[dict], bootstrap: int) -> dict[str, dict]:
     retrieval_records = [{"id": r["id"], "reference": r["reference"], "ref_labels": r["ref_labels"], "generated": g}
                          for r, g in zip(records, retrieved)]
     return {"label_prior": prior_metrics,
-            "retrieval": score(retrieval_records, bootstrap=bootstrap, meteor=cfg.eval.meteor)}
+            "retrieval": score(retrieval_records, bootstrap=bootstrap, meteor=cfg.eval.meteor,
+                  meteor_language=cfg.eval.meteor_language)}
 
 
 def _report_samples(cfg, records: list[dict], limit: int = 16) -> list[dict]:
@@ -156,7 +157,8 @@ def run_eval(cfg, *, pool, checkpoint: Optional[str] = None, model_dir: Optional
     if len(set(ids)) != len(ids):
         raise RuntimeError("evaluation produced duplicate studies")
 
-    metrics = score(runs["model"], bootstrap=cfg.eval.bootstrap, meteor=cfg.eval.meteor)
+    metrics = score(runs["model"], bootstrap=cfg.eval.bootstrap, meteor=cfg.eval.meteor,
+                  meteor_language=cfg.eval.meteor_language)
     _write_jsonl(out_dir / "predictions.jsonl", runs["model"])
     baselines = _baselines(cfg, runs["model"], cfg.eval.bootstrap)
     flat = dict(metrics)
@@ -170,7 +172,8 @@ def run_eval(cfg, *, pool, checkpoint: Optional[str] = None, model_dir: Optional
         flat.update({f"baseline_{bname}_{k}": v for k, v in bm.items() if k != "convention"})
     ablation_metrics = {}
     for aname in ablations:
-        am = score(runs[aname], bootstrap=cfg.eval.bootstrap, meteor=cfg.eval.meteor)
+        am = score(runs[aname], bootstrap=cfg.eval.bootstrap, meteor=cfg.eval.meteor,
+                  meteor_language=cfg.eval.meteor_language)
         _write_jsonl(out_dir / f"predictions_{aname}.jsonl", runs[aname])
         ablation_metrics[f"{aname} ({family.ablations[aname]})"] = am
         for k, v in am.items():

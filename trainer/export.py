@@ -58,14 +58,25 @@ def write_export(family, tokenizer, spec, state: dict[str, torch.Tensor], out_di
     return out_dir
 
 
+def write_run_config(cfg, out_dir: Path) -> None:
+    """The resolved run config beside the weights: ``rrg generate`` preprocesses as the shards were built."""
+    import yaml
+
+    from trainer.infer_files import RUN_CONFIG
+
+    (Path(out_dir) / RUN_CONFIG).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
 def export_model(strategy, family, tokenizer, cfg, out_dir: Path, *, rank: int, spec) -> Path | None:
     """Collective: every rank calls; rank 0 writes ``out_dir`` and returns it."""
     state = strategy.full_state_dict()
     if rank != 0:
         return None
     strategy.release_model_init_context()
-    return write_export(family, tokenizer, spec, state, out_dir, merge=cfg.checkpoint.export == "merged",
-                        where="export", shards_dir=cfg.data.shards_dir)
+    write_export(family, tokenizer, spec, state, out_dir, merge=cfg.checkpoint.export == "merged",
+                 where="export", shards_dir=cfg.data.shards_dir)
+    write_run_config(cfg, out_dir)
+    return out_dir
 
 
 def export_checkpoint(cfg, point, out_dir: Path) -> Path:
@@ -92,5 +103,6 @@ def export_checkpoint(cfg, point, out_dir: Path) -> Path:
     stage = run_cfg.train.resolved_stages()[int(point.meta.get("stage", 0))]
     write_export(family, tokenizer, stage.spec(run_cfg.train.lora), state, out_dir, merge=True,
                  where=str(point.path), shards_dir=run_cfg.data.shards_dir)
+    write_run_config(run_cfg, out_dir)
     (out_dir / "source.json").write_text(json.dumps({"checkpoint": str(point.path), "step": point.step}))
     return out_dir

@@ -185,12 +185,29 @@ def java_available() -> bool:
 class MeteorScorer:
     """METEOR 1.5 via pycocoevalcap's jar and ``Meteor`` class; one JVM per scorer."""
 
-    def __init__(self):
+    def __init__(self, language: str = "en"):
         if not java_available():
             raise RuntimeError(METEOR_MISSING)
         from pycocoevalcap.meteor.meteor import Meteor
 
-        self._meteor = Meteor()
+        if language == "en":
+            self._meteor = Meteor()
+            return
+        # The toolkit ships English paraphrases only: other languages (e.g. Spanish, ``-l es``) run
+        # the jar's exact + stem modules, started the way the toolkit starts it for English.
+        import os
+        import subprocess
+        import threading
+
+        import pycocoevalcap.meteor.meteor as toolkit
+
+        m = Meteor.__new__(Meteor)
+        m.meteor_cmd = ["java", "-jar", "-Xmx2G", toolkit.METEOR_JAR, "-", "-", "-stdio", "-l", language,
+                        "-norm", "-m", "exact stem"]
+        m.meteor_p = subprocess.Popen(m.meteor_cmd, cwd=os.path.dirname(os.path.abspath(toolkit.__file__)),
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        m.lock = threading.Lock()
+        self._meteor = m
 
     def stats(self, refs: Sequence[Sequence[str]], hyps: Sequence[str]) -> list[str]:
         """The jar's per-segment statistics lines (the toolkit's ``_stat``)."""
@@ -217,7 +234,8 @@ class MeteorScorer:
             proc.wait()
 
 
-def nlg_scores(references: Sequence[str], generated: Sequence[str], meteor: bool = True) -> dict:
+def nlg_scores(references: Sequence[str], generated: Sequence[str], meteor: bool = True,
+               meteor_language: str = "en") -> dict:
     """All corpus NLG scores for one reference per example: ``bleu_1``..``bleu_4``,
     ``rouge_l``, ``cider``, and ``meteor`` or ``meteor_status``."""
     refs = [[tokenize(r)] for r in references]
@@ -228,7 +246,7 @@ def nlg_scores(references: Sequence[str], generated: Sequence[str], meteor: bool
     per_cider = cider_d(refs, hyps)
     out["cider"] = sum(per_cider) / len(per_cider)
     if meteor and java_available():
-        scorer = MeteorScorer()
+        scorer = MeteorScorer(meteor_language)
         try:
             out["meteor"] = scorer.score(refs, hyps)[0]
         finally:

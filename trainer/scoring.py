@@ -112,7 +112,8 @@ def retrieval_baseline(train_reports: Sequence[str], train_features: Optional[np
     return [train_reports[i] for i in (q @ t.T).argmax(axis=1)]
 
 
-def score(records: Sequence[dict], bootstrap: int = 1000, labeler: str = "rrg", meteor: bool = True) -> dict:
+def score(records: Sequence[dict], bootstrap: int = 1000, labeler: str = "rrg", meteor: bool = True,
+          meteor_language: str = "en") -> dict:
     """Flat metrics dict for ``records`` = dicts {id, reference, generated, [ref_labels], [gen_labels]}."""
     records = list(records)
     if not records:
@@ -140,7 +141,7 @@ def score(records: Sequence[dict], bootstrap: int = 1000, labeler: str = "rrg", 
                                                ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider")}
     scorer = None
     if meteor and nlg.java_available():
-        scorer = nlg.MeteorScorer()
+        scorer = nlg.MeteorScorer(meteor_language)
         mstats = scorer.stats(refs, hyps)
         fns["meteor"] = lambda ix: scorer.aggregate([mstats[i] for i in ix])[0]
     for suffix, names in (("14", CHEXPERT_LABELS), ("5", CHEXPERT_5)):
@@ -153,6 +154,8 @@ def score(records: Sequence[dict], bootstrap: int = 1000, labeler: str = "rrg", 
                     cube[ix].sum(axis=0), avg)[j]
     try:
         out: dict = {"n": len(records), "convention": CONVENTION}
+        if scorer is not None:
+            out["meteor_language"] = meteor_language
         for key, fn in fns.items():
             out[key] = fn(idx)
             if bootstrap:

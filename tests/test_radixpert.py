@@ -1,0 +1,145 @@
+"""Radixpert: exactly the MLP, the 1x1 convolution and LoRA train; masks reach generation; ablations."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from configs.schema import from_dict
+from modeling.config import LoraConfig, ModelConfig
+from modeling.family import GenConfig, build_family, load_pretrained
+from modeling.tuning import TuningSpec, apply_tuning
+from shards.records import DecodedSample
+
+CHANNELS = ["left_lung", "right_lung", "heart", "mediastinum", "diaphragm"]
+REPORTS = ["Derrame pleural izquierdo pequeño.", "Cardiomegalia leve. Sin derrame pleural.",
+           "Sin hallazgos patológicos significativos."]
+
+
+def cfg(**options) -> ModelConfig:
+    return from_dict(ModelConfig, {
+        "family": "radixpert",
+        "vision": {"image_size": 32, "hf_config": {"model_type": "siglip_vision_model", "hidden_size": 32,
+                                                   "intermediate_size": 64, "num_hidden_layers": 1,
+                                                   "num_attention_heads": 2, "patch_size": 8, "image_size": 32}},
+        "lm": {"tokenizer_vocab_size": 320, "hf_config": {"model_type": "llama", "hidden_size": 48,
+                                                          "intermediate_size": 96, "num_hidden_layers": 2,
+                                                          "num_attention_heads": 4, "num_key_value_heads": 2}},
+        "max_text_len": 64, "prompt": "Describe los hallazgos.",
+        "options": {"mask_channels": CHANNELS, "mask_embed_dim": 8, **options},
+    }, "model")
+
+
+def samples(n: int, seed: int = 0) -> list[DecodedSample]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        masks = rng.random((len(CHANNELS), 40, 40)) > 0.5
+        out.append(DecodedSample(key=f"k{i}", shard="s0", images=[rng.integers(0, 256, (40, 40), dtype=np.uint8)],
+                                 record={"study_id": f"s{i}", "report": {"text": REPORTS[i % 3]},
+                                         "labels": {"cardiomegaly": 1.0}, "meta": {"age": 60 + i}},
+                                 masks=masks, mask_channels=list(CHANNELS)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def fam_tok_model():
+    fam = build_family(cfg())
+    tok = fam.tokenizer(REPORTS * 3)
+    torch.manual_seed(0)
+    return fam, tok, fam.build_model(tok).eval()
+
+
+def tensors(batch):
+    return {k: v for k, v in batch.items() if torch.is_tensor(v)}
+
+
+def test_exactly_mlp_conv_and_lora_train(fam_tok_model):
+    fam, tok, model = fam_tok_model
+    m = copy.deepcopy(model)
+    lora = LoraConfig(r=4, alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    groups = apply_tuning(m, fam, TuningSpec("lora", lora))
+    assert [g.name for g in groups] == ["mlp", "mask_conv", "lora"]
+    names = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert all(n.startswith(("projector.", "mask_branch.conv.")) or "lora_" in n for n in names)
+    assert {n for n in names if n.startswith("mask_branch")} == {"mask_branch.conv.weight", "mask_branch.conv.bias"}
+    d_vis, d_emb, d_lm, k = 32, 8, 48, len(CHANNELS)
+    mlp = (d_vis + d_emb) * d_lm + d_lm + d_lm * d_lm + d_lm  # two Linear layers (mlp, depth 2)
+    conv = k * d_emb + d_emb
+    head_dim, kv = d_lm // 4, 2
+    per_layer = sum(4 * (i + o) for i, o in [(d_lm, d_lm), (d_lm, kv * head_dim), (d_lm, kv * head_dim), (d_lm, d_lm)])
+    assert sum(p.numel() for p in m.parameters() if p.requires_grad) == mlp + conv + 2 * per_layer
+    assert all(not p.requires_grad for p in m.vision.parameters())
+
+
+def test_masks_reach_generation_and_the_ablations(fam_tok_model):
+    fam, tok, model = fam_tok_model
+    batch = fam.collate(tok)([fam.sample_builder(tok, "eval")(s) for s in samples(2)])
+    assert batch["masks"].shape == (2, len(CHANNELS), 32, 32)
+    with torch.no_grad():
+        ref = model.image_features(batch["pixel_values"], batch["masks"])
+        zeroed = fam.ablate(batch, "masks")
+        assert float(zeroed["masks"].abs().sum()) == 0 and torch.equal(zeroed["pixel_values"], batch["pixel_values"])
+        assert not torch.allclose(model.image_features(zeroed["pixel_values"], zeroed["masks"]), ref)
+        black = fam.ablate(batch, "black")
+        assert float(black["masks"].abs().sum()) == 0 and not torch.equal(black["pixel_values"], batch["pixel_values"])
+    gens = fam.generate(model, tok, batch, GenConfig(max_new_tokens=5))
+    assert [g.id for g in gens] == ["s0", "s1"]
+    with pytest.raises(Exception, match="no ablation 'kg'"):
+        fam.ablate(batch, "kg")
+
+
+def test_eval_batch_ignores_report_labels_and_metadata(fam_tok_model):
+    fam, tok, _ = fam_tok_model
+    build = fam.sample_builder(tok, "eval")
+    ss = samples(3)
+    before = tensors(fam.collate(tok)([build(s) for s in ss]))
+    edited = copy.deepcopy(ss)
+    edited[1].record["report"]["text"] = "Neumotórax derecho importante. Cardiomegalia marcada."
+    edited[1].record["labels"] = {"pneumothorax": 1.0}
+    edited[1].record["meta"] = {"age": 1, "sex": "x"}
+    after = tensors(fam.collate(tok)([build(s) for s in edited]))
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_export_round_trip_and_cnn_encoder_and_model_masks(fam_tok_model, tmp_path):
+    fam, tok, model = fam_tok_model
+    m = copy.deepcopy(model)
+    apply_tuning(m, fam, TuningSpec("lora", LoraConfig(r=4)))
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "lora_B" in n or "mask_branch" in n:
+                p.normal_(0, 0.2)
+    batch = tensors(fam.collate(tok)([fam.sample_builder(tok, "train")(s) for s in samples(2)]))
+    ref = m.eval()(**batch).logits
+    fam.save_pretrained(m, str(tmp_path / "export"), merge=True)
+    back = load_pretrained(str(tmp_path / "export")).eval()
+    torch.testing.assert_close(back(**batch).logits, ref, atol=1e-5, rtol=1e-5)
+
+    # a CNN feature map (BioViL's encoder is a ResNet-50) and masks from a frozen TorchScript segmenter
+    class TinyUNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.down = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.up = torch.nn.ConvTranspose2d(8, len(CHANNELS), 2, stride=2)
+
+        def forward(self, x):
+            return self.up(torch.relu(self.down(x)))
+
+    torch.jit.script(TinyUNet()).save(str(tmp_path / "seg.pt"))
+    c = cfg(mask_source="model", segmenter=str(tmp_path / "seg.pt"), mask_channels=[], num_masks=len(CHANNELS))
+    c.vision.hf_config = {"model_type": "resnet", "num_channels": 3, "embedding_size": 8, "hidden_sizes": [8, 16],
+                          "depths": [1, 1], "layer_type": "basic"}
+    cnn_fam = build_family(c)
+    cnn = cnn_fam.build_model(tok).eval()
+    assert cnn.vision.hidden_size == 16
+    rows = [cnn_fam.sample_builder(tok, "train")(s) for s in samples(2)]
+    assert "masks" not in rows[0]  # computed inside the model from the image
+    out = cnn(**tensors(cnn_fam.collate(tok)(rows)))
+    assert torch.isfinite(out.loss)
+    groups = apply_tuning(cnn, cnn_fam, TuningSpec("projector"))
+    assert not any(p.requires_grad for p in cnn.segmenter.parameters())
+    assert [g.name for g in groups] == ["mlp", "mask_conv"]

@@ -1,0 +1,189 @@
+"""``rrg generate``: reports for loose image files (PNG, JPEG, DICOM) from an exported model.
+
+Each file is preprocessed exactly as the shard writer does it and decoded as the
+reader does it (``shards.views.encode_view`` + ``decode_image``: one copy of that
+code), wrapped in a :class:`~shards.records.DecodedSample`, and then goes through
+the model family's ``sample_builder(tok, "eval")`` + ``collate(tok)`` and
+``trainer.generate.generate_batches``, the calls ``rrg eval`` makes.  So the
+reports equal ``rrg eval``'s predictions for the same studies.
+
+Studies: a FILE argument is one study (id: its name without extension); a
+folder holding image files is one study (its files are the views, frontal
+DICOM views first); a folder of such folders gives one study per subfolder (id:
+the path below the argument).  An unreadable or unusable file is reported and
+skipped; a study with no usable file is reported and left out.
+
+Preprocessing (``data.build``) and generation (``eval``) settings come from the
+run config: ``--config``, else the checkpoint's, else ``rrg_run.yaml`` in the
+export, else the training output's ``config.yaml`` beside ``export/``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+
+from shards.dicom import DICOM_EXTENSIONS, DicomSkip, is_dicom, is_sr, read_header
+from shards.records import DecodedSample
+from shards.views import decode_image, encode_view, frontal_first
+from shards.writer import sample_key
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff") + DICOM_EXTENSIONS
+RUN_CONFIG = "rrg_run.yaml"
+
+
+class GenerateError(ValueError):
+    """Bad inputs for ``rrg generate`` (missing path, no study, no run config); one line, names the path."""
+
+
+@dataclass
+class InputStudy:
+    id: str
+    files: list[str]
+
+
+def _is_image(path: str) -> bool:
+    return path.lower().endswith(IMAGE_EXTENSIONS) or is_dicom(path)
+
+
+def _ordered(files: list[str]) -> list[str]:
+    """Sorted by name; DICOM views frontal (PA, AP) first, as the DICOM adapters order them; SR documents dropped."""
+    views, positions = [], []
+    for f in sorted(files):
+        try:
+            ds = read_header(f) if is_dicom(f) else None
+        except DicomSkip:
+            ds = None  # reported when its pixels fail to load
+        if ds is not None and is_sr(ds):
+            continue
+        views.append(f)
+        positions.append(str(ds.get("ViewPosition", "")) if ds is not None else None)
+    return [views[i] for i in frontal_first(positions)]
+
+
+def collect_studies(inputs: list[str]) -> list[InputStudy]:
+    """FILES_OR_FOLDERS -> studies (see the module docs); ids must be unique."""
+    studies: list[InputStudy] = []
+    for arg in inputs:
+        path = os.path.abspath(arg)
+        if os.path.isfile(path):
+            studies.append(InputStudy(Path(path).stem, [path]))
+            continue
+        if not os.path.isdir(path):
+            raise GenerateError(f"rrg generate: no such file or folder: {arg}")
+        found = 0
+        for dirpath, dirnames, files in os.walk(path):
+            dirnames.sort()
+            images = _ordered([os.path.join(dirpath, f) for f in files if _is_image(os.path.join(dirpath, f))])
+            if images:
+                rel = os.path.relpath(dirpath, path)
+                studies.append(InputStudy(Path(path).name if rel == "." else rel, images))
+                found += 1
+        if not found:
+            raise GenerateError(f"rrg generate: no image files (png, jpg, dcm, ...) under {arg}")
+    seen: dict[str, str] = {}
+    for st in studies:
+        if st.id in seen:
+            raise GenerateError(f"rrg generate: two studies named '{st.id}' ({seen[st.id]} and {st.files[0]})")
+        seen[st.id] = st.files[0]
+    return studies
+
+
+def study_sample(study: InputStudy, build, problems: list[str]) -> Optional[DecodedSample]:
+    """Views preprocessed as the writer stores them and decoded as the reader does; bad files noted."""
+    images, views = [], []
+    for f in study.files:
+        try:
+            data, ext, _, facts = encode_view(f, build)
+            images.append(decode_image(data))
+        except DicomSkip as skip:
+            problems.append(f"skipped {skip}")
+            continue
+        except Exception as err:  # noqa: BLE001 - PIL/OS errors of any kind: report, skip, go on
+            problems.append(f"skipped {f}: unreadable image ({type(err).__name__}: {err})")
+            continue
+        views.append({"member": f"view{len(views)}.{ext}", "file": os.path.basename(f), **facts})
+    if not images:
+        problems.append(f"left out study '{study.id}': no usable image")
+        return None
+    record = {"study_id": study.id, "report": {"text": "", "findings": "", "impression": ""}, "views": views}
+    return DecodedSample(key=sample_key(study.id), shard="", record=record, images=images)
+
+
+def resolve_config(model_dir: Path, config: Optional[str], checkpoint_meta: Optional[dict]):
+    """The run config: ``--config``, else the checkpoint's, else the export's ``rrg_run.yaml`` or ../config.yaml."""
+    from trainer.config import config_from_dict as run_config_from_dict, load_config as load_run_config
+    if config:
+        return load_run_config(config)
+    if checkpoint_meta and "config" in checkpoint_meta:
+        return run_config_from_dict(checkpoint_meta["config"])
+    for cand in (model_dir / RUN_CONFIG, model_dir.parent / "config.yaml"):
+        if cand.is_file():
+            return load_run_config(str(cand))
+    raise GenerateError(f"rrg generate: no run config found for {model_dir} (no {RUN_CONFIG} in it, no config.yaml "
+                        f"beside it): pass --config CONFIG so preprocessing matches the shards the model saw")
+
+
+def _batches(samples: list[DecodedSample], builder, collate, size: int) -> Iterator[dict]:
+    for start in range(0, len(samples), size):
+        yield collate([builder(s) for s in samples[start:start + size]])
+
+
+def generate_files(inputs: list[str], *, model_dir: str, checkpoint: Optional[str] = None,
+                   config: Optional[str] = None, out: str = "reports.jsonl", labels: bool = False,
+                   batch_size: Optional[int] = None, device: str = "auto") -> list[dict[str, Any]]:
+    """Write one JSON line per study (id, generated, files[, labels]) to ``out``; returns the rows."""
+    import torch
+
+    from modeling.family import build_family, load_pretrained
+    from trainer.generate import gen_config, generate_batches
+
+    model_path = Path(model_dir).resolve()
+    meta = None
+    if checkpoint:
+        from trainer.checkpoint import CheckpointManager
+
+        point = CheckpointManager(str(Path(checkpoint).parent), rank=0, world_size=1, keep_last=1).resolve(
+            str(Path(checkpoint).resolve()))
+        meta = point.meta
+    cfg = resolve_config(model_path, config, meta)
+    if checkpoint and not (model_path / "rrg_model.json").is_file():
+        from trainer.export import export_checkpoint
+
+        export_checkpoint(cfg, point, model_path)
+    if not (model_path / "rrg_model.json").is_file():
+        raise GenerateError(f"rrg generate: {model_path} is not an rrg export (no rrg_model.json)")
+    studies = collect_studies(inputs)
+    problems: list[str] = []
+    samples = [s for s in (study_sample(st, cfg.data.build, problems) for st in studies) if s is not None]
+    for p in problems:
+        print(f"rrg generate: {p}", file=sys.stderr)
+    if not samples:
+        raise GenerateError("rrg generate: no study had a usable image")
+
+    dev = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
+    dtype = torch.bfloat16 if cfg.train.precision == "bf16" and dev.type == "cuda" else torch.float32
+    model = load_pretrained(str(model_path)).eval().to(device=dev, dtype=dtype)
+    family, tok = build_family(model.cfg), model.tokenizer
+    batches = _batches(samples, family.sample_builder(tok, "eval"), family.collate(tok),
+                       batch_size or cfg.eval.batch_size)
+    preds = list(generate_batches(model, family, tok, batches, gen_config(cfg), device=dev, dtype=dtype))
+    files = {st.id: st.files for st in studies}
+    rows = [{"id": p["id"], "generated": p["generated"], "files": files[p["id"]]} for p in preds]
+    if labels:
+        from trainer.labeler import LABELERS
+
+        labeler = LABELERS.get(cfg.eval.labeler, "eval.labeler")(**cfg.eval.labeler_args)
+        for row, lab in zip(rows, labeler([r["generated"] for r in rows])):
+            row["labels"] = lab
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)) + "\n")
+    print(f"rrg generate: {len(rows)} studies, {len(problems)} problems -> {out}", flush=True)
+    return rows
