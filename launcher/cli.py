@@ -128,6 +128,7 @@ def cmd_generate(args):
         print(str(err), file=sys.stderr)
         sys.exit(3)
 
+
 def cmd_annotate_reasoning(args):
     """LVMed-R2 data: perception-tree asset + reasoning/reflection overlay for the training split."""
     cfg = _load(args)

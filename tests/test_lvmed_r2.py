@@ -81,8 +81,9 @@ def _eval_batches(fam, tok, shards_dir):
     cfg = DataConfig(shards_dir=shards_dir, loader_workers=0)
     build = fam.sample_builder(tok, "eval")
     loader = make_loader(cfg, "test", rank=0, world_size=1, batch_size=8, seed=0, mode="eval",
-                         builder=lambda s: (build(s)[0], bool(s.annotations)), collate=lambda items: {"items": items})
-    return [(fam.collate(tok)([r for r, _ in b["items"]]), [has for _, has in b["items"]]) for b in loader]
+                         builder=lambda s: {**build(s)[0], "has_ann": bool(s.annotations)},
+                         collate=lambda items: {"items": items})
+    return [(fam.collate(tok)(b["items"]), [r["has_ann"] for r in b["items"]]) for b in loader]
 
 
 def test_eval_batches_read_no_annotation_and_ignore_test_report_edits(fam_tok, shards, tmp_path):

@@ -81,9 +81,9 @@ def test_target_text_spans():
 def _annotations(shards_dir, split):
     cfg = DataConfig(shards_dir=shards_dir, loader_workers=0)
     loader = make_loader(cfg, split, rank=0, world_size=1, batch_size=8, seed=0, mode="eval",
-                         builder=lambda s: (s.key, s.annotations.get("reasoning")),
+                         builder=lambda s: {"key": s.key, "ann": s.annotations.get("reasoning")},
                          collate=lambda items: {"items": items})
-    return dict(it for batch in loader for it in batch["items"])
+    return {it["key"]: it["ann"] for batch in loader for it in batch["items"]}
 
 
 def test_held_out_reports_never_reach_the_tree_or_overlay(shards, tmp_path):
