@@ -33,12 +33,15 @@ from modeling.vision import image_stats, preprocess_image
 from shards.reasoning.chain import TARGETS, extract_final_report, target_text
 
 
+_DEFAULT_MAX_LEN = {"report": 160, "reasoning": 1024, "reflection": 1152}
+
+
 @dataclass
 class LvmedR2Options:
     """``model.options`` of lvmed_r2."""
 
     # prompt + target tokens per target field (image tokens come on top)
-    max_len: dict[str, int] = field(default_factory=lambda: {"report": 160, "reasoning": 1024, "reflection": 1152})
+    max_len: dict[str, int] = field(default_factory=lambda: dict(_DEFAULT_MAX_LEN))
     include_corrupt_span: bool = False  # learn the corrupted perception line too (off: it has zero loss weight)
     reasoning_instruction: str = "Reason step by step, then write the report."
     reflection_instruction: str = "Reason step by step, check each perception and correct it, then write the report."
@@ -50,9 +53,8 @@ class LvmedR2Options:
                 raise ConfigError(f"{key}.max_len.{t}", f"unknown target; known: {list(TARGETS)}")
             if n < 16:
                 raise ConfigError(f"{key}.max_len.{t}", "must be >= 16")
-        missing = set(TARGETS) - set(self.max_len)
-        if missing:
-            raise ConfigError(f"{key}.max_len", f"missing targets {sorted(missing)}")
+        for t, n in _DEFAULT_MAX_LEN.items():  # overriding one target keeps the others' defaults
+            self.max_len.setdefault(t, n)
 
 
 def prompt_text(cfg: ModelConfig, opts: LvmedR2Options, target: str) -> str:
