@@ -194,6 +194,19 @@ def cmd_generate(args):
         sys.exit(3)
 
 
+def cmd_annotate_reasoning(args):
+    """LVMed-R2 data: perception-tree asset + reasoning/reflection overlay for the training split."""
+    cfg = _load(args)
+    from shards.reasoning.annotate import annotate_reasoning, template_members
+
+    members = template_members
+    if cfg.data.reasoning.backend == "hf_lm":
+        from trainer.reasoning_lm import lm_members as members
+    summary = annotate_reasoning(args.shards or cfg.data.shards_dir, cfg.data.reasoning, pool=_pool(cfg),
+                                 make_members=members, split=cfg.data.train_split)
+    print("reasoning overlay: " + "  ".join(f"{k}: {v}" for k, v in summary.items() if k != "producer"))
+
+
 def _labeler_from_args(args):
     """``--labeler NAME --labeler-arg key=value ...`` -> a labeler instance (default: the English rule labeler)."""
     import yaml
@@ -302,11 +315,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_labeler_args(p, "which registered labeler: rrg (English, CheXpert-14), rrg_es (Spanish, PadChest), chexbert")
     p.set_defaults(func=cmd_label)
 
-    ann = sub.add_parser("annotate", help="annotation overlays beside the shards").add_subparsers(
-        dest="annotate_cmd", required=True)
-    p = ann.add_parser("topics", help="LLaVA-TA topic overlay (training split) + topic ontology asset")
+    annotate = sub.add_parser("annotate", help="annotation overlays and dataset assets beside the shards")
+    annotate = annotate.add_subparsers(dest="annotate_cmd", required=True)
+    p = annotate.add_parser("topics", help="LLaVA-TA topic overlay (training split) + topic ontology asset")
     _add_config_args(p)
     p.set_defaults(func=cmd_annotate_topics)
+    p = annotate.add_parser("reasoning", help="LVMed-R2 perception tree + reasoning/reflection chains (train split)")
+    _add_config_args(p)
+    p.add_argument("--shards", default=None, help="shard directory (default data.shards_dir)")
+    p.set_defaults(func=cmd_annotate_reasoning)
 
     p = sub.add_parser("demo-data", help="make the synthetic phantom dataset and its shards")
     _add_config_args(p)

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from configs.schema import ConfigError
 from shards.kg_config import KGConfig
+from shards.reasoning.annotate import ReasoningConfig
 
 
 @dataclass
@@ -118,12 +119,14 @@ class DataConfig:
     prefetch_factor: int = 2
     topics: TopicsConfig = field(default_factory=TopicsConfig)
     kg: KGConfig = field(default_factory=KGConfig)  # rrg kg build / attach
+    reasoning: ReasoningConfig = field(default_factory=ReasoningConfig)  # rrg annotate reasoning (LVMed-R2)
 
     def validate(self, key: str = "data") -> None:
         self.build.validate(f"{key}.build")
         self.masks.validate(f"{key}.masks")
         self.topics.validate(f"{key}.topics")
         self.kg.validate(f"{key}.kg")
+        self.reasoning.validate(f"{key}.reasoning")
         if self.loader_workers < 0:
             raise ConfigError(f"{key}.loader_workers", "must be >= 0")
         if self.shuffle_buffer < 1:

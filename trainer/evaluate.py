@@ -127,7 +127,13 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
     with open(path, "w") as f:
         for r in records:
             f.write(json.dumps({k: r[k] for k in ("id", "reference", "generated", "trace", "ref_labels", "gen_labels")
-                                if k in r}) + "\n")
+                                if k in r} | {k: v for k, v in r.items() if k.endswith("_fallback")}) + "\n")
+
+
+def fallback_counts(records: list[dict]) -> dict[str, int]:
+    """``<x>_fallback`` flags a family set on its generations, counted (e.g. chains without a final report)."""
+    keys = sorted({k for r in records for k in r if k.endswith("_fallback")})
+    return {f"{k}_count": sum(bool(r.get(k)) for r in records) for k in keys}
 
 
 def run_eval(cfg, *, pool, checkpoint: Optional[str] = None, model_dir: Optional[str] = None,
@@ -169,6 +175,7 @@ def run_eval(cfg, *, pool, checkpoint: Optional[str] = None, model_dir: Optional
     baselines = _baselines(cfg, runs["model"], cfg.eval.bootstrap, labeler)
     flat = dict(metrics)
     flat["family"] = family.name
+    flat.update(fallback_counts(runs["model"]))
     flat["oracle_inputs"] = oracle  # fields beyond the image the model read at evaluation ([] = none)
     if oracle:
         print(f"rrg: note: this evaluation reads oracle inputs {oracle}: not comparable with image-only systems",

@@ -241,7 +241,16 @@ def study_card(sample: dict) -> str:
             f'<div class="chips">{chips}</div><div class="reports">'
             f'<div><h4>reference</h4><div class="report ref">{highlight(sample.get("reference", ""), flagged)}</div></div>'
             f'<div><h4>generated</h4><div class="report gen">{highlight(sample.get("generated", ""), flagged)}</div></div>'
-            f'</div></div></div>')
+            f'</div>{trace_block(sample)}</div></div>')
+
+
+def trace_block(sample: dict) -> str:
+    """A family's whole trace (e.g. a reasoning chain), collapsed under the reports; empty when none."""
+    trace = sample.get("trace")
+    if not trace:
+        return ""
+    note = " (no final-report section: last paragraph scored)" if sample.get("final_report_fallback") else ""
+    return f'<details class="trace"><summary>full trace{note}</summary><pre>{_esc(trace)}</pre></details>'
 
 
 # ---------------------------------------------------------------- page

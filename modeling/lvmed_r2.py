@@ -1,0 +1,198 @@
+"""LVMed-R2 (arXiv 2504.02885): reason before reporting, reflect on and correct one's own perception.
+
+The architecture is llava_rad's (vision encoder -> projector -> causal LM, ``<image>`` spliced in);
+what changes is the text the LM learns and emits:
+
+* training rows learn one target field per stage (``report``, ``reasoning`` or ``reflection``) from
+  the ``reasoning`` overlay of ``rrg annotate reasoning`` (shards/reasoning/); the prompt names the
+  target (reflection rows ask the model to check its perception), and the tokens of a reflection
+  chain's corrupted span get label -100 (zero loss weight) unless ``include_corrupt_span``;
+* each target has its own length budget (``max_len``): chains are several times longer than reports;
+* ``generate`` prompts for a chain with reflection on or off (``eval.family_options.reflection``),
+  keeps the whole chain as the trace and scores the extracted final report; a chain without a
+  ``Final report:`` section falls back to its last paragraph, flagged for the evaluator to count.
+
+Eval-mode rows read only the image and the reference text (kept aside): no annotation is read, so
+editing a held-out report cannot change an eval batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from configs.schema import ConfigError
+from modeling.config import ModelConfig
+from modeling.family import FAMILIES, Generation, GenConfig
+from modeling.llava_rad import IGNORE, LlavaRad, LlavaRadFamily
+from modeling.templates import get_template
+from modeling.vision import image_stats, preprocess_image
+from shards.reasoning.chain import TARGETS, extract_final_report, target_text
+
+
+_DEFAULT_MAX_LEN = {"report": 160, "reasoning": 1024, "reflection": 1152}
+
+
+@dataclass
+class LvmedR2Options:
+    """``model.options`` of lvmed_r2."""
+
+    # prompt + target tokens per target field (image tokens come on top)
+    max_len: dict[str, int] = field(default_factory=lambda: dict(_DEFAULT_MAX_LEN))
+    include_corrupt_span: bool = False  # learn the corrupted perception line too (off: it has zero loss weight)
+    reasoning_instruction: str = "Reason step by step, then write the report."
+    reflection_instruction: str = "Reason step by step, check each perception and correct it, then write the report."
+    max_new_tokens: int = 0  # generation budget for a chain; 0 = max_len of the generated target
+
+    def validate(self, key: str = "model.options") -> None:
+        for t, n in self.max_len.items():
+            if t not in TARGETS:
+                raise ConfigError(f"{key}.max_len.{t}", f"unknown target; known: {list(TARGETS)}")
+            if n < 16:
+                raise ConfigError(f"{key}.max_len.{t}", "must be >= 16")
+        for t, n in _DEFAULT_MAX_LEN.items():  # overriding one target keeps the others' defaults
+            self.max_len.setdefault(t, n)
+
+
+def prompt_text(cfg: ModelConfig, opts: LvmedR2Options, target: str) -> str:
+    """The templated prompt of a target: reports get the plain instruction, chains add theirs."""
+    extra = {"report": "", "reasoning": opts.reasoning_instruction, "reflection": opts.reflection_instruction}[target]
+    return get_template(cfg.lm.chat_template).prompt(f"{cfg.prompt} {extra}".strip())
+
+
+def prompt_ids(tok, cfg: ModelConfig, opts: LvmedR2Options, target: str) -> list[int]:
+    ids = tok(prompt_text(cfg, opts, target), add_special_tokens=False)["input_ids"]
+    ids = ([tok.bos_token_id] if tok.bos_token_id is not None else []) + ids
+    if len(ids) >= opts.max_len[target]:
+        raise ConfigError(f"model.options.max_len.{target}", f"{opts.max_len[target]} leaves no room after the "
+                          f"{len(ids)}-token prompt")
+    return ids
+
+
+def target_tokens(tok, text: str, zero_spans: list[tuple[int, int]], chat_template: str) -> tuple[list[int], list[int]]:
+    """(ids, labels) of a target text + eos; tokens overlapping a zero span get label -100.
+
+    Character offsets come from the fast tokenizer's offset mapping over the templated target
+    (template prefix accounted for), so a span recorded on the chain text maps to its tokens exactly.
+    """
+    tpl = get_template(chat_template)
+    full = tpl.target(text)
+    shift = full.find(text.strip()) if text.strip() else 0
+    enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids, labels = list(enc["input_ids"]), list(enc["input_ids"])
+    for j, (a, b) in enumerate(enc["offset_mapping"]):
+        if any(a < s1 + shift and b > s0 + shift for s0, s1 in zero_spans):
+            labels[j] = IGNORE
+    return ids + [tok.eos_token_id], labels + [tok.eos_token_id]
+
+
+def build_lvmed_sample(sample: Any, tok, cfg: ModelConfig, opts: LvmedR2Options, mode: str, target: str,
+                       mean: list[float], std: list[float], prompts: dict[str, list[int]]) -> list[dict]:
+    """DecodedSample -> one row.  Train: prompt + target (falls back to the report row when the study
+    has no chain).  Eval: the reasoning prompt only, the reference kept aside; no annotation is read."""
+    row: dict[str, Any] = {
+        "pixel_values": preprocess_image(sample.images[0], cfg.vision.image_size, cfg.vision.channels, mean, std),
+        "key": sample.key, "study_id": sample.record.get("study_id", sample.key)}
+    if mode == "eval":
+        row["input_ids"] = torch.tensor(prompts["reasoning"], dtype=torch.long)
+        row["reference"] = sample.report
+        return [row]
+    text, spans = target_text(sample.report, sample.annotations.get("reasoning"), target, opts.include_corrupt_span)
+    if text is None:
+        target, (text, spans) = "report", target_text(sample.report, None, "report")
+    prompt = prompts[target]
+    ids, labels = target_tokens(tok, text, spans, cfg.lm.chat_template)
+    room = opts.max_len[target] - len(prompt)
+    row["input_ids"] = torch.tensor(prompt + ids[:room], dtype=torch.long)
+    row["labels"] = torch.tensor([IGNORE] * len(prompt) + labels[:room], dtype=torch.long)
+    return [row]
+
+
+class LvmedR2(LlavaRad):
+    family_name = "lvmed_r2"
+
+
+def chain_vocabulary() -> list[str]:
+    """The fixed text of every chain (thinking sentences, headers, ontology knowledge, organ and condition
+    names): the tokenizer learns it beside the training reports, so chains tokenize compactly."""
+    from shards.reasoning.chain import HEADERS, REFLECTION, THINKING
+    from shards.reasoning.ontology import ONTOLOGY, conditions
+
+    out = [*THINKING, *HEADERS]
+    for organ, o in ONTOLOGY.items():
+        out += [f"- {organ.capitalize()}: {o['knowledge']}", REFLECTION.format(organ=organ),
+                *(f"- {organ.capitalize()} ({c}):" for c in conditions(organ))]
+    return out
+
+
+@FAMILIES.register("lvmed_r2")
+class LvmedR2Family(LlavaRadFamily):
+    """llava_rad's architecture trained on reasoning chains, with reflection at inference."""
+
+    name = "lvmed_r2"
+    Options = LvmedR2Options
+    model_class = LvmedR2
+
+    def __init__(self, cfg: ModelConfig):  # noqa: D107
+        super().__init__(cfg)
+        self.opts.validate()
+
+    # ---- text -------------------------------------------------------------------------------
+    def prompt_texts(self) -> list[str]:
+        return [prompt_text(self.cfg, self.opts, t) for t in TARGETS]
+
+    def tokenizer_texts(self, records: Iterable[dict], annotations: Iterable[dict] = ()) -> Iterable[str]:
+        """Training reports, the chains' fixed vocabulary (x20, so its merges win) and any chains given."""
+        yield from super().tokenizer_texts(records)
+        for _ in range(20):
+            yield from chain_vocabulary()
+        for ann in annotations:
+            for key in ("reasoning", "reflection"):
+                if (ann or {}).get(key):
+                    yield ann[key]
+
+    # ---- samples ----------------------------------------------------------------------------
+    def sample_builder(self, tok, mode: str, target: str = "report") -> Callable[[Any], list[dict]]:
+        if target not in TARGETS:
+            raise ConfigError("train.stages.target", f"lvmed_r2 learns {list(TARGETS)}, not '{target}'")
+        mean, std = image_stats(self.cfg.vision)
+        prompts = {t: prompt_ids(tok, self.cfg, self.opts, t) for t in TARGETS}
+        return partial(build_lvmed_sample, tok=tok, cfg=self.cfg, opts=self.opts, mode=mode, target=target,
+                       mean=mean, std=std, prompts=prompts)
+
+    # ---- generation -------------------------------------------------------------------------
+    def _prompt_batch(self, tok, batch: dict, target: str) -> torch.Tensor:
+        """The target's prompt for every row (prompts are the same for all studies: no padding)."""
+        prompt = torch.tensor(prompt_ids(tok, self.cfg, self.opts, target), dtype=torch.long)
+        return prompt.to(batch["pixel_values"].device)[None].expand(batch["pixel_values"].shape[0], -1).contiguous()
+
+    def generate(self, model: nn.Module, tok, batch: dict, gen: GenConfig) -> list[Generation]:
+        """A chain per study (reflection prompt when ``gen.options['reflection']``); the final report is scored.
+
+        ``gen.options['chain'] = False`` asks for the report directly (the direct-SFT baseline)."""
+        unknown = set(gen.options) - {"reflection", "chain"}
+        if unknown:
+            raise ConfigError("eval.family_options", f"lvmed_r2 reads 'reflection' and 'chain', not {sorted(unknown)}")
+        reflection = bool(gen.options.get("reflection", False))
+        if not gen.options.get("chain", True):
+            if reflection:
+                raise ConfigError("eval.family_options.reflection", "reflection needs chain: true")
+            ids = self._prompt_batch(tok, batch, "report")
+            return super().generate(model, tok, {**batch, "input_ids": ids, "attention_mask": torch.ones_like(ids)}, gen)
+        target = "reflection" if reflection else "reasoning"
+        ids = self._prompt_batch(tok, batch, target)
+        budget = self.opts.max_new_tokens or (self.opts.max_len[target] - ids.shape[1])
+        out = model.generate(pixel_values=batch["pixel_values"], input_ids=ids, attention_mask=torch.ones_like(ids),
+                             max_new_tokens=max(budget, gen.max_new_tokens), num_beams=gen.num_beams,
+                             synced_gpus=gen.synced_gpus)
+        chains = tok.batch_decode(out, skip_special_tokens=True)
+        gens = []
+        for i, w in enumerate(batch["sample_weight"].tolist()):
+            if w > 0:
+                text, fell_back = extract_final_report(chains[i].strip())
+                gens.append(Generation(batch["study_ids"][i], batch["references"][i], text, trace=chains[i].strip(),
+                                       extra={"final_report_fallback": fell_back, "reflection": reflection}))
+        return gens

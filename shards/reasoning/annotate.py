@@ -1,0 +1,127 @@
+"""``rrg annotate reasoning``: the perception-tree asset and the ``reasoning`` overlay (training split only).
+
+Two passes, both one task per training shard on the given pool:
+
+1. count (organ, condition, sentence) over the training reports -> the ``perception_tree``
+   asset (tree.json + the shipped ontology.json; ``reads_splits=["train"]``);
+2. per training study, the four-module chain and its reflection variant -> the ``reasoning``
+   sidecar (``<key>.reasoning.json``), built with ``splits=["train"]`` so validation and test
+   studies never get an entry.  The backend is a module-level member function: the template one
+   here, or the local causal-LM one (trainer/reasoning_lm.py, chosen by the CLI).
+
+A summary (entries, reflections, backend counts, malformed LM outputs) is written beside the
+sidecar as ``sidecars/reasoning.summary.json``.
+"""
+from __future__ import annotations
+
+import json
+import tarfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from configs.atomic import atomic_write_json
+from configs.schema import ConfigError
+from shards.reasoning.chain import build_tree, sentence_counts, template_chain
+from shards.reasoning.ontology import ONTOLOGY
+
+TREE_ASSET, SIDECAR = "perception_tree", "reasoning"
+VERSION = "1"
+DEFAULT_PROMPT = ("Rewrite the chest X-ray report as a reasoning chain with the sections Knowledge:, "
+                  "Perception:, Fine-grained report: and Final report:.\nReport: {report}\nChain:\n")
+
+
+@dataclass
+class ReasoningConfig:
+    """``data.reasoning``: how reasoning chains are made (``rrg annotate reasoning``)."""
+
+    backend: Literal["template", "hf_lm"] = "template"
+    seed: int = 0  # the reflection corruption rule: rng(seed, crc32(study key))
+    max_examples: int = 5  # example sentences per (organ, condition) in the tree
+    lm_path: Optional[str] = None  # local HF causal-LM directory (backend hf_lm)
+    prompt: str = DEFAULT_PROMPT  # {report} and {organs} are filled in
+    max_new_tokens: int = 256
+
+    def validate(self, key: str = "data.reasoning") -> None:
+        if self.max_examples < 1:
+            raise ConfigError(f"{key}.max_examples", "must be >= 1")
+        if self.backend == "hf_lm" and not self.lm_path:
+            raise ConfigError(f"{key}.lm_path", "backend hf_lm needs a local causal-LM directory")
+        if "{report}" not in self.prompt:
+            raise ConfigError(f"{key}.prompt", "must contain {report}")
+
+
+def _count_shard(shards_dir: str, file: str) -> dict[str, Any]:
+    """One task: sentence counts of one training shard (JSON-safe: list of [organ, cond, sent, n])."""
+    from shards.manifest import load_manifest
+    from shards.reader import iter_decoded
+
+    manifest = load_manifest(shards_dir)
+    info = next(s for s in manifest.shards if s.file == file)
+    counts = sentence_counts(s.report for s in iter_decoded(manifest, info))
+    return {"counts": [[*k, n] for k, n in counts.items()]}
+
+
+def build_perception_tree(shards_dir: str, cfg: ReasoningConfig, pool=None, split: str = "train"):
+    """Publish the ``perception_tree`` asset from the ``split`` shards (the training split)."""
+    from configs.parallel import SerialPool
+    from shards.manifest import load_manifest
+    from shards.sidecars import write_asset
+
+    root = str(Path(shards_dir).resolve())
+    files = [s.file for s in load_manifest(root).shards if s.split == split]
+    counts: Counter = Counter()
+    for _, res in (pool or SerialPool()).map_unordered(_count_shard, [(root, f) for f in files]):
+        for organ, cond, sent, n in res["counts"]:
+            counts[(organ, cond, sent)] += n
+    tree = build_tree(counts, cfg.max_examples)
+    files_out = {"tree.json": json.dumps(tree, indent=1, sort_keys=True).encode(),
+                 "ontology.json": json.dumps(ONTOLOGY, indent=1).encode()}
+    return write_asset(root, TREE_ASSET, files_out, producer={"name": "rrg annotate reasoning", "pass": "tree"},
+                       version=VERSION, reads_splits=[split], meta={"max_examples": cfg.max_examples})
+
+
+def template_members(sample, context: dict) -> Optional[dict[str, bytes]]:
+    """Sidecar members of one study with the offline template backend."""
+    if sample.record.get("split", "train") != "train":
+        return None  # belt and braces: the sidecar is built over training shards only
+    entry = template_chain(sample.report, context["tree"], context["seed"], sample.key)
+    entry["backend"] = "template"
+    return {f"{SIDECAR}.json": json.dumps(entry).encode()}
+
+
+def summarize(info) -> dict[str, Any]:
+    """Counts over a built ``reasoning`` sidecar (read back from its tars)."""
+    stats: Counter = Counter()
+    for file in info.shards:
+        with tarfile.open(info.path(file), "r:") as tf:
+            for m in tf:
+                if m.isfile() and m.name.endswith(f".{SIDECAR}.json"):
+                    entry = json.loads(tf.extractfile(m).read())
+                    stats["entries"] += 1
+                    stats["with_reflection"] += entry.get("reflection") is not None
+                    stats[f"backend_{entry.get('backend', 'template')}"] += 1
+                    stats["malformed_lm_output"] += bool(entry.get("malformed"))
+    return dict(sorted(stats.items()))
+
+
+def annotate_reasoning(shards_dir: str, cfg: ReasoningConfig, pool=None, make_members=template_members,
+                       split: str = "train") -> dict[str, Any]:
+    """Tree asset, then the ``reasoning`` sidecar over the ``split`` shards; returns the summary."""
+    from shards.sidecars import build_sidecar
+
+    root = str(Path(shards_dir).resolve())
+    tree_asset = build_perception_tree(root, cfg, pool, split)
+    context = {"tree": tree_asset.read_json("tree.json"), "seed": cfg.seed, "backend": cfg.backend,
+               "lm_path": cfg.lm_path, "prompt": cfg.prompt, "max_new_tokens": cfg.max_new_tokens}
+    producer = {"name": "rrg annotate reasoning", "backend": cfg.backend, "seed": cfg.seed,
+                "lm_path": cfg.lm_path, "tree_asset": tree_asset.digest()}
+    if cfg.backend == "hf_lm":
+        producer["prompt"] = cfg.prompt
+    info = build_sidecar(root, SIDECAR, kind="annotation", producer=producer, version=VERSION,
+                         reads_splits=[split], splits=[split], make_members=make_members, context=context,
+                         pool=pool)
+    summary = {"sidecar": SIDECAR, "splits": [split], "producer": producer, **summarize(info)}
+    atomic_write_json(Path(root) / "sidecars" / f"{SIDECAR}.summary.json", summary)
+    return summary

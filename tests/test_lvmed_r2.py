@@ -1,0 +1,162 @@
+"""The lvmed_r2 family: corrupted span at zero loss weight, leak-free eval batches, reflection switch, export."""
+import copy as copy_mod
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from configs.parallel import SerialPool
+from modeling.family import GenConfig, build_family
+from modeling.llava_rad import IGNORE, weighted_lm_loss
+from shards.config import DataConfig
+from shards.reader import make_loader
+from shards.reasoning.annotate import ReasoningConfig, annotate_reasoning
+from shards.reasoning.chain import build_tree, extract_final_report, sentence_counts, template_chain
+from shards.records import DecodedSample
+from tests.reasoningkit import edit_reports, shard_copy
+from tests.test_reasoning_data import OTHERS, REPORT
+from trainer.config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def fam_tok():
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", ["model.family=lvmed_r2"]).model
+    fam = build_family(cfg)
+    tree = build_tree(sentence_counts([REPORT, *OTHERS]), 2)
+    ann = template_chain(REPORT, tree, 0, "s1")
+    tok = fam.tokenizer(fam.tokenizer_texts([{"report": {"text": r}} for r in [REPORT, *OTHERS]], [ann]))
+    return fam, tok, ann
+
+
+def _sample(ann, key="s1"):
+    img = (np.arange(64 * 64) % 251).astype(np.uint8).reshape(64, 64)
+    return DecodedSample(key, "train-000000.tar", {"study_id": key, "split": "train", "report": {"text": REPORT}},
+                         [img], annotations={"reasoning": ann} if ann else {})
+
+
+def test_corrupted_span_carries_zero_loss_weight_by_default(fam_tok):
+    fam, tok, ann = fam_tok
+    row = fam.sample_builder(tok, "train", "reflection")(_sample(ann))[0]
+    ids, labels = row["input_ids"], row["labels"]
+    text = tok.decode(ids)
+    a, b = ann["corrupt_span"]
+    wrong = ann["reflection"][a:b]
+    assert wrong in text and ann["reflection"][b:].strip()[:40] in text  # the whole chain is the target
+    masked = tok.decode(ids[labels == IGNORE])
+    assert wrong.strip() in masked and "Reflection:" not in masked  # the span is out, the reflection is in
+    # loss level: the logits at the span's positions get no gradient; elsewhere in the chain they do
+    logits = torch.randn(1, len(ids), len(tok), requires_grad=True)
+    loss, weight = weighted_lm_loss(logits, labels[None])
+    loss.backward()
+    grad = logits.grad[0].abs().sum(-1)
+    span_pos = (labels == IGNORE).nonzero().flatten()
+    inner = span_pos[span_pos > (labels != IGNORE).nonzero().flatten()[0]]  # inside the chain, past the prompt
+    assert len(inner) >= 5 and float(grad[inner - 1].sum()) == 0.0
+    assert int(weight) == int((labels[1:] != IGNORE).sum())
+    # the flag includes it
+    fam.opts.include_corrupt_span = True
+    try:
+        row2 = fam.sample_builder(tok, "train", "reflection")(_sample(ann))[0]
+    finally:
+        fam.opts.include_corrupt_span = False
+    assert torch.equal(row2["input_ids"], ids) and int((row2["labels"] == IGNORE).sum()) < int((labels == IGNORE).sum())
+
+
+def test_targets_prompts_and_report_fallback(fam_tok):
+    fam, tok, ann = fam_tok
+    rows = {t: fam.sample_builder(tok, "train", t)(_sample(ann))[0] for t in ("report", "reasoning", "reflection")}
+    assert len(rows["report"]["input_ids"]) < len(rows["reasoning"]["input_ids"]) // 3
+    assert "check each perception" in tok.decode(rows["reflection"]["input_ids"][:90])
+    assert all(int((r["labels"] == IGNORE).sum()) >= 1 for r in rows.values())
+    no_chain = fam.sample_builder(tok, "train", "reasoning")(_sample(None))[0]
+    assert torch.equal(no_chain["input_ids"], rows["report"]["input_ids"])  # a study without a chain learns its report
+    with pytest.raises(Exception, match="topics"):
+        fam.sample_builder(tok, "train", "topics")
+
+
+def _eval_batches(fam, tok, shards_dir):
+    cfg = DataConfig(shards_dir=shards_dir, loader_workers=0)
+    build = fam.sample_builder(tok, "eval")
+    loader = make_loader(cfg, "test", rank=0, world_size=1, batch_size=8, seed=0, mode="eval",
+                         builder=lambda s: {**build(s)[0], "has_ann": bool(s.annotations)},
+                         collate=lambda items: {"items": items})
+    return [(fam.collate(tok)(b["items"]), [r["has_ann"] for r in b["items"]]) for b in loader]
+
+
+def test_eval_batches_read_no_annotation_and_ignore_test_report_edits(fam_tok, shards, tmp_path):
+    fam, tok, _ = fam_tok
+    copy = shard_copy(shards, tmp_path)
+    annotate_reasoning(copy, ReasoningConfig(), SerialPool())
+    before = _eval_batches(fam, tok, copy)
+    assert before and not any(has for _, flags in before for has in flags)  # no test study has an annotation
+    edit_reports(copy, "test", " Huge right pneumothorax.")
+    after = _eval_batches(fam, tok, copy)
+    for (b0, _), (b1, _) in zip(before, after, strict=True):
+        for k in ("pixel_values", "input_ids", "attention_mask"):
+            assert torch.equal(b0[k], b1[k])
+        assert b0["references"] != b1["references"]  # the edit did land (references are for scoring only)
+
+
+def test_generate_reflection_switch_trace_and_export_roundtrip(fam_tok, tmp_path):
+    fam, tok, ann = fam_tok
+    fam.opts.max_new_tokens = 6
+    torch.manual_seed(0)
+    model = fam.build_model(tok).eval()
+    batch = fam.collate(tok)([fam.sample_builder(tok, "eval")(_sample(None, k))[0] for k in ("a", "b")])
+    batch["sample_weight"] = torch.ones(2)
+    outs = {r: fam.generate(model, tok, batch, GenConfig(max_new_tokens=1, options={"reflection": r}))
+            for r in (False, True)}
+    for r, gens in outs.items():
+        assert [g.id for g in gens] == ["a", "b"] and all(g.extra["reflection"] is r for g in gens)
+        for g in gens:
+            assert (g.generated, g.extra["final_report_fallback"]) == extract_final_report(g.trace)
+    direct = fam.generate(model, tok, batch, GenConfig(max_new_tokens=3, options={"chain": False}))
+    assert all(g.trace is None and len(tok(g.generated)["input_ids"]) <= 3 for g in direct)  # the SFT baseline
+    with pytest.raises(Exception, match="family_options"):
+        fam.generate(model, tok, batch, GenConfig(options={"reflect": True}))
+    groups = fam.trainable_groups(model, "lora")
+    assert [g.name for g in groups] == ["projector", "lora"] and groups[1].params
+    with torch.no_grad():
+        groups[1].params[1].add_(0.5)  # a trained adapter
+    model.eval()  # the new LoRA dropout layers start in training mode
+    fam.save_pretrained(model, str(tmp_path / "export"))
+    loaded = type(fam).load_pretrained(str(tmp_path / "export")).eval()
+    inputs = {k: batch[k] for k in ("pixel_values", "input_ids", "attention_mask")}
+    assert torch.allclose(model(**inputs).logits, loaded(**inputs).logits, atol=1e-5)
+
+
+def test_trace_is_collapsible_in_the_report_and_fallbacks_are_counted():
+    from trainer.evaluate import fallback_counts
+    from trainer.report_html import study_card
+
+    recs = [{"id": "a", "reference": "r", "generated": "g", "trace": "Final report:\ng <b>", "final_report_fallback": False},
+            {"id": "b", "reference": "r", "generated": "x", "trace": "x", "final_report_fallback": True},
+            {"id": "c", "reference": "r", "generated": "y"}]
+    assert fallback_counts(recs) == {"final_report_fallback_count": 1}
+    html = study_card(recs[0])
+    assert '<details class="trace"><summary>full trace</summary><pre>Final report:\ng &lt;b&gt;</pre></details>' in html
+    assert "last paragraph scored" in study_card(recs[1]) and "<details" not in study_card(recs[2])
+
+
+@pytest.mark.slow
+def test_two_stage_curriculum_resumes_inside_stage_two_bit_exactly(shards, tmp_path):
+    """Stage 1 LoRA on chains (3 steps), stage 2 LoRA on reflection (3 steps), one job; a resume from
+    the checkpoint one step into stage 2 repeats the uninterrupted run's losses exactly."""
+    from tests.trainkit import step_losses, torchrun
+
+    copy = shard_copy(shards, tmp_path)
+    annotate_reasoning(copy, ReasoningConfig(), SerialPool())
+    common = [f"data.shards_dir={copy}", "model.family=lvmed_r2", "model.options.max_len.reasoning=160",
+              "model.options.max_len.reflection=160", "checkpoint.every_steps=4",
+              "train.stages=[{name: chains, tuning: lora, steps: 3, target: reasoning}, "
+              "{name: reflect, tuning: lora, steps: 3, target: reflection}]"]
+    torchrun(1, common + [f"output_dir={tmp_path / 'full'}"])
+    ckpt = tmp_path / "full" / "checkpoints" / "step_0000004"
+    meta = __import__("json").loads((ckpt / "meta.json").read_text())
+    assert meta["stage"] == 1 and meta["stage_name"] == "reflect"
+    torchrun(1, common + [f"output_dir={tmp_path / 'resumed'}", f"checkpoint.resume={ckpt}"])
+    full, resumed = step_losses(tmp_path / "full"), step_losses(tmp_path / "resumed")
+    assert sorted(resumed) == [5, 6] and [resumed[s] for s in (5, 6)] == [full[s] for s in (5, 6)]
