@@ -178,11 +178,10 @@ def score(records: Sequence[dict], bootstrap: int = 1000, labeler="rrg", meteor:
                 fns[f"ce_{avg}_{m}_{suffix}"] = lambda ix, cube=cube, avg=avg, j=j: _ce_from_counts(
                     cube[ix].sum(axis=0), avg)[j]
     try:
-        out: dict = {"n": len(records), "convention": CONVENTION}
-        if scorer is not None:
-            out["meteor_language"] = meteor_language
         out: dict = {"n": len(records), "label_set": label_set.name, "labeler": type(lab).__name__,
                      "convention": CONVENTION.format(labeler=type(lab).__name__, label_set=label_set.name)}
+        if scorer is not None:
+            out["meteor_language"] = meteor_language
         for key, fn in fns.items():
             out[key] = fn(idx)
             if bootstrap:
