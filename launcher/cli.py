@@ -129,7 +129,7 @@ def cmd_train(args):
 
 
 def cmd_eval(args):
-    from trainer.evaluate import run_eval, score_predictions_file
+    from trainer.evaluation.evaluate import run_eval, score_predictions_file
 
     if args.predictions:
         if not args.out:
@@ -184,7 +184,7 @@ def cmd_plan(args):
 
 
 def cmd_generate(args):
-    from trainer.infer_files import GenerateError, generate_files
+    from trainer.evaluation.infer_files import GenerateError, generate_files
 
     try:
         generate_files(args.inputs, model_dir=args.model_dir, checkpoint=args.checkpoint, config=args.config,

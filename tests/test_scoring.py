@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from configs.labelsets import CHEXPERT_5, CHEXPERT_LABELS
-from trainer.evaluate import score_predictions_file as reexported
-from trainer.scoring import (bootstrap_ci, clinical_scores, label_prior_baseline, retrieval_baseline, score,
+from trainer.evaluation.evaluate import score_predictions_file as reexported
+from trainer.evaluation.scoring import (bootstrap_ci, clinical_scores, label_prior_baseline, retrieval_baseline, score,
                              score_predictions_file)
 
 REPORTS = [
@@ -96,7 +96,7 @@ def test_predictions_file_perfect_vs_shuffled(tmp_path):
 
 def test_spanish_records_scored_with_meteor_es_and_padchest_labels():
     """A Spanish (PadChest-style) evaluation: METEOR runs with -l es, CE on the PadChest label set."""
-    from trainer import nlg
+    from trainer.evaluation import nlg
 
     records = [{"id": "a", "reference": "Derrame pleural izquierdo pequeño. Cardiomegalia leve.",
                 "generated": "Derrame pleural izquierdo. Cardiomegalia."},

@@ -219,7 +219,7 @@ class TrainingRun:
         stop_file = Path(self.loop_config["stop_file"])
         evaluator = None
         if cfg.eval.every_steps:
-            from trainer.evaluate import InTrainingEvaluator
+            from trainer.evaluation.evaluate import InTrainingEvaluator
 
             evaluator = InTrainingEvaluator(self, self.logger)
         trainer = Trainer(cfg=cfg, strategy=self.strategy, loader=self.loader, checkpoints=self.checkpoints,

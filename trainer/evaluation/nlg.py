@@ -3,7 +3,7 @@
 Every score here equals pycocoevalcap's on the same inputs (tested to 1e-4
 against the live toolkit, Java tokenizer included):
 
-* tokenisation: :func:`trainer.ptb.tokenize` (PTBTokenizer ``-preserveLines
+* tokenisation: :func:`trainer.evaluation.ptb.tokenize` (PTBTokenizer ``-preserveLines
   -lowerCase`` + the toolkit's punctuation filter), references and
   generations alike;
 * BLEU-1..4: *corpus* BLEU (clipped n-gram counts and lengths summed over the
@@ -32,7 +32,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from trainer.ptb import tokenize
+from trainer.evaluation.ptb import tokenize
 
 __all__ = ["tokenize", "BleuStats", "bleu_stats", "bleu_from_stats", "bleu", "rouge_l", "cider_d",
            "MeteorScorer", "java_available", "METEOR_MISSING", "nlg_scores"]

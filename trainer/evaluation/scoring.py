@@ -5,7 +5,7 @@ and writes ``out_dir/labels.csv`` (id, then ``ref_``/``gen_`` + each CheXpert la
 ``out_dir/metrics.json`` with flat keys:
 
 * ``n``; ``bleu_1`` .. ``bleu_4``, ``rouge_l``, ``cider`` (pycocoevalcap conventions, see
-  :mod:`trainer.nlg`); ``meteor`` or, without java, ``meteor_status`` = "not computed: java not found";
+  :mod:`trainer.evaluation.nlg`); ``meteor`` or, without java, ``meteor_status`` = "not computed: java not found";
 * ``ce_{micro,macro}_{precision,recall,f1}_{14,5}``: clinical efficacy of generated-report
   labels against reference-report labels (14 = CHEXPERT_LABELS, 5 = CHEXPERT_5);
   ``ce_f1_<label>`` per-label F1 over the 14; ``labeler`` (its class name).  The labels come from the configured labeler
@@ -38,7 +38,7 @@ from configs.labelsets import CHEXPERT_LABELS, LabelSet
 from shards.labeling import LabelInputError, Truncation, check_reports, label_set_of, resolve_labeler
 from shards.labeling.registry import DEFAULT_MAX_CHARS
 from shards.labeling.files import read_jsonl_rows, text_field
-from trainer import nlg
+from trainer.evaluation import nlg
 
 CONVENTION = ("positive = 1.0; 0.0, blank and -1.0 (uncertain) count as negative; micro sums TP/FP/FN over "
               "labels and examples; macro averages per-label scores, zero_division=0; labels from the {labeler} "
