@@ -77,6 +77,12 @@ def cmd_bench_train(args):
     bench_train(_load(args), steps=args.steps, repeats=args.repeats)
 
 
+def cmd_bench_packing(args):
+    from trainer.packing_bench import bench_packing
+
+    bench_packing(_load(args), batches=args.batches, max_len=args.max_len)
+
+
 def cmd_train(args):
     cfg = _load(args)  # validate before anything heavy is imported or started
     if args.resume is not None:
@@ -190,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=3)
     p.set_defaults(func=cmd_bench_train)
+    p = bench.add_parser("packing", help="padding efficiency with and without sequence packing (config data, MIMIC-like)")
+    _add_config_args(p)
+    p.add_argument("--batches", type=int, default=50)
+    p.add_argument("--max-len", type=int, default=None, help="default train.packing.max_len")
+    p.set_defaults(func=cmd_bench_packing)
 
     cfg = sub.add_parser("config", help="configuration tools").add_subparsers(dest="config_cmd", required=True)
     p = cfg.add_parser("show", help="print the fully resolved config")

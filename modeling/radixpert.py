@@ -27,7 +27,7 @@ from torch import nn
 
 from modeling.family import FAMILIES, ParamGroup, read_model_json
 from modeling.llava_rad import LlavaRad, LlavaRadFamily, VLMOutput, build_prompt_sample, collate_prompt_batch, \
-    prompt_ids, rows_of, splice_image_features, weighted_lm_loss
+    lm_logits, packed_loss, prompt_ids, rows_of, splice_image_features
 from modeling.projector import build_projector
 from modeling.tuning import TuningSpec, lora_parameters, wrap_lora
 from modeling.vision import image_stats
@@ -96,14 +96,15 @@ class Radixpert(LlavaRad):
         feats = self.image_features(pixel_values, masks)
         return splice_image_features(embeds, input_ids, attention_mask, feats, self.image_token_id, labels)
 
-    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 masks: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
-                sample_weight: Optional[torch.Tensor] = None) -> VLMOutput:
-        embeds, mask, labels = self.embed(pixel_values, input_ids, attention_mask, labels, masks)
-        logits = self.lm(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
+                sample_weight: Optional[torch.Tensor] = None, segment_ids: Optional[torch.Tensor] = None) -> VLMOutput:
+        packed = segment_ids is not None  # a packed batch (modeling/packing.py)
+        embeds, mask, labels = self.embed(pixel_values, input_ids, segment_ids if packed else attention_mask, labels, masks)
+        logits = lm_logits(self.lm, embeds, mask, packed, self.cfg.attn_implementation)
         if labels is None:
             return VLMOutput(logits=logits)
-        loss, weight_sum = weighted_lm_loss(logits, labels, sample_weight)
+        loss, weight_sum = packed_loss(logits, labels, mask, packed, sample_weight)
         return VLMOutput(loss=loss, logits=logits, weight_sum=weight_sum)
 
     @torch.no_grad()

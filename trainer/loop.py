@@ -31,9 +31,9 @@ class StepMeter:
         self.padded_tokens = 0
 
     def batch(self, batch: dict[str, Any]) -> None:
-        mask = batch.get("attention_mask")
+        mask = batch.get("attention_mask", batch.get("segment_ids"))  # segment ids: a packed batch
         if mask is not None:
-            self.tokens += int(mask.sum())
+            self.tokens += int((mask > 0).sum())
             self.padded_tokens += mask.numel()
         weight = batch.get("sample_weight")
         self.samples += int(weight.sum()) if weight is not None else len(batch.get("keys", []))
