@@ -118,6 +118,11 @@ class TrainingRun:
         from modeling.packing import packing_collate
         from modeling.tokenizer import image_token_id
 
+        import inspect
+
+        if "segment_ids" not in inspect.signature(model.forward).parameters:
+            raise ValueError(f"train.packing: family '{self.family.name}' takes no packed batches (its forward has "
+                             f"no segment_ids; see modeling/packing.py): set train.packing.enabled=false")
         n = getattr(getattr(model, "vision", None), "num_patches", None)
         if not n:
             raise ValueError("train.packing needs a vision encoder with a known number of patch tokens")
