@@ -83,6 +83,12 @@ def cmd_bench_packing(args):
     bench_packing(_load(args), batches=args.batches, max_len=args.max_len)
 
 
+def cmd_bench_eval(args):
+    from trainer.eval_bench import bench_eval
+
+    bench_eval(_load(args), bootstrap=args.bootstrap, naive=args.naive)
+
+
 def cmd_train(args):
     cfg = _load(args)  # validate before anything heavy is imported or started
     if args.resume is not None:
@@ -201,6 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=int, default=50)
     p.add_argument("--max-len", type=int, default=None, help="default train.packing.max_len")
     p.set_defaults(func=cmd_bench_packing)
+    p = bench.add_parser("eval", help="1,000 bootstrap resamples as a multiple of one full scoring pass")
+    _add_config_args(p)
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--naive", type=int, default=30, help="naive resamples timed (scaled to --bootstrap)")
+    p.set_defaults(func=cmd_bench_eval)
 
     cfg = sub.add_parser("config", help="configuration tools").add_subparsers(dest="config_cmd", required=True)
     p = cfg.add_parser("show", help="print the fully resolved config")
