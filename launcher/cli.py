@@ -89,6 +89,12 @@ def cmd_bench_eval(args):
     bench_eval(_load(args), bootstrap=args.bootstrap, naive=args.naive)
 
 
+def cmd_bench_checkpoint(args):
+    from trainer.ckpt_bench import bench_checkpoint
+
+    bench_checkpoint(_load(args), directory=args.dir, rounds=args.rounds)
+
+
 def cmd_train(args):
     cfg = _load(args)  # validate before anything heavy is imported or started
     if args.resume is not None:
@@ -212,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--naive", type=int, default=30, help="naive resamples timed (scaled to --bootstrap)")
     p.set_defaults(func=cmd_bench_eval)
+    p = bench.add_parser("checkpoint", help="checkpoint of a ~100M model vs the same bytes written by dd")
+    _add_config_args(p)
+    p.add_argument("--dir", default=None, help="where both are written (default <output_dir>/bench_checkpoint)")
+    p.add_argument("--rounds", type=int, default=2)
+    p.set_defaults(func=cmd_bench_checkpoint)
 
     cfg = sub.add_parser("config", help="configuration tools").add_subparsers(dest="config_cmd", required=True)
     p = cfg.add_parser("show", help="print the fully resolved config")
