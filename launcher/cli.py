@@ -74,7 +74,8 @@ def cmd_bench_loader(args):
 def cmd_bench_train(args):
     from trainer.bench import bench_train
 
-    bench_train(_load(args), steps=args.steps, repeats=args.repeats)
+    bench_train(_load(args), steps=args.steps, repeats=args.repeats, stages=tuple(args.stages), big=not args.no_100m,
+                big_steps=args.steps_100m)
 
 
 def cmd_bench_packing(args):
@@ -207,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--stages", type=int, nargs="+", default=[0, 1, 2, 3], help="ZeRO stages to compare")
+    p.add_argument("--no-100m", action="store_true", help="skip the ~100M-parameter, 2-rank measurement")
+    p.add_argument("--steps-100m", type=int, default=4)
     p.set_defaults(func=cmd_bench_train)
     p = bench.add_parser("packing", help="padding efficiency with and without sequence packing (config data, MIMIC-like)")
     _add_config_args(p)

@@ -38,22 +38,28 @@ def sized_100m(cfg):
     return cfg
 
 
-def build_engine(cfg, world_size: int = 1, rank: int = 0):
-    """(strategy, model) for ``cfg``'s family with a tokenizer trained on a few report-like texts."""
+def build_model(cfg) -> torch.nn.Module:
+    """``cfg``'s family model (tuning applied) with a tokenizer trained on a few report-like texts."""
     from modeling.family import build_family
     from modeling.tuning import apply_tuning
-    from trainer.strategy import DeepSpeedStrategy
 
     family = build_family(cfg.model)
     texts = [f"FINDINGS: study {i}. The heart size is normal. No pleural effusion or pneumothorax." for i in range(64)]
     tok = family.tokenizer(texts, save_dir=tempfile.mkdtemp(prefix="rrg-bench-tok-"))
+    torch.manual_seed(cfg.seed)
+    model = family.build_model(tok)
+    apply_tuning(model, family, cfg.train.resolved_stages()[0].spec(cfg.train.lora))
+    return model
+
+
+def build_engine(cfg, world_size: int = 1, rank: int = 0):
+    """(strategy, model): :func:`build_model` wrapped by rrg's DeepSpeed strategy."""
+    from trainer.strategy import DeepSpeedStrategy
+
     stage = cfg.train.resolved_stages()[0]
     strategy = DeepSpeedStrategy(cfg.train, world_size=world_size, rank=rank, use_gpu=False)
-    torch.manual_seed(cfg.seed)
-    with strategy.model_init_context():
-        model = family.build_model(tok)
-    groups = apply_tuning(model, family, stage.spec(cfg.train.lora))
-    strategy.setup(model, groups=groups, lr=stage.lr, steps=stage.steps)
+    model = build_model(cfg)
+    strategy.setup(model, lr=stage.lr, steps=stage.steps)
     return strategy, model
 
 
