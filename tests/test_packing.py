@@ -95,3 +95,23 @@ def test_padding_efficiency_mimic_like_lengths():
     assert eff["unpacked"] < 0.6 and eff["packed"] >= 0.95 and eff["packed_lm"] >= 0.95
     real = packing_efficiency(lengths, batch_size=8, max_len=4096, image_tokens=576)  # a 336-px ViT-L/14
     assert real["unpacked_lm"] < 0.9 and real["packed_lm"] >= 0.95
+
+
+def test_radixpert_packed_masks_follow_their_study():
+    """A family built on the shared pieces (per-study ``masks`` ride along, permuted with their images)."""
+    from test_radixpert import cfg as rx_cfg, samples as rx_samples
+
+    fam = build_family(rx_cfg())
+    tok = fam.tokenizer(LONGER)
+    torch.manual_seed(0)
+    model = fam.build_model(tok)
+    batch = fam.collate(tok)([fam.sample_builder(tok, "train")(s) for s in rx_samples(5)])
+    n = model.vision.num_patches
+    packed = pack_batch(batch, int(batch["attention_mask"].sum()) // 2 + 2 * n, image_token_id(tok), n)
+    assert packed["input_ids"].shape[0] >= 2 and packed["masks"].shape == batch["masks"].shape
+    order = [batch["keys"].index(k) for k in packed["keys"]]
+    assert torch.equal(packed["masks"], batch["masks"][order])
+    with torch.no_grad():
+        a = model(**{k: v for k, v in batch.items() if torch.is_tensor(v)}).loss
+        b = model(**{k: v for k, v in packed.items() if torch.is_tensor(v)}).loss
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
