@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Callable, Iterable, Literal, Optional
 
@@ -164,6 +164,8 @@ class LlavaTAFamily(ModelFamily):
     ablations = {"black": "global image I and segmented image S", "segment": "segmented image S only",
                  "shuffle": "each study gets another study's images"}
     asset_names = (ASSET_NAME,)
+    extra_scores = ("topic_scores",)  # trainer/eval_hooks.py
+    report_rows = ("topic_rows",)
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -216,26 +218,37 @@ class LlavaTAFamily(ModelFamily):
             raise ConfigError("train.tuning", f"llava_ta trains 'projector' then 'lora' (or 'full'), got {mode!r}")
         return groups + [ParamGroup("topic_head", list(model.topic_head.parameters()))]
 
-    def sample_builder(self, tok, mode: str, target: str = "topics", selection: Optional[str] = None):
+    def sample_builder(self, tok, mode: str, target: str = "topics", gen: Optional[GenConfig] = None):
         """Train: one row per annotated topic (target ``topics``; target ``report`` gives one whole-report
-        row per study, used only for the trainer's held-out reference loss).  Eval: one study row."""
+        row per study, used only for the trainer's held-out reference loss).  Eval: one study row, which
+        carries the reference's topics only when ``gen`` selects ``oracle`` (the declared oracle input)."""
         if target not in ("topics", "report"):
             raise ConfigError("train.stages.target", f"{self.name} trains on 'topics', got {target!r}")
         mean, std = image_stats(self.cfg.vision)
         pre = partial(preprocess_image, size=self.cfg.vision.image_size, channels=self.cfg.vision.channels,
                       mean=mean, std=std)
         return TopicRowBuilder(tok, Ontology(), pre, self.cfg.max_text_len, self.segmented, self.opts.crop,
-                               train=mode == "train", oracle=(selection or self.opts.selection) == "oracle",
+                               train=mode == "train", oracle=mode != "train" and self._selection(gen) == "oracle",
                                whole_report=target == "report")
 
     def collate(self, tok) -> Callable[[list[dict]], dict]:
         return partial(collate_topic_rows, pad_token_id=tok.pad_token_id)
 
-    def _selection(self, gen: GenConfig) -> str:
-        sel = gen.options.get("selection", self.opts.selection)
+    def _selection(self, gen: Optional[GenConfig]) -> str:
+        sel = (gen.options if gen is not None else {}).get("selection", self.opts.selection)
         if sel not in SELECTIONS:
             raise ConfigError("eval.family_options.selection", f"must be one of {SELECTIONS}, got {sel!r}")
         return sel
+
+    def eval_variants(self, gen: GenConfig) -> dict[str, GenConfig]:
+        """``selection_<s>`` for every selection in ``eval.family_options.selections`` (default all three)."""
+        wanted = gen.options.get("selections", list(SELECTIONS))
+        bad = [s for s in wanted if s not in SELECTIONS]
+        if bad:
+            raise ConfigError("eval.family_options.selections", f"unknown {bad}; choose from {SELECTIONS}")
+        head = self._selection(gen)
+        return {f"selection_{s}": gen if s == head else replace(gen, options={**gen.options, "selection": s})
+                for s in wanted}
 
     def oracle_inputs(self, gen: GenConfig) -> list[str]:
         return ["reference topics (topics overlay of the eval split)"] if self._selection(gen) == "oracle" else []

@@ -208,7 +208,7 @@ class RadixpertFamily(LlavaRadFamily):
                 groups.append(ParamGroup("vision", list(model.vision.feature_parameters())))
         return groups
 
-    def sample_builder(self, tok, mode: str, target: str = "report"):
+    def sample_builder(self, tok, mode: str, target: str = "report", gen=None):
         from functools import partial
 
         mean, std = image_stats(self.cfg.vision)

@@ -99,9 +99,10 @@ def test_stages_train_projector_then_lora_projector_head(ta):
 
 
 def _generate(fam, tok, model, samples, selection):
-    build = fam.sample_builder(tok, "eval", selection=selection)
+    gen = GenConfig(max_new_tokens=4, options={"selection": selection})  # the eval config alone selects
+    build = fam.sample_builder(tok, "eval", gen=gen)
     batch = fam.collate(tok)([build(s)[0] for s in samples])
-    return batch, fam.generate(model, tok, batch, GenConfig(max_new_tokens=4, options={"selection": selection}))
+    return batch, fam.generate(model, tok, batch, gen)
 
 
 def test_reference_topics_change_nothing_under_all_and_predicted_and_oracle_is_declared(ta):

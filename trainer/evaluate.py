@@ -230,14 +230,14 @@ class InTrainingEvaluator:
 
         run, cfg = self.run, self.run.cfg
         per_rank_batches = max(1, -(-cfg.eval.subset // (run.world_size * cfg.eval.batch_size)))
+        gen = gen_config(cfg, synced_gpus=cfg.train.zero_stage == 3)
         loader = eval_loader(cfg, run.family, run.tokenizer, rank=run.rank, world_size=run.world_size,
-                             split=cfg.data.eval_split)
+                             split=cfg.data.eval_split, gen=gen)
         batches = (b for _, b in zip(range(per_rank_batches), loader))
         engine = run.strategy.engine
         engine.eval()
         dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
-        preds = list(generate_batches(engine.module, run.family, run.tokenizer, batches,
-                                      gen_config(cfg, synced_gpus=cfg.train.zero_stage == 3),
+        preds = list(generate_batches(engine.module, run.family, run.tokenizer, batches, gen,
                                       device=engine.device, dtype=dtype))
         engine.train()
         gathered = gather_json(preds)
