@@ -51,7 +51,7 @@ class TopicOptions:
 
     crop: bool = False  # S cropped to the bounding box of the topic's regions
     selection: Literal["all", "predicted", "oracle"] = "predicted"
-    threshold: float = 0.5  # predicted selection: head probability
+    threshold: float = 0.5  # predicted selection: head probability (eval.family_options.threshold overrides)
     head_loss_weight: float = 1.0
 
 
@@ -86,7 +86,7 @@ class LlavaTA(LlavaRad):
 
     @torch.no_grad()
     def select_topics(self, global_image: torch.Tensor, selection: str,
-                      oracle: Optional[list[list[str]]] = None) -> list[list[str]]:
+                      oracle: Optional[list[list[str]]] = None, threshold: Optional[float] = None) -> list[list[str]]:
         names = self.onto.names
         if selection == "all":
             return [list(names) for _ in range(global_image.shape[0])]
@@ -97,14 +97,15 @@ class LlavaTA(LlavaRad):
         probs = torch.sigmoid(self.head_logits(self.vision(global_image)))
         out = []
         for p in probs:
-            chosen = [names[i] for i in range(len(names)) if p[i] >= self.opts.threshold]
+            chosen = [names[i] for i in range(len(names)) if p[i] >= (threshold or self.opts.threshold)]
             out.append(chosen or [names[int(p.argmax())]])
         return out
 
     @torch.no_grad()
-    def generate_topics(self, batch: dict, selection: str, max_new_tokens: int, chunk: int = 16):
+    def generate_topics(self, batch: dict, selection: str, max_new_tokens: int, chunk: int = 16,
+                        threshold: Optional[float] = None):
         """Per study: [(topic, sentence)] in ontology order, and the selected topics."""
-        selected = self.select_topics(batch["global_image"], selection, batch.get("oracle_topics"))
+        selected = self.select_topics(batch["global_image"], selection, batch.get("oracle_topics"), threshold)
         segmented = "segments" in batch
         jobs = [(i, t) for i, topics in enumerate(selected) for t in topics]
         texts: dict[tuple[int, str], str] = {}
@@ -240,6 +241,13 @@ class LlavaTAFamily(ModelFamily):
             raise ConfigError("eval.family_options.selection", f"must be one of {SELECTIONS}, got {sel!r}")
         return sel
 
+    def _threshold(self, gen: GenConfig) -> float:
+        """``predicted`` selection's head-probability threshold (eval.family_options.threshold overrides)."""
+        t = float(gen.options.get("threshold", self.opts.threshold))
+        if not 0.0 < t < 1.0:
+            raise ConfigError("eval.family_options.threshold", f"must be within (0, 1), got {t}")
+        return t
+
     def eval_variants(self, gen: GenConfig) -> dict[str, GenConfig]:
         """``selection_<s>`` for every selection in ``eval.family_options.selections`` (default all three)."""
         wanted = gen.options.get("selections", list(SELECTIONS))
@@ -254,7 +262,8 @@ class LlavaTAFamily(ModelFamily):
         return ["reference topics (topics overlay of the eval split)"] if self._selection(gen) == "oracle" else []
 
     def generate(self, model: LlavaTA, tok, batch: dict, gen: GenConfig) -> list[Generation]:
-        per_study, selected = model.generate_topics(batch, self._selection(gen), gen.max_new_tokens)
+        per_study, selected = model.generate_topics(batch, self._selection(gen), gen.max_new_tokens,
+                                                    threshold=self._threshold(gen))
         out = []
         for i, rows in enumerate(per_study):
             if float(batch["sample_weight"][i]) <= 0:

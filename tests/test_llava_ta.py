@@ -188,3 +188,17 @@ def test_eval_scores_every_selection_topic_level_and_topic_rows_through_the_cont
                         variants=variant_metrics).read_text()
     assert 'class="topics"' in html and "selection_oracle" in html
     assert all(f'data-topic="{r["topic"]}"' in html for r in samples[0].annotations["topics"]["rows"])
+
+
+def test_eval_family_options_threshold_overrides_the_predicted_selection_threshold(ta):
+    fam, tok, model, samples = ta
+    batch = fam.collate(tok)([fam.sample_builder(tok, "eval")(s)[0] for s in samples])
+
+    def topics(threshold):
+        gen = GenConfig(max_new_tokens=1, options={"selection": "predicted", "threshold": threshold})
+        return [g.extra["topics"] for g in fam.generate(model, tok, batch, gen)]
+
+    assert all(len(t) == len(Ontology().names) for t in topics(1e-6))
+    assert all(len(t) == 1 for t in topics(1 - 1e-6))  # none passes: the head's top topic
+    with pytest.raises(Exception, match="threshold"):
+        topics(1.5)

@@ -197,7 +197,7 @@ def run_eval(cfg, *, pool, checkpoint: Optional[str] = None, model_dir: Optional
     report = write_report(out_dir, metrics=metrics, baselines=baselines, ablations=ablation_metrics,
                           samples=samples, variants=variant_metrics,
                           title=f"rrg evaluation: {cfg.name}, {cfg.eval.split} split, {name}")
-    _print_summary(metrics, baselines, ablation_metrics)
+    _print_summary(metrics, baselines, {**ablation_metrics, **variant_metrics})
     print(f"rrg: predictions: {out_dir / 'predictions.jsonl'}\nrrg: metrics: {out_dir / 'metrics.json'}\n"
           f"rrg: report: {report}", flush=True)
     return flat
