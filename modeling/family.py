@@ -10,14 +10,20 @@ A family is one module plus one registry entry (``@FAMILIES.register("name")`` o
 * ``trainable_groups(model, mode, stage)`` - named parameter groups that train in tuning ``mode``
   (it may wrap parts, e.g. LoRA on the LM); everything else is frozen by the caller; each group
   may carry its own learning-rate scale;
-* ``sample_builder(tok, mode, target)`` - ``DecodedSample -> list of row dicts`` (one study may fan
-  out into several rows, e.g. one per topic).  In ``eval`` mode it may read only the images,
+* ``sample_builder(tok, mode, target, gen=None)`` - ``DecodedSample -> list of row dicts`` (one study
+  may fan out into several rows, e.g. one per topic); in ``eval`` mode ``gen`` is the evaluation's
+  :class:`GenConfig` (its ``options`` = ``eval.family_options``), so that the eval config alone picks
+  what eval rows carry (e.g. LLaVA-TA's ``selection: oracle``).  In ``eval`` mode it may read only the images,
   tensors derived from the image (masks, KG subgraphs, ``DecodedSample.tensors``) and the
   reference text (kept aside for scoring).  Anything else it reads is an *oracle input*: the
   family lists it in ``oracle_inputs(gen_cfg)``, and the evaluator stamps it into ``metrics.json``;
 * ``collate(tok)`` - rows -> batch (tensors + plain lists ``keys``, ``study_ids``, ``references``);
 * ``generate(model, tok, batch, gen)`` - one :class:`Generation` per study (text, optional trace,
   optional extra fields); the default is one greedy/beam pass over the prompt rows;
+* ``eval_variants(gen)`` - named GenConfig variants that ``rrg eval`` also scores in the same run
+  (keys ``<name>_<metric>`` in metrics.json; a variant equal to ``gen`` reuses the headline run);
+  ``extra_scores`` / ``report_rows`` - names of trainer-floor hooks (trainer/evaluation/eval_hooks.py) that add
+  family-level scores to metrics.json and rows to the HTML study cards;
 * ``ablations`` + ``ablate(batch, kind)`` - which inputs each ablation blanks (``black``,
   ``shuffle``, ``masks``, ``kg``, ``segment`` ...); ``black`` must blank the image *and* every
   input derived from it;
@@ -128,8 +134,9 @@ class ModelFamily(ABC):
 
     # ---- samples -----------------------------------------------------------------------
     @abstractmethod
-    def sample_builder(self, tok, mode: str, target: str = "report") -> Callable[[Any], list[dict]]:
-        """``DecodedSample -> rows``; ``mode`` is "train" or "eval" (see the module docstring)."""
+    def sample_builder(self, tok, mode: str, target: str = "report",
+                       gen: Optional[GenConfig] = None) -> Callable[[Any], list[dict]]:
+        """``DecodedSample -> rows``; ``mode`` is "train" or "eval"; ``gen`` the eval GenConfig (see above)."""
 
     @abstractmethod
     def collate(self, tok) -> Callable[[list[dict]], dict]:
@@ -138,6 +145,16 @@ class ModelFamily(ABC):
     def oracle_inputs(self, gen: GenConfig) -> list[str]:
         """Fields beyond the image (and what derives from it) that eval-mode samples read."""
         return []
+
+    # ---- evaluation hooks ----------------------------------------------------------------
+    # names of trainer-floor hooks (trainer/evaluation/eval_hooks.py): scores over the prediction records,
+    # and extra HTML per study card; a family names them, the evaluator never branches on families
+    extra_scores: tuple[str, ...] = ()
+    report_rows: tuple[str, ...] = ()
+
+    def eval_variants(self, gen: GenConfig) -> dict[str, GenConfig]:
+        """Named variants of ``gen`` scored beside the headline run (default: none)."""
+        return {}
 
     # ---- generation and ablation ----------------------------------------------------------
     def generate(self, model: nn.Module, tok, batch: dict, gen: GenConfig) -> list[Generation]:

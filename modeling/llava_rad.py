@@ -373,7 +373,8 @@ class LlavaRadFamily(ModelFamily):
                 groups.append(ParamGroup("vision", list(model.vision.feature_parameters())))
         return groups
 
-    def sample_builder(self, tok: PreTrainedTokenizerBase, mode: str, target: str = "report") -> Callable[[Any], dict]:
+    def sample_builder(self, tok: PreTrainedTokenizerBase, mode: str, target: str = "report",
+                       gen=None) -> Callable[[Any], dict]:
         mean, std = image_stats(self.cfg.vision)
         return partial(build_prompt_sample, tok=tok, cfg=self.cfg, train=mode == "train", mean=mean, std=std,
                        prompt=prompt_ids(tok, self.cfg), target=target)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Callable, Iterable, Literal, Optional
 
@@ -51,7 +51,7 @@ class TopicOptions:
 
     crop: bool = False  # S cropped to the bounding box of the topic's regions
     selection: Literal["all", "predicted", "oracle"] = "predicted"
-    threshold: float = 0.5  # predicted selection: head probability
+    threshold: float = 0.5  # predicted selection: head probability (eval.family_options.threshold overrides)
     head_loss_weight: float = 1.0
 
 
@@ -86,7 +86,7 @@ class LlavaTA(LlavaRad):
 
     @torch.no_grad()
     def select_topics(self, global_image: torch.Tensor, selection: str,
-                      oracle: Optional[list[list[str]]] = None) -> list[list[str]]:
+                      oracle: Optional[list[list[str]]] = None, threshold: Optional[float] = None) -> list[list[str]]:
         names = self.onto.names
         if selection == "all":
             return [list(names) for _ in range(global_image.shape[0])]
@@ -97,14 +97,15 @@ class LlavaTA(LlavaRad):
         probs = torch.sigmoid(self.head_logits(self.vision(global_image)))
         out = []
         for p in probs:
-            chosen = [names[i] for i in range(len(names)) if p[i] >= self.opts.threshold]
+            chosen = [names[i] for i in range(len(names)) if p[i] >= (threshold or self.opts.threshold)]
             out.append(chosen or [names[int(p.argmax())]])
         return out
 
     @torch.no_grad()
-    def generate_topics(self, batch: dict, selection: str, max_new_tokens: int, chunk: int = 16):
+    def generate_topics(self, batch: dict, selection: str, max_new_tokens: int, chunk: int = 16,
+                        threshold: Optional[float] = None):
         """Per study: [(topic, sentence)] in ontology order, and the selected topics."""
-        selected = self.select_topics(batch["global_image"], selection, batch.get("oracle_topics"))
+        selected = self.select_topics(batch["global_image"], selection, batch.get("oracle_topics"), threshold)
         segmented = "segments" in batch
         jobs = [(i, t) for i, topics in enumerate(selected) for t in topics]
         texts: dict[tuple[int, str], str] = {}
@@ -164,6 +165,8 @@ class LlavaTAFamily(ModelFamily):
     ablations = {"black": "global image I and segmented image S", "segment": "segmented image S only",
                  "shuffle": "each study gets another study's images"}
     asset_names = (ASSET_NAME,)
+    extra_scores = ("topic_scores",)  # trainer/evaluation/eval_hooks.py
+    report_rows = ("topic_rows",)
 
     @property
     def images_per_row(self) -> int:  # I and S, or I alone (llava_t)
@@ -220,32 +223,51 @@ class LlavaTAFamily(ModelFamily):
             raise ConfigError("train.tuning", f"llava_ta trains 'projector' then 'lora' (or 'full'), got {mode!r}")
         return groups + [ParamGroup("topic_head", list(model.topic_head.parameters()))]
 
-    def sample_builder(self, tok, mode: str, target: str = "topics", selection: Optional[str] = None):
+    def sample_builder(self, tok, mode: str, target: str = "topics", gen: Optional[GenConfig] = None):
         """Train: one row per annotated topic (target ``topics``; target ``report`` gives one whole-report
-        row per study, used only for the trainer's held-out reference loss).  Eval: one study row."""
+        row per study, used only for the trainer's held-out reference loss).  Eval: one study row, which
+        carries the reference's topics only when ``gen`` selects ``oracle`` (the declared oracle input)."""
         if target not in ("topics", "report"):
             raise ConfigError("train.stages.target", f"{self.name} trains on 'topics', got {target!r}")
         mean, std = image_stats(self.cfg.vision)
         pre = partial(preprocess_image, size=self.cfg.vision.image_size, channels=self.cfg.vision.channels,
                       mean=mean, std=std)
         return TopicRowBuilder(tok, Ontology(), pre, self.cfg.max_text_len, self.segmented, self.opts.crop,
-                               train=mode == "train", oracle=(selection or self.opts.selection) == "oracle",
+                               train=mode == "train", oracle=mode != "train" and self._selection(gen) == "oracle",
                                whole_report=target == "report")
 
     def collate(self, tok) -> Callable[[list[dict]], dict]:
         return partial(collate_topic_rows, pad_token_id=tok.pad_token_id)
 
-    def _selection(self, gen: GenConfig) -> str:
-        sel = gen.options.get("selection", self.opts.selection)
+    def _selection(self, gen: Optional[GenConfig]) -> str:
+        sel = (gen.options if gen is not None else {}).get("selection", self.opts.selection)
         if sel not in SELECTIONS:
             raise ConfigError("eval.family_options.selection", f"must be one of {SELECTIONS}, got {sel!r}")
         return sel
+
+    def _threshold(self, gen: GenConfig) -> float:
+        """``predicted`` selection's head-probability threshold (eval.family_options.threshold overrides)."""
+        t = float(gen.options.get("threshold", self.opts.threshold))
+        if not 0.0 < t < 1.0:
+            raise ConfigError("eval.family_options.threshold", f"must be within (0, 1), got {t}")
+        return t
+
+    def eval_variants(self, gen: GenConfig) -> dict[str, GenConfig]:
+        """``selection_<s>`` for every selection in ``eval.family_options.selections`` (default all three)."""
+        wanted = gen.options.get("selections", list(SELECTIONS))
+        bad = [s for s in wanted if s not in SELECTIONS]
+        if bad:
+            raise ConfigError("eval.family_options.selections", f"unknown {bad}; choose from {SELECTIONS}")
+        head = self._selection(gen)
+        return {f"selection_{s}": gen if s == head else replace(gen, options={**gen.options, "selection": s})
+                for s in wanted}
 
     def oracle_inputs(self, gen: GenConfig) -> list[str]:
         return ["reference topics (topics overlay of the eval split)"] if self._selection(gen) == "oracle" else []
 
     def generate(self, model: LlavaTA, tok, batch: dict, gen: GenConfig) -> list[Generation]:
-        per_study, selected = model.generate_topics(batch, self._selection(gen), gen.max_new_tokens)
+        per_study, selected = model.generate_topics(batch, self._selection(gen), gen.max_new_tokens,
+                                                    threshold=self._threshold(gen))
         out = []
         for i, rows in enumerate(per_study):
             if float(batch["sample_weight"][i]) <= 0:

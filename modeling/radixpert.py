@@ -193,7 +193,7 @@ class RadixpertFamily(LlavaRadFamily):
         return [ParamGroup("mlp", list(model.projector.parameters())),
                 ParamGroup("mask_conv", list(model.mask_branch.parameters())), *self.lm_groups(model, mode, spec)]
 
-    def sample_builder(self, tok, mode: str, target: str = "report"):
+    def sample_builder(self, tok, mode: str, target: str = "report", gen=None):
         from functools import partial
 
         mean, std = image_stats(self.cfg.vision)

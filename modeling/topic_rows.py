@@ -126,6 +126,10 @@ class TopicRowBuilder:
                     done[chans] = self.preprocess(segment_image(image, mask, self.crop))
             row["segments"] = torch.stack([done[tuple(self.onto.channels(t))] for t in self.onto.names])
         if self.oracle:
+            if sample.annotations.get("topics") is None:
+                raise TopicDataError(f"study {sample.key} ({sample.shard}): the oracle selection reads the eval split's "
+                                     f"reference topics: annotate it (data.topics.splits) or leave 'oracle' out of "
+                                     f"eval.family_options.selections")
             row["oracle_topics"] = [r["topic"] for r in self.annotated_rows(sample)]
         return row
 

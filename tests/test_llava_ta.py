@@ -99,9 +99,10 @@ def test_stages_train_projector_then_lora_projector_head(ta):
 
 
 def _generate(fam, tok, model, samples, selection):
-    build = fam.sample_builder(tok, "eval", selection=selection)
+    gen = GenConfig(max_new_tokens=4, options={"selection": selection})  # the eval config alone selects
+    build = fam.sample_builder(tok, "eval", gen=gen)
     batch = fam.collate(tok)([build(s)[0] for s in samples])
-    return batch, fam.generate(model, tok, batch, GenConfig(max_new_tokens=4, options={"selection": selection}))
+    return batch, fam.generate(model, tok, batch, gen)
 
 
 def test_reference_topics_change_nothing_under_all_and_predicted_and_oracle_is_declared(ta):
@@ -141,6 +142,63 @@ def test_demo_config_builds_the_family_with_its_options():
     assert cfg.family == "llava_ta"
     assert fam.name == "llava_ta" and fam.opts.selection == "predicted"
     stages = load_config("configs/llava_ta_demo.yaml", []).train.resolved_stages()
-    assert [(s.tuning, s.target) for s in stages] == [("projector", "topics"), ("lora", "topics")]
+    assert [(s.tuning, s.target) for s in stages][-2:] == [("projector", "topics"), ("lora", "topics")]
     with pytest.raises(Exception, match="threshold"):
         _family(threshold=1.5)
+
+
+def test_eval_scores_every_selection_topic_level_and_topic_rows_through_the_contract_hooks(ta, tmp_path):
+    """rrg eval's scoring half on this family: selection_{all,predicted,oracle}_<metric> in one metrics dict
+    (headline = the configured selection, reused, not re-run), topic-level scores, topic rows in report.html."""
+    from trainer.evaluation.eval_hooks import card_html, extra_scores
+    from trainer.evaluation.evaluate import _score_variants
+    from trainer.evaluation.generate import gen_config, generate_batches
+    from trainer.evaluation.report_html import write_report
+
+    fam, tok, model, samples = ta
+    cfg = load_config("configs/tiny.yaml", ["eval.bootstrap=0", "eval.meteor=false", "eval.max_new_tokens=4"])
+    cfg.eval.family_options = {"selection": "predicted"}
+    gen = gen_config(cfg)
+    variants = fam.eval_variants(gen)
+    assert list(variants) == ["selection_all", "selection_predicted", "selection_oracle"]
+    assert variants["selection_predicted"] is gen  # the headline run is reused
+    assert fam.oracle_inputs(variants["selection_oracle"]) and not fam.oracle_inputs(variants["selection_all"])
+
+    def run(g):
+        batch = fam.collate(tok)([fam.sample_builder(tok, "eval", gen=g)(s)[0] for s in samples])
+        return list(generate_batches(model, fam, tok, [batch], g))
+
+    runs = {"model": run(gen)}
+    runs.update({n: runs["model"] if v == gen else run(v) for n, v in variants.items()})
+    assert all(len(r["topics"]) == len(Ontology().names) for r in runs["selection_all"])
+    assert [r["topics"] for r in runs["selection_oracle"]] == \
+        [[row["topic"] for row in s.annotations["topics"]["rows"]] for s in samples]
+    flat = extra_scores(fam, runs["model"])
+    assert 0.0 <= flat["topic_recall"] <= 1.0 and flat["per_topic"] and "topic_macro_rouge_l" in flat
+    variant_metrics = _score_variants(cfg, fam, runs, "rrg", tmp_path, flat)
+    for sel in ("all", "predicted", "oracle"):
+        assert isinstance(flat[f"selection_{sel}_ce_macro_f1_14"], float) and f"selection_{sel}_topic_recall" in flat
+        assert (tmp_path / f"predictions_selection_{sel}.jsonl").is_file()
+    assert flat["selection_oracle_oracle_inputs"] and flat["selection_predicted_oracle_inputs"] == []
+    assert flat["selection_all_topic_n_pairs"] == flat["topic_n_pairs"] > 0  # pairs = the reference's topics
+    sample = {**runs["model"][0], "image": samples[0].images[0], "masks": samples[0].masks,
+              "mask_channels": samples[0].mask_channels}
+    html = write_report(tmp_path, metrics=variant_metrics["selection_predicted"], baselines={}, ablations={},
+                        samples=[{**sample, "card_html": card_html(fam, sample)}],
+                        variants=variant_metrics).read_text()
+    assert 'class="topics"' in html and "selection_oracle" in html
+    assert all(f'data-topic="{r["topic"]}"' in html for r in samples[0].annotations["topics"]["rows"])
+
+
+def test_eval_family_options_threshold_overrides_the_predicted_selection_threshold(ta):
+    fam, tok, model, samples = ta
+    batch = fam.collate(tok)([fam.sample_builder(tok, "eval")(s)[0] for s in samples])
+
+    def topics(threshold):
+        gen = GenConfig(max_new_tokens=1, options={"selection": "predicted", "threshold": threshold})
+        return [g.extra["topics"] for g in fam.generate(model, tok, batch, gen)]
+
+    assert all(len(t) == len(Ontology().names) for t in topics(1e-6))
+    assert all(len(t) == 1 for t in topics(1 - 1e-6))  # none passes: the head's top topic
+    with pytest.raises(Exception, match="threshold"):
+        topics(1.5)

@@ -149,6 +149,7 @@ class WandbConfig:
 class LoggingConfig:
     every_steps: int = 10
     progress_bar: bool = True
+    batch_rows: bool = False  # each rank appends every micro-batch's (key, topic) rows to batch_rows.rank<r>.jsonl
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def validate(self, key: str = "logging") -> None:

@@ -97,6 +97,8 @@ class Trainer:
                     break
                 meter.wait += time.perf_counter() - t_wait
                 meter.batch(batch)
+                if self.cfg.logging.batch_rows:
+                    self._log_rows(st.step + 1, batch)
                 out = self.strategy.forward(to_device(batch, self.strategy.device, self.float_dtype))
                 loss = out.loss
                 self.strategy.backward_and_step(loss)
@@ -121,6 +123,15 @@ class Trainer:
                 if self.evaluator and self.cfg.eval.every_steps and st.step % self.cfg.eval.every_steps == 0:
                     self.evaluator(st.step)
         return st
+
+    def _log_rows(self, step: int, batch: dict[str, Any]) -> None:
+        """What this rank trains on at ``step`` (study keys, and topics for topic-row families)."""
+        import json
+        from pathlib import Path
+
+        rows = {"step": step, "keys": list(batch.get("keys", [])), "topics": list(batch.get("topics", []))}
+        with open(Path(self.cfg.output_dir) / f"batch_rows.rank{self.rank}.jsonl", "a") as fh:
+            fh.write(json.dumps(rows) + "\n")
 
     def _save_if_finite(self, logged: bool) -> None:
         """Checkpoint unless the state is NaN/inf (then the good checkpoints stay as they are)."""

@@ -8,6 +8,9 @@ Outputs in ``--out`` (default ``<output_dir>/eval/<split>-<checkpoint>``):
 * ``metrics.json`` — flat keys: the model's (see trainer/evaluation/scoring.py), then
   ``baseline_label_prior_<key>`` and ``baseline_retrieval_<key>`` (same split, same scorer),
   ``ablation_<name>_<key>`` and ``ablation_<name>_drop_<key>`` (model minus ablated);
+* ``<variant>_<key>`` for each of the family's ``eval_variants`` (e.g. LLaVA-TA's
+  ``selection_all|predicted|oracle``, each with ``<variant>_oracle_inputs``) and the family's
+  ``extra_scores`` hooks (trainer/eval_hooks.py, e.g. topic-level scores), in the same run;
 * ``report.html`` — metric table with intervals and baselines, per-label F1 chart, studies.
 
 Baselines: *label prior* draws each study's labels from the training split's label
@@ -27,6 +30,7 @@ from typing import Any, Optional
 import numpy as np
 
 from configs.schema import ConfigError
+from trainer.evaluation.eval_hooks import card_html, extra_scores
 from trainer.evaluation.scoring import clinical_scores, label_prior_baseline, retrieval_baseline, score, score_predictions_file
 
 __all__ = ["run_eval", "score_predictions_file", "InTrainingEvaluator"]
@@ -193,14 +197,34 @@ def run_eval(cfg, *, pool, checkpoint: Optional[str] = None, model_dir: Optional
                 flat[f"ablation_{aname}_{k}"] = v
                 if isinstance(metrics.get(k), float):
                     flat[f"ablation_{aname}_drop_{k}"] = metrics[k] - v
+    flat.update(extra_scores(family, runs["model"]))
+    variant_metrics = _score_variants(cfg, family, runs, labeler, out_dir, flat)
     (out_dir / "metrics.json").write_text(json.dumps(flat, indent=1, sort_keys=True))
+    samples = [{**s, "card_html": card_html(family, s)} for s in _report_samples(cfg, runs["model"])]
     report = write_report(out_dir, metrics=metrics, baselines=baselines, ablations=ablation_metrics,
-                          samples=_report_samples(cfg, runs["model"]),
+                          samples=samples, variants=variant_metrics,
                           title=f"rrg evaluation: {cfg.name}, {cfg.eval.split} split, {name}")
-    _print_summary(metrics, baselines, ablation_metrics)
+    _print_summary(metrics, baselines, {**ablation_metrics, **variant_metrics})
     print(f"rrg: predictions: {out_dir / 'predictions.jsonl'}\nrrg: metrics: {out_dir / 'metrics.json'}\n"
           f"rrg: report: {report}", flush=True)
     return flat
+
+
+def _score_variants(cfg, family, runs: dict, labeler, out_dir: Path, flat: dict) -> dict[str, dict]:
+    """Score each of ``family.eval_variants`` into ``flat`` as ``<variant>_<key>`` (+ its oracle inputs)."""
+    from trainer.evaluation.generate import gen_config
+
+    out = {}
+    for vname, variant in family.eval_variants(gen_config(cfg)).items():
+        vm = score(runs[vname], bootstrap=cfg.eval.bootstrap, labeler=labeler, meteor=cfg.eval.meteor,
+                   meteor_language=cfg.eval.meteor_language)
+        vm.update({k: v for k, v in extra_scores(family, runs[vname]).items() if not isinstance(v, dict)})
+        _write_jsonl(out_dir / f"predictions_{vname}.jsonl", runs[vname])
+        flat.update({f"{vname}_{k}": v for k, v in vm.items()
+                     if isinstance(v, (int, float)) and not k.endswith(("_ci_low", "_ci_high"))})
+        flat[f"{vname}_oracle_inputs"] = family.oracle_inputs(variant)
+        out[vname] = vm
+    return out
 
 
 def _print_summary(metrics: dict, baselines: dict[str, dict], ablations: dict[str, dict]) -> None:
@@ -237,14 +261,14 @@ class InTrainingEvaluator:
 
         run, cfg = self.run, self.run.cfg
         per_rank_batches = max(1, -(-cfg.eval.subset // (run.world_size * cfg.eval.batch_size)))
+        gen = gen_config(cfg, synced_gpus=cfg.train.zero_stage == 3)
         loader = eval_loader(cfg, run.family, run.tokenizer, rank=run.rank, world_size=run.world_size,
-                             split=cfg.data.eval_split)
+                             split=cfg.data.eval_split, gen=gen)
         batches = (b for _, b in zip(range(per_rank_batches), loader))
         engine = run.strategy.engine
         engine.eval()
         dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
-        preds = list(generate_batches(engine.module, run.family, run.tokenizer, batches,
-                                      gen_config(cfg, synced_gpus=cfg.train.zero_stage == 3),
+        preds = list(generate_batches(engine.module, run.family, run.tokenizer, batches, gen,
                                       device=engine.device, dtype=dtype))
         engine.train()
         gathered = gather_json(preds)

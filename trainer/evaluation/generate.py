@@ -48,12 +48,13 @@ class ImageShuffler:
         return out
 
 
-def eval_loader(cfg, family, tok, *, rank: int, world_size: int, split: str):
+def eval_loader(cfg, family, tok, *, rank: int, world_size: int, split: str, gen=None):
+    """Eval-mode batches of ``split``; ``gen`` (default ``gen_config(cfg)``) tells the builder what to carry."""
     from shards.reader import make_loader
 
+    builder = family.sample_builder(tok, "eval", gen=gen if gen is not None else gen_config(cfg))
     return make_loader(cfg.data, split, rank=rank, world_size=world_size, batch_size=cfg.eval.batch_size,
-                       seed=cfg.seed, builder=family.sample_builder(tok, "eval"), collate=family.collate(tok),
-                       mode="eval")
+                       seed=cfg.seed, builder=builder, collate=family.collate(tok), mode="eval")
 
 
 def gen_config(cfg, synced_gpus: bool = False):
@@ -85,7 +86,8 @@ def generate_batches(model, family, tok, batches, gen, *, device=torch.device("c
 
 def generate_slice(model_dir: str, cfg_dict: dict, rank: int, world_size: int,
                    ablations: tuple[str, ...] = ()) -> dict[str, list[dict]]:
-    """One eval worker: a full model replica generates for its slice, plain and per ablation."""
+    """One eval worker: a full model replica generates for its slice, plain, per ablation and per
+    ``family.eval_variants(gen)`` (a variant equal to the headline GenConfig reuses its run)."""
     import os
 
     from modeling.family import build_family, load_pretrained
@@ -102,7 +104,13 @@ def generate_slice(model_dir: str, cfg_dict: dict, rank: int, world_size: int,
     gen = gen_config(cfg)
     out: dict[str, list[dict]] = {}
     for ablation in (None, *ablations):
-        loader = eval_loader(cfg, family, tok, rank=rank, world_size=world_size, split=cfg.eval.split)
+        loader = eval_loader(cfg, family, tok, rank=rank, world_size=world_size, split=cfg.eval.split, gen=gen)
         out[ablation or "model"] = list(generate_batches(model, family, tok, loader, gen, device=device, dtype=dtype,
                                                          ablation=ablation))
+    for name, variant in family.eval_variants(gen).items():
+        if variant == gen:
+            out[name] = out["model"]
+            continue
+        loader = eval_loader(cfg, family, tok, rank=rank, world_size=world_size, split=cfg.eval.split, gen=variant)
+        out[name] = list(generate_batches(model, family, tok, loader, variant, device=device, dtype=dtype))
     return out

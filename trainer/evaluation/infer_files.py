@@ -170,9 +170,10 @@ def generate_files(inputs: list[str], *, model_dir: str, checkpoint: Optional[st
     dtype = torch.bfloat16 if cfg.train.precision == "bf16" and dev.type == "cuda" else torch.float32
     model = load_pretrained(str(model_path)).eval().to(device=dev, dtype=dtype)
     family, tok = build_family(model.cfg), model.tokenizer
-    batches = _batches(samples, family.sample_builder(tok, "eval"), family.collate(tok),
+    gen = gen_config(cfg)
+    batches = _batches(samples, family.sample_builder(tok, "eval", gen=gen), family.collate(tok),
                        batch_size or cfg.eval.batch_size)
-    preds = list(generate_batches(model, family, tok, batches, gen_config(cfg), device=dev, dtype=dtype))
+    preds = list(generate_batches(model, family, tok, batches, gen, device=dev, dtype=dtype))
     files = {st.id: st.files for st in studies}
     rows = [{"id": p["id"], "generated": p["generated"], "files": files[p["id"]]} for p in preds]
     if labels:

@@ -105,14 +105,17 @@ def _delta_cell(metrics: dict, model: dict, key: str) -> str:
     return cell[:-5] + f' <span class="{cls}">({d:+.3f})</span></td>'
 
 
-def metric_table(metrics: dict, baselines: dict[str, dict], ablations: dict[str, dict]) -> str:
-    """Rows = metrics, columns = model, baselines, ablations (with delta vs the model).
+def metric_table(metrics: dict, baselines: dict[str, dict], ablations: dict[str, dict],
+                 variants: Optional[dict[str, dict]] = None) -> str:
+    """Rows = metrics, columns = model, baselines, ablations and the family's eval variants (delta vs model).
 
     A row gets class ``loses`` when some baseline scores at least as well as the model; the best
     baseline cell of that row is outlined."""
     head = ["<th>metric</th>", "<th>model</th>"]
     head += [f"<th>{_esc(name)}</th>" for name in baselines]
     head += [f'<th>{_esc(name)}<br><span class="ci">ablation, \u0394 vs model</span></th>' for name in ablations]
+    variants = variants or {}
+    head += [f'<th>{_esc(name)}<br><span class="ci">variant, \u0394 vs model</span></th>' for name in variants]
     rows = []
     for label, key in METRIC_ROWS:
         m = _num(metrics, key)
@@ -123,6 +126,7 @@ def metric_table(metrics: dict, baselines: dict[str, dict], ablations: dict[str,
         cells = [f"<td>{_esc(label)}</td>", _value_cell(metrics, key, "model")]
         cells += [_value_cell(b, key, "best-baseline" if loses and n == best else "") for n, b in baselines.items()]
         cells += [_delta_cell(a, metrics, key) for a in ablations.values()]
+        cells += [_delta_cell(v, metrics, key) for v in variants.values()]
         cls = ' class="loses"' if loses else ""
         rows.append(f'<tr data-metric="{key}"{cls}>{"".join(cells)}</tr>')
     return (f'<table class="metrics"><thead><tr>{"".join(head)}</tr></thead>'
@@ -241,7 +245,7 @@ def study_card(sample: dict) -> str:
             f'<div class="chips">{chips}</div><div class="reports">'
             f'<div><h4>reference</h4><div class="report ref">{highlight(sample.get("reference", ""), flagged)}</div></div>'
             f'<div><h4>generated</h4><div class="report gen">{highlight(sample.get("generated", ""), flagged)}</div></div>'
-            f'</div>{trace_block(sample)}</div></div>')
+            f'</div>{sample.get("card_html", "")}{trace_block(sample)}</div></div>')
 
 
 def trace_block(sample: dict) -> str:
@@ -255,7 +259,7 @@ def trace_block(sample: dict) -> str:
 
 # ---------------------------------------------------------------- page
 def render_report(*, metrics: dict, baselines: dict[str, dict], ablations: dict[str, dict], samples: list[dict],
-                  title: str = "rrg evaluation") -> str:
+                  title: str = "rrg evaluation", variants: Optional[dict[str, dict]] = None) -> str:
     """The whole page as a string (see the module docstring)."""
     n_dis = sum(bool(disagreements(s.get("ref_labels") or {}, s.get("gen_labels") or {})) for s in samples)
     conv = metrics.get("convention")
@@ -269,7 +273,7 @@ def render_report(*, metrics: dict, baselines: dict[str, dict], ablations: dict[
         f'<meta name="viewport" content="width=device-width,initial-scale=1"><title>{_esc(title)}</title>'
         f"<style>{_CSS}</style></head><body>{header}"
         "<h2>Metrics</h2><p class=\"meta\">value [95% bootstrap CI]; rows in red: a baseline (outlined) scores at "
-        f"least as well as the model.</p>{metric_table(metrics, baselines, ablations)}"
+        f"least as well as the model.</p>{metric_table(metrics, baselines, ablations, variants)}"
         f"<h2>Per-label F1 ({_esc(_label_set(metrics).name)})</h2>"
         f"{f1_chart({'model': metrics, **baselines}, list(_label_set(metrics).labels))}"
         f"<h2>Studies</h2><p class=\"meta\">{n_dis} of {len(samples)} with label disagreements "
@@ -280,11 +284,11 @@ def render_report(*, metrics: dict, baselines: dict[str, dict], ablations: dict[
 
 
 def write_report(out_dir: str | Path, *, metrics: dict, baselines: dict[str, dict], ablations: dict[str, dict],
-                 samples: list[dict], title: str = "rrg evaluation") -> Path:
+                 samples: list[dict], title: str = "rrg evaluation", variants: Optional[dict[str, dict]] = None) -> Path:
     """Write ``out_dir/report.html`` (self-contained, opens offline) and return its path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "report.html"
     path.write_text(render_report(metrics=metrics, baselines=baselines, ablations=ablations, samples=samples,
-                                  title=title), encoding="utf-8")
+                                  title=title, variants=variants), encoding="utf-8")
     return path
