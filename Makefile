@@ -40,4 +40,7 @@ test-fast: install
 
 bench: install
 	$(VENV)/bin/rrg bench loader configs/demo.yaml
+	$(VENV)/bin/rrg bench packing configs/demo.yaml
 	$(VENV)/bin/rrg bench train configs/demo.yaml
+	$(VENV)/bin/rrg bench checkpoint configs/demo.yaml
+	$(VENV)/bin/rrg bench eval configs/demo.yaml
