@@ -85,7 +85,26 @@ def cmd_bench_loader(args):
 def cmd_bench_train(args):
     from trainer.bench import bench_train
 
-    bench_train(_load(args), steps=args.steps, repeats=args.repeats)
+    bench_train(_load(args), steps=args.steps, repeats=args.repeats, stages=tuple(args.stages), big=not args.no_100m,
+                big_steps=args.steps_100m)
+
+
+def cmd_bench_packing(args):
+    from trainer.packing_bench import bench_packing
+
+    bench_packing(_load(args), batches=args.batches, max_len=args.max_len)
+
+
+def cmd_bench_eval(args):
+    from trainer.evaluation.eval_bench import bench_eval
+
+    bench_eval(_load(args), bootstrap=args.bootstrap, naive=args.naive)
+
+
+def cmd_bench_checkpoint(args):
+    from trainer.ckpt_bench import bench_checkpoint
+
+    bench_checkpoint(_load(args), directory=args.dir, rounds=args.rounds)
 
 
 def cmd_bench_build(args):
@@ -129,7 +148,7 @@ def cmd_train(args):
 
 
 def cmd_eval(args):
-    from trainer.evaluate import run_eval, score_predictions_file
+    from trainer.evaluation.evaluate import run_eval, score_predictions_file
 
     if args.predictions:
         if not args.out:
@@ -184,7 +203,7 @@ def cmd_plan(args):
 
 
 def cmd_generate(args):
-    from trainer.infer_files import GenerateError, generate_files
+    from trainer.evaluation.infer_files import GenerateError, generate_files
 
     try:
         generate_files(args.inputs, model_dir=args.model_dir, checkpoint=args.checkpoint, config=args.config,
@@ -356,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--stages", type=int, nargs="+", default=[0, 1, 2, 3], help="ZeRO stages to compare")
+    p.add_argument("--no-100m", action="store_true", help="skip the ~100M-parameter, 2-rank measurement")
+    p.add_argument("--steps-100m", type=int, default=4)
     p.set_defaults(func=cmd_bench_train)
     p = bench.add_parser("build", help="shard build rate vs one core x cores; 377k-row planning time and memory")
     _add_config_args(p)
@@ -393,6 +415,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--address", default=None)
     p.set_defaults(func=cmd_kg_attach)
+    p = bench.add_parser("packing", help="padding efficiency with and without sequence packing (config data, MIMIC-like)")
+    _add_config_args(p)
+    p.add_argument("--batches", type=int, default=50)
+    p.add_argument("--max-len", type=int, default=None, help="default train.packing.max_len")
+    p.set_defaults(func=cmd_bench_packing)
+    p = bench.add_parser("eval", help="1,000 bootstrap resamples as a multiple of one full scoring pass")
+    _add_config_args(p)
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--naive", type=int, default=30, help="naive resamples timed (scaled to --bootstrap)")
+    p.set_defaults(func=cmd_bench_eval)
+    p = bench.add_parser("checkpoint", help="checkpoint of a ~100M model vs the same bytes written by dd")
+    _add_config_args(p)
+    p.add_argument("--dir", default=None, help="where both are written (default <output_dir>/bench_checkpoint)")
+    p.add_argument("--rounds", type=int, default=2)
+    p.set_defaults(func=cmd_bench_checkpoint)
 
     cfg = sub.add_parser("config", help="configuration tools").add_subparsers(dest="config_cmd", required=True)
     p = cfg.add_parser("show", help="print the fully resolved config")

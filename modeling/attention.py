@@ -109,6 +109,21 @@ def _flash(q, k, v, *, causal: bool, dropout_p: float, scale) -> torch.Tensor:
     return out.transpose(1, 2)
 
 
+def _flash_varlen(q, k, v, kw: dict, *, causal: bool, dropout_p: float, scale) -> torch.Tensor:
+    """Packed rows on flash-attn: (B, H, L, D) flattened to (B * L, H, D) tokens cut at ``cu_seq_lens``.
+
+    Returns (B, L, H, D), the layout transformers expects back from an attention function.
+    """
+    from flash_attn import flash_attn_varlen_func  # optional dependency, present only on CUDA machines
+
+    bsz, _, length, _ = q.shape
+    flat = [t.transpose(1, 2).reshape(bsz * length, t.shape[1], t.shape[3]) for t in (q, k, v)]
+    out = flash_attn_varlen_func(*flat, cu_seqlens_q=kw["cu_seq_lens_q"], cu_seqlens_k=kw["cu_seq_lens_k"],
+                                 max_seqlen_q=kw["max_length_q"], max_seqlen_k=kw["max_length_k"],
+                                 dropout_p=dropout_p, softmax_scale=scale, causal=causal)
+    return out.view(bsz, length, q.shape[1], q.shape[3])
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
               attn_mask: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
               scale: Optional[float] = None, impl: str = "auto") -> torch.Tensor:
@@ -139,6 +154,9 @@ def _hf_forward(impl: str):
         if kwargs.get("softcap") is not None:
             raise ValueError("rrg attention does not support softcap")
         causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+        if kwargs.get("cu_seq_lens_q") is not None and resolve_impl(impl, query.device) == "flash" \
+                and query.dtype in (torch.float16, torch.bfloat16):  # packed rows (modeling/packing.py)
+            return _flash_varlen(query, key, value, kwargs, causal=bool(causal), dropout_p=dropout, scale=scaling), None
         # a mask from the mask interface already holds causality (and padding); without one the
         # model is either bidirectional or plainly causal (no padding), which we apply here
         out = attention(query, key, value, causal=bool(causal) and attention_mask is None,

@@ -106,6 +106,18 @@ class ModelFamily(ABC):
             yield r["report"]["text"]
 
     # ---- model -------------------------------------------------------------------------
+    def text_len(self, target: str = "report") -> int:
+        """Prompt + target tokens of a row trained on ``target`` (``rrg plan``'s sequence length)."""
+        return self.cfg.max_text_len
+
+    def image_tokens(self, patches: int) -> int:
+        """LM tokens one image becomes (default: one per patch; a Q-Former family: its queries)."""
+        return patches
+
+    def planning_assets(self) -> dict[str, Any]:
+        """Shape-only stand-ins for the family's dataset assets, so ``rrg plan`` builds it without data."""
+        return {}
+
     @abstractmethod
     def build_model(self, tok, assets: Optional[dict[str, Any]] = None) -> nn.Module:
         """The model, random-initialised from hf_configs or loaded from local paths."""

@@ -24,8 +24,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBa
 from transformers.utils import ModelOutput
 
 from configs.schema import ConfigError, to_dict
-from modeling.attention import hf_attn_name
+from modeling.attention import hf_attn_name, resolve_impl
 from modeling.config import ModelConfig
+from modeling.packing import segment_attention_mask, segment_position_ids, token_weights, varlen_kwargs
 from modeling.projector import build_projector
 from modeling.family import FAMILIES, MODEL_JSON, ModelFamily, ParamGroup, read_model_json, target_text, family_class
 from modeling.templates import get_template
@@ -47,37 +48,66 @@ def splice_image_features(embeds: torch.Tensor, input_ids: torch.Tensor, attenti
                           feats: torch.Tensor, image_token_id: int, labels: Optional[torch.Tensor] = None):
     """Replace each ``<image>`` placeholder by its ``feats`` block (N embeddings), shifting the rest.
 
-    embeds (B, L, D); feats (B * k, N, D) for k placeholders per row (every row the same k).
-    Returns (embeds (B, L + k(N-1), D), attention_mask, labels or None); image positions are
-    attended and never counted in the loss.  Works for left- and right-padded rows alike.
+    embeds (B, L, D); feats (P, N, D) for the P placeholders of the batch in row-major order (rows
+    may hold different numbers of placeholders, as packed rows do; each row needs at least one).
+    Returns (embeds (B, L + k_max(N-1), D), attention_mask, labels or None); image positions are
+    attended and never counted in the loss.  An image position takes its placeholder's mask value,
+    so packed ``segment_ids`` pass through as well.  Works for left- and right-padded rows alike.
     """
     bsz, length, dim = embeds.shape
     is_img = input_ids == image_token_id
     counts = is_img.sum(1)
-    k = int(counts[0])
-    if k == 0 or bool((counts != k).any()):
-        raise ValueError(f"every sample needs the same number (>0) of image placeholders, got {counts.tolist()}")
+    if bool((counts == 0).any()):
+        raise ValueError(f"every sample needs at least one image placeholder, got {counts.tolist()}")
     n = feats.shape[1]
-    if feats.shape[0] != bsz * k:
-        raise ValueError(f"{feats.shape[0]} images for {bsz} samples x {k} placeholders")
+    if feats.shape[0] != int(counts.sum()):
+        raise ValueError(f"{feats.shape[0]} images for {int(counts.sum())} placeholders in {bsz} rows "
+                         f"({counts.tolist()} per row)")
     before = torch.cumsum(is_img.long(), 1) - is_img.long()  # placeholders strictly before each token
     new_pos = torch.arange(length, device=embeds.device) + before * (n - 1)
-    new_len = length + k * (n - 1)
+    new_len = length + int(counts.max()) * (n - 1)
     rows = torch.arange(bsz, device=embeds.device)[:, None].expand(bsz, length)
     text = ~is_img
-    starts = new_pos[is_img].view(bsz, k, 1) + torch.arange(n, device=embeds.device)
-    img_rows = torch.arange(bsz, device=embeds.device)[:, None].expand(bsz, k * n)
+    img_rows = rows[is_img][:, None].expand(-1, n)  # (P, N), placeholders in row-major order
+    img_pos = new_pos[is_img][:, None] + torch.arange(n, device=embeds.device)
 
     out = embeds.new_zeros(bsz, new_len, dim)
     out = out.index_put((rows[text], new_pos[text]), embeds[text])
-    out = out.index_put((img_rows, starts.view(bsz, k * n)), feats.reshape(bsz, k * n, dim).to(embeds.dtype))
-    mask = attention_mask.new_ones(bsz, new_len)
+    out = out.index_put((img_rows, img_pos), feats.to(embeds.dtype))
+    mask = attention_mask.new_zeros(bsz, new_len)
     mask[rows[text], new_pos[text]] = attention_mask[text]
+    mask[img_rows, img_pos] = attention_mask[is_img][:, None].expand(-1, n)
     new_labels = None
     if labels is not None:
         new_labels = labels.new_full((bsz, new_len), IGNORE)
         new_labels[rows[text], new_pos[text]] = labels[text]
     return out, mask, new_labels
+
+
+def lm_logits(lm: nn.Module, embeds: torch.Tensor, mask: torch.Tensor, packed: bool = False,
+              attn_impl: str = "auto") -> torch.Tensor:
+    """The LM's logits over spliced embeddings; ``packed``: ``mask`` holds segment ids (modeling/packing.py).
+
+    Packed rows get position ids restarting per study and block-diagonal causal attention: flash-attn's
+    varlen kernel where flash runs (CUDA, half precision), a 4D boolean mask for SDPA/eager otherwise.
+    """
+    if not packed:
+        return lm(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
+    kw: dict[str, Any] = {"position_ids": segment_position_ids(mask)}
+    if resolve_impl(attn_impl, embeds.device) == "flash" and embeds.dtype in (torch.float16, torch.bfloat16):
+        kw.update(varlen_kwargs(mask))
+        attn = None
+    else:
+        attn = segment_attention_mask(mask)
+    return lm(inputs_embeds=embeds, attention_mask=attn, use_cache=False, **kw).logits
+
+
+def packed_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, packed: bool,
+                sample_weight: Optional[torch.Tensor]):
+    """:func:`weighted_lm_loss` with per-study weights spread over packed rows' tokens when ``packed``."""
+    if packed:
+        sample_weight = token_weights(mask, sample_weight)
+    return weighted_lm_loss(logits, labels, sample_weight)
 
 
 def weighted_lm_loss(logits: torch.Tensor, labels: torch.Tensor, sample_weight: Optional[torch.Tensor] = None):
@@ -91,8 +121,9 @@ def weighted_lm_loss(logits: torch.Tensor, labels: torch.Tensor, sample_weight: 
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.clamp(min=0).reshape(-1),
                          reduction="none").view_as(target)
     w = valid.float()
-    if sample_weight is not None:
-        w = w * sample_weight.to(w.device, torch.float32)[:, None]
+    if sample_weight is not None:  # per sample (B,), or per token (B, L) as packed rows have
+        sw = sample_weight.to(w.device, torch.float32)
+        w = w * (sw[:, None] if sw.ndim == 1 else sw[:, 1:])
     total = w.sum()
     return (ce * w).sum() / total.clamp(min=1e-12), total.detach()
 
@@ -124,17 +155,21 @@ class LlavaRad(nn.Module):
         feats = self.image_features(pixel_values)
         return splice_image_features(embeds, input_ids, attention_mask, feats, self.image_token_id, labels)
 
-    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                labels: Optional[torch.Tensor] = None, sample_weight: Optional[torch.Tensor] = None) -> VLMOutput:
-        return self.lm_forward(*self.embed(pixel_values, input_ids, attention_mask, labels), sample_weight)
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                labels: Optional[torch.Tensor] = None, sample_weight: Optional[torch.Tensor] = None,
+                segment_ids: Optional[torch.Tensor] = None) -> VLMOutput:
+        """``segment_ids`` instead of ``attention_mask``: a packed batch (modeling/packing.py)."""
+        packed = segment_ids is not None
+        embeds, mask, labels = self.embed(pixel_values, input_ids, segment_ids if packed else attention_mask, labels)
+        return self.lm_forward(embeds, mask, labels, sample_weight, packed)
 
     def lm_forward(self, embeds: torch.Tensor, mask: torch.Tensor, labels: Optional[torch.Tensor],
-                   sample_weight: Optional[torch.Tensor]) -> VLMOutput:
+                   sample_weight: Optional[torch.Tensor], packed: bool = False) -> VLMOutput:
         """The LM over spliced embeddings; the weighted report loss when there are labels."""
-        logits = self.lm(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
+        logits = lm_logits(self.lm, embeds, mask, packed, self.cfg.attn_implementation)
         if labels is None:
             return VLMOutput(logits=logits)
-        loss, weight_sum = weighted_lm_loss(logits, labels, sample_weight)
+        loss, weight_sum = packed_loss(logits, labels, mask, packed, sample_weight)
         return VLMOutput(loss=loss, logits=logits, weight_sum=weight_sum)
 
     @torch.no_grad()

@@ -141,6 +141,9 @@ class LvmedR2Family(LlavaRadFamily):
         self.opts.validate()
 
     # ---- text -------------------------------------------------------------------------------
+    def text_len(self, target: str = "report") -> int:
+        return self.opts.max_len[target]
+
     def prompt_texts(self) -> list[str]:
         return [prompt_text(self.cfg, self.opts, t) for t in TARGETS]
 

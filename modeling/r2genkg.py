@@ -204,6 +204,8 @@ def read_assets(assets: Optional[dict[str, Any]]) -> tuple[dict[str, torch.Tenso
     missing = [n for n in (KG_ASSET, BANK_ASSET) if n not in assets]
     if missing:
         raise ConfigError("model.family", f"r2genkg needs the dataset assets {missing}: run `rrg kg build` first")
+    if all(isinstance(assets[n], dict) for n in (KG_ASSET, BANK_ASSET)):  # shape stand-ins (planning_assets)
+        return dict(assets[KG_ASSET]), assets[BANK_ASSET]["tokens"], {}
     loaded = {n: a if isinstance(a, Asset) else load_asset(a) for n, a in assets.items() if n in (KG_ASSET, BANK_ASSET)}
     graph = load_bytes(loaded[KG_ASSET].read_bytes("graph.safetensors"))
     bank = load_bytes(loaded[BANK_ASSET].read_bytes("bank.safetensors"))["tokens"]
@@ -218,6 +220,15 @@ class R2GenKGFamily(ModelFamily):
     name = "r2genkg"
     Options = R2GenKGOptions
     asset_names = (KG_ASSET, BANK_ASSET)
+    def image_tokens(self, patches: int) -> int:
+        """The LM sees the Q-Former's queries and the pooled KG tokens, not the patches."""
+        return self.opts.num_queries + self.opts.kg_queries
+
+    def planning_assets(self, kg_nodes: int = 2477, feature_dim: int = 768, bank_dim: int = 2048) -> dict:
+        """Shape-only KG and bank (default: M3KG's 2,477 entities, BERT-size features) for ``rrg plan``."""
+        graph = {"node_features": torch.zeros(kg_nodes, feature_dim), "node_type": torch.zeros(kg_nodes, dtype=torch.long)}
+        return {KG_ASSET: graph, BANK_ASSET: {"tokens": torch.zeros(14, bank_dim)}}
+
     ablations = {"black": "image, vision-token-bank retrieval and KG subgraphs (retrieved by image) blanked",
                  "shuffle": "each study gets another study's image and subgraphs",
                  "kg": "every study gets an empty KG subgraph"}
@@ -244,7 +255,8 @@ class R2GenKGFamily(ModelFamily):
         if lm_cfg.path is not None:
             lm = AutoModelForCausalLM.from_pretrained(lm_cfg.path, local_files_only=True, attn_implementation=attn)
         else:
-            hf = dict(lm_cfg.hf_config, vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+            hf = dict(lm_cfg.hf_config, vocab_size=max(len(tok), int(lm_cfg.hf_config.get("vocab_size", 0))),
+                      pad_token_id=tok.pad_token_id,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
             lm = AutoModelForCausalLM.from_config(AutoConfig.for_model(**hf), attn_implementation=attn)
         return R2GenKG(self.cfg, self.opts, vision, lm, tok, graph, bank, roots)
@@ -253,7 +265,8 @@ class R2GenKGFamily(ModelFamily):
         """``kg_fusion`` (Q-Former, bank, R-GCN, fusion, cross-attention, projector) always; + ``lora`` or ``lm``
         (+ ``vision`` with ``train_vision``)."""
         spec = spec or TuningSpec(mode)
-        groups = [ParamGroup("kg_fusion", [p for m in model.new_modules() for p in m.parameters()])]
+        groups = [ParamGroup("kg_fusion", [p for m in model.new_modules() for p in m.parameters()]
+                             + [model.kg_pool_queries])]
         if mode == "lora":
             if not is_peft(model.lm):
                 model.lm = wrap_lora(model.lm, spec.lora)

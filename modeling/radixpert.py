@@ -96,10 +96,12 @@ class Radixpert(LlavaRad):
         feats = self.image_features(pixel_values, masks)
         return splice_image_features(embeds, input_ids, attention_mask, feats, self.image_token_id, labels)
 
-    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 masks: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
-                sample_weight: Optional[torch.Tensor] = None) -> VLMOutput:
-        return self.lm_forward(*self.embed(pixel_values, input_ids, attention_mask, labels, masks), sample_weight)
+                sample_weight: Optional[torch.Tensor] = None, segment_ids: Optional[torch.Tensor] = None) -> VLMOutput:
+        packed = segment_ids is not None  # a packed batch (modeling/packing.py)
+        embeds, mask, labels = self.embed(pixel_values, input_ids, segment_ids if packed else attention_mask, labels, masks)
+        return self.lm_forward(embeds, mask, labels, sample_weight, packed)
 
     @torch.no_grad()
     def generate(self, pixel_values, input_ids, attention_mask, max_new_tokens: int, num_beams: int = 1,

@@ -70,7 +70,7 @@ def test_generate_inputs_group_into_studies(tmp_path):
     from PIL import Image
 
     from tests.dicomkit import write_sr
-    from trainer.infer_files import GenerateError, collect_studies
+    from trainer.evaluation.infer_files import GenerateError, collect_studies
 
     cases = tmp_path / "cases"
     write_dicom(cases / "a" / "lat.dcm", IMG, view="LATERAL", study_uid="1.1")

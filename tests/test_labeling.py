@@ -142,7 +142,7 @@ def test_cli_bad_inputs_one_line_no_partial_output(tmp_path):
 
 
 def test_long_predictions_are_truncated_and_counted(tmp_path):
-    from trainer.scoring import score_predictions_file
+    from trainer.evaluation.scoring import score_predictions_file
 
     preds = tmp_path / "p.jsonl"
     huge = "Mild cardiomegaly. " + "Lungs are clear. " * 50_000  # 850 KB on one line
@@ -155,7 +155,7 @@ def test_long_predictions_are_truncated_and_counted(tmp_path):
 
 
 def test_score_uses_the_given_labeler_and_its_label_set():
-    from trainer.scoring import score
+    from trainer.evaluation.scoring import score
 
     rows = [{"id": "1", "reference": "Cardiomegalia leve. Derrame pleural izquierdo.", "generated": "Cardiomegalia."},
             {"id": "2", "reference": "Neumotórax derecho.", "generated": "Neumotórax derecho. Sin derrame."},

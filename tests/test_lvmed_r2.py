@@ -130,8 +130,8 @@ def test_generate_reflection_switch_trace_and_export_roundtrip(fam_tok, tmp_path
 
 
 def test_trace_is_collapsible_in_the_report_and_fallbacks_are_counted():
-    from trainer.evaluate import fallback_counts
-    from trainer.report_html import study_card
+    from trainer.evaluation.evaluate import fallback_counts
+    from trainer.evaluation.report_html import study_card
 
     recs = [{"id": "a", "reference": "r", "generated": "g", "trace": "Final report:\ng <b>", "final_report_fallback": False},
             {"id": "b", "reference": "r", "generated": "x", "trace": "x", "final_report_fallback": True},

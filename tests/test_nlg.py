@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from trainer import nlg
-from trainer.ptb import tokenize
+from trainer.evaluation import nlg
+from trainer.evaluation.ptb import tokenize
 
 PAIRS = [
     ("Heart size is normal. No pleural effusion or pneumothorax.", "The heart size is normal. There is no pleural effusion or pneumothorax."),
@@ -187,7 +187,7 @@ def test_meteor_reports_missing_java(tmp_path):
     """With no java on PATH there is no METEOR value, only the plain message."""
     code = (
         "import json\n"
-        "from trainer import nlg\n"
+        "from trainer.evaluation import nlg\n"
         "try:\n    nlg.MeteorScorer()\nexcept RuntimeError as e:\n    msg = str(e)\n"
         "out = nlg.nlg_scores(['heart size is normal.'], ['normal heart size.'])\n"
         "print(json.dumps({'msg': msg, 'out': out}))\n"

@@ -85,3 +85,12 @@ def test_llava_ta_lora_r128_in_closed_form():
     h, ffn, r = 4096, 11008, 128
     assert rows["lora"] == 32 * r * (4 * (h + h) + 3 * (h + ffn)) == 319_815_680
     assert rows["vision"] == 0 and rows["lm"] == 0  # frozen encoder and base LM
+
+
+def test_r2genkg_trains_every_new_module_and_lora_only():
+    (stage,), _ = plan_stages(_cfg(ROOT / "configs" / "r2genkg_llama2_7b.yaml"))
+    rows = {name: (total, train) for name, total, train in stage.rows}
+    assert rows["vision"][1] == 0 and rows["lm"][1] == 0
+    new = [n for n in rows if n not in ("vision", "lm")]
+    assert new and all(rows[n][0] == rows[n][1] for n in new), rows  # Q-Former, bank, R-GCN, fusion, LoRA ...
+    assert rows["lora"][1] == 32 * 16 * 4 * (4096 + 4096)  # r=16 on q/k/v/o of Llama-2-7B

@@ -19,8 +19,8 @@ from PIL import Image
 from shards.demo import make_study
 from configs.labelsets import CHEXPERT_LABELS
 from shards.labeling import label_report
-from trainer.report_html import METRIC_ROWS, disagreements, metric_table, overlay_image, write_report
-from trainer.scoring import score
+from trainer.evaluation.report_html import METRIC_ROWS, disagreements, metric_table, overlay_image, write_report
+from trainer.evaluation.scoring import score
 
 XSS = "Heart size is normal. <script>document.title='pwned'</script> Small left pleural effusion."
 TITLE = "rrg test evaluation"

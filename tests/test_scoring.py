@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from configs.labelsets import CHEXPERT_5, CHEXPERT_LABELS
-from trainer.evaluate import score_predictions_file as reexported
-from trainer.scoring import (bootstrap_ci, clinical_scores, label_prior_baseline, retrieval_baseline,
+from trainer.evaluation.evaluate import score_predictions_file as reexported
+from trainer.evaluation.scoring import (bootstrap_ci, clinical_scores, label_prior_baseline, retrieval_baseline, score,
                              score_predictions_file)
 
 REPORTS = [
@@ -92,3 +92,21 @@ def test_predictions_file_perfect_vs_shuffled(tmp_path):
     rows = list(csv.reader(open(tmp_path / "s" / "labels.csv")))
     assert rows[0][0] == "id" and len(rows) == 11 and len(rows[0]) == 29
     assert rows[1][0] == "s0" and rows[2][1 + CHEXPERT_LABELS.index("Cardiomegaly")] == "1.0"
+
+
+def test_spanish_records_scored_with_meteor_es_and_padchest_labels():
+    """A Spanish (PadChest-style) evaluation: METEOR runs with -l es, CE on the PadChest label set."""
+    from trainer.evaluation import nlg
+
+    records = [{"id": "a", "reference": "Derrame pleural izquierdo pequeño. Cardiomegalia leve.",
+                "generated": "Derrame pleural izquierdo. Cardiomegalia."},
+               {"id": "b", "reference": "Sin hallazgos patológicos significativos.",
+                "generated": "Neumotórax derecho."}]
+    m = score([dict(r) for r in records], bootstrap=0, labeler="rrg_es", meteor=nlg.java_available(),
+              meteor_language="es")
+    assert m["label_set"] == "padchest" and "ce_macro_f1_11" in m and "ce_macro_f1_14" not in m
+    assert m["ce_f1_cardiomegaly"] == 1.0 and m["ce_f1_pneumothorax"] == 0.0
+    if nlg.java_available():  # CI installs Java; the jar's Spanish stemmer matches "patológicos" forms
+        assert m["meteor_language"] == "es" and 0.0 < m["meteor"] < 1.0
+        en = score([dict(r) for r in records], bootstrap=0, labeler="rrg_es", meteor=True)
+        assert en["meteor_language"] == "en" and en["meteor"] != m["meteor"]

@@ -123,7 +123,7 @@ def test_ontology_regions_and_roundtrip():
 
 
 def test_topic_scores_pair_reference_topics_with_generated_ones():
-    from trainer.topic_scoring import topic_scores
+    from trainer.evaluation.topic_scoring import topic_scores
 
     ref = "Moderate cardiomegaly. There is a small right pleural effusion without pneumothorax."
     perfect = [{"topic": t, "sentence": s} for t, s in [(r["topic"], r["sentence"]) for r in decompose(ref)[0]]]
@@ -139,7 +139,7 @@ def test_topic_scores_pair_reference_topics_with_generated_ones():
 
 def test_topic_rows_html_shows_topic_region_overlay_and_both_sentences():
     from shards.demo import make_study
-    from trainer.topic_html import topic_rows_html
+    from trainer.evaluation.topic_html import topic_rows_html
 
     s = make_study(5, image_size=64, two_view_fraction=0.0)
     ref_topics = [r["topic"] for r in decompose(s.report)[0]]

@@ -1,10 +1,11 @@
 """``rrg bench train``: rrg's engine against a plain PyTorch loop, side by side in one run.
 
-Same tiny model (same initial weights), same in-memory batches, one process:
+Same model (same initial weights), same in-memory batches, one process, for each ZeRO
+stage 0-3 (trainer/engine_bench.py):
 (a) plain PyTorch: forward, backward, clip, AdamW step, LR step;
-(b) rrg: the DeepSpeed strategy built from the run config (ZeRO stage, precision...).
-The two are timed in alternating rounds and the medians compared, so machine
-noise hits both alike.  Also prints data-loader headroom: loader samples/s with
+(b) rrg: the DeepSpeed strategy built from the run config with that ZeRO stage.
+The two alternate step by step and the medians are compared, so machine noise hits both
+alike.  Then the same per stage for a ~100M-parameter LM on 2 ranks (plain = DDP).  Also prints data-loader headroom: loader samples/s with
 a no-op model (the real sample builder and collate) over training samples/s.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from trainer.config import RunConfig
 from trainer.loop import to_device
-from trainer.strategy import DeepSpeedStrategy, cosine_with_warmup
+from trainer.strategy import DeepSpeedStrategy
 
 
 def _single_process_group() -> None:
@@ -32,16 +33,8 @@ def _single_process_group() -> None:
     DeepSpeedStrategy.init_distributed(False)
 
 
-def _time_steps(step_fn, batches: list) -> list[float]:
-    times = []
-    for batch in batches:
-        t0 = time.perf_counter()
-        step_fn(batch)
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def bench_train(cfg: RunConfig, steps: int = 20, repeats: int = 3) -> dict[str, float]:
+def bench_train(cfg: RunConfig, steps: int = 20, repeats: int = 3, stages=(0, 1, 2, 3), big: bool = True,
+                big_steps: int = 4) -> dict:
     from trainer.prepare import ensure_shards
     from modeling.family import build_family
     from modeling.tuning import apply_tuning
@@ -76,39 +69,18 @@ def bench_train(cfg: RunConfig, steps: int = 20, repeats: int = 3) -> dict[str, 
         if len(batches) == steps + warm:
             break
 
+    from trainer.engine_bench import alternate, plain_stepper, print_table, rrg_stepper, stage_train
+
     torch.manual_seed(cfg.seed)
     base = family.build_model(tok, manifest.assets)
     apply_tuning(base, family, stage.spec(cfg.train.lora))
-    plain_model = copy.deepcopy(base)
-    params = [p for p in plain_model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.train.lr, betas=tuple(cfg.train.betas), weight_decay=cfg.train.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(
-        s, warmup=cfg.train.warmup_steps, total=cfg.train.max_steps, min_ratio=cfg.train.min_lr_ratio))
-
-    def plain_step(batch):
-        loss = plain_model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-
-    train = copy.deepcopy(cfg.train)
-    train.grad_accum = 1
-    strategy = DeepSpeedStrategy(train, world_size=1, rank=0, use_gpu=False)
-    strategy.setup(copy.deepcopy(base))
-
-    def rrg_step(batch):
-        strategy.backward_and_step(strategy.forward(batch).loss)
-
-    for fn in (plain_step, rrg_step):  # warm-up both (allocations, first-call costs)
-        _time_steps(fn, batches[:warm])
-    plain_t, rrg_t = [], []
-    for _ in range(repeats):  # alternate step by step: each pair sees the machine in the same state
-        for batch in batches[warm:]:
-            plain_t += _time_steps(plain_step, [batch])
-            rrg_t += _time_steps(rrg_step, [batch])
-    plain_s, rrg_s = statistics.median(plain_t), statistics.median(rrg_t)
+    per_stage: dict[int, tuple[float, float]] = {}
+    for zero in stages:  # the same initial weights and batches for every stage and both loops
+        train = stage_train(cfg, zero)
+        plain = plain_stepper(copy.deepcopy(base), train, ddp=False)
+        rrg, _ = rrg_stepper(copy.deepcopy(base), train, 1, 0)
+        per_stage[zero] = alternate(plain, rrg, batches, warm, repeats)
+    plain_s, rrg_s = per_stage.get(cfg.train.zero_stage, next(iter(per_stage.values())))
     train_sps = bs / rrg_s
 
     n_load = max(8, steps)
@@ -123,14 +95,21 @@ def bench_train(cfg: RunConfig, steps: int = 20, repeats: int = 3) -> dict[str, 
 
     res = {"plain_step_s": plain_s, "rrg_step_s": rrg_s, "overhead_ratio": rrg_s / plain_s,
            "train_samples_per_s": train_sps, "loader_samples_per_s": loader_sps,
-           "loader_headroom": loader_sps / train_sps}
-    print(f"model: {cfg.model.family}, tuning {cfg.train.tuning}, ZeRO-{cfg.train.zero_stage}, "
-          f"{cfg.train.precision}, micro-batch {bs}, {steps} batches x {repeats} rounds, "
+           "loader_headroom": loader_sps / train_sps,
+           "per_stage": {z: r / p for z, (p, r) in per_stage.items()}}
+    n_params = sum(p.numel() for p in base.parameters())
+    print(f"model: {cfg.model.family} ({n_params / 1e6:.1f}M parameters), tuning {cfg.train.tuning}, "
+          f"{cfg.train.precision}, micro-batch {bs}, 1 rank, {steps} batches x {repeats} rounds, "
           f"plain and rrg alternating step by step")
-    print(f"plain PyTorch step (median): {plain_s * 1e3:8.2f} ms")
-    print(f"rrg engine step    (median): {rrg_s * 1e3:8.2f} ms")
-    print(f"overhead ratio rrg/plain:    {res['overhead_ratio']:.3f}   (goal <= 1.05)")
+    print_table("config model, 1 rank (plain = PyTorch loop):", per_stage)
+    print(f"overhead ratio at the config's ZeRO-{cfg.train.zero_stage}: {res['overhead_ratio']:.3f}   (goal <= 1.05)")
     print(f"loader ({cfg.data.loader_workers} workers, no-op model): {loader_sps:8.1f} samples/s")
     print(f"training consumption:        {train_sps:8.1f} samples/s per rank")
     print(f"loader headroom:             {res['loader_headroom']:.2f}   (goal >= 4)")
+    if big:
+        from trainer.engine_bench import bench_100m
+
+        big_res = bench_100m(cfg, stages=stages, steps=big_steps)
+        print_table(f"~100M-parameter LM, 2 ranks, micro-batch {bs} (plain = PyTorch DDP loop):", big_res)
+        res["per_stage_100m"] = {z: r / p for z, (p, r) in big_res.items()}
     return res

@@ -18,6 +18,7 @@ from configs.atomic import atomic_write_text
 from configs.cluster import ClusterConfig
 from configs.schema import ConfigError, apply_overrides, deep_merge, from_dict, read_yaml_chain, to_dict
 from modeling.config import LoraConfig, ModelConfig
+from modeling.packing import PackingConfig
 from shards.config import DataConfig
 
 
@@ -60,6 +61,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     activation_checkpointing: bool = False
     deepspeed_overrides: dict[str, Any] = field(default_factory=dict)  # merged last into the generated DS config
+    packing: PackingConfig = field(default_factory=PackingConfig)  # several studies per LM row (modeling/packing.py)
     # several stages run as one job (each its own tuning, groups, lr, steps, target); when given,
     # max_steps becomes their sum and tuning/train_vision/lr above are only the stages' defaults
     stages: list[StageConfig] = field(default_factory=list)
@@ -86,6 +88,7 @@ class TrainConfig:
     max_nonfinite_steps: int = 3  # stop after this many NaN/inf loss or grad-norm checks in a row
 
     def validate(self, key: str = "train") -> None:
+        self.packing.validate(f"{key}.packing")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"{key}.zero_stage", f"must be 0, 1, 2 or 3, got {self.zero_stage}")
         if self.offload_params and self.zero_stage != 3:

@@ -62,7 +62,7 @@ def write_run_config(cfg, out_dir: Path) -> None:
     """The resolved run config beside the weights: ``rrg generate`` preprocesses as the shards were built."""
     import yaml
 
-    from trainer.infer_files import RUN_CONFIG
+    from trainer.evaluation.infer_files import RUN_CONFIG
 
     (Path(out_dir) / RUN_CONFIG).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 

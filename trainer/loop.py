@@ -33,9 +33,9 @@ class StepMeter:
         self.skipped = 0
 
     def batch(self, batch: dict[str, Any]) -> None:
-        mask = batch.get("attention_mask")
+        mask = batch.get("attention_mask", batch.get("segment_ids"))  # segment ids: a packed batch
         if mask is not None:
-            self.tokens += int(mask.sum())
+            self.tokens += int((mask > 0).sum())
             self.padded_tokens += mask.numel()
         self.skipped += len(batch.get("skipped") or ())
         weight = batch.get("sample_weight")

@@ -96,9 +96,10 @@ def plan_stages(cfg: RunConfig) -> tuple[list[StagePlan], Any]:
     family = build_family(mcfg)
     tok = _tokenizer(family)
     plans = []
+    stand_ins = family.planning_assets()  # real tensors (a few MB): model code may read values from them
     for stage in cfg.train.resolved_stages():
         with torch.device("meta"):
-            model = family.build_model(tok, {})
+            model = family.build_model(tok, stand_ins)
             apply_tuning(model, family, stage.spec(cfg.train.lora))
         rows = _module_rows(model)
         lm = sum(p.numel() for n, p in model.named_parameters() if n.startswith("lm.") and "lora_" not in n)
@@ -138,6 +139,9 @@ def _lm_dims(hf: dict) -> tuple[int, int, int]:
 
 def _vision_dims(hf: dict, image_size: int) -> tuple[int, int, int]:
     hf = hf.get("vision_config", hf)
+    if "embed_dim" in hf and "depths" in hf:  # Swin: counted at its final stage's width over the first stage's tokens
+        return (int(hf["embed_dim"]) * 2 ** (len(hf["depths"]) - 1), sum(hf["depths"]),
+                (image_size // int(hf.get("patch_size", 4))) ** 2 // 4)
     if "patch_size" in hf:
         patches = (image_size // int(hf["patch_size"])) ** 2
         return int(hf["hidden_size"]), int(hf["num_hidden_layers"]), patches
@@ -153,7 +157,8 @@ def run_plan(cfg: RunConfig, *, gpus: int = 8, nodes: int = 1, gpu_memory: float
     h, layers, vocab = _lm_dims(m.lm.hf_config)
     vh, vlayers, patches = _vision_dims(m.vision.hf_config, m.vision.image_size)
     images = int(getattr(family, "images_per_row", 1))
-    seq = m.max_text_len + images * patches
+    image_tokens = family.image_tokens(patches)
+    seq = max(family.text_len(st.target) for st in t.resolved_stages()) + images * image_tokens
     b = t.micro_batch_size
     global_batch = b * t.grad_accum * n
     if studies is None:
@@ -161,7 +166,7 @@ def run_plan(cfg: RunConfig, *, gpus: int = 8, nodes: int = 1, gpu_memory: float
     out: dict[str, Any] = {"gpus": n, "seq_len": seq, "global_batch": global_batch, "stages": []}
     print(f"rrg plan: {cfg.name} - family {m.family}, {n} GPU(s) ({nodes} node(s) x {gpus}), "
           f"{gpu_memory:g} GB each, ZeRO-{t.zero_stage}, {t.precision}, micro-batch {b}, sequence {seq} "
-          f"({m.max_text_len} text + {images} x {patches} image tokens)")
+          f"({seq - images * image_tokens} text + {images} x {image_tokens} image tokens; the longest stage's target)")
     for sp in plans:
         print(f"\n== stage '{sp.name}' (tuning {sp.tuning}) ==")
         print(f"{'module':<14}{'parameters':>16}{'trainable':>16}")

@@ -115,13 +115,32 @@ class TrainingRun:
         if self.loader is None:
             self.loader = make_loader(cfg.data, cfg.data.train_split, rank=self.rank, world_size=self.world_size,
                                       batch_size=cfg.train.micro_batch_size, seed=cfg.seed, builder=builder,
-                                      collate=self.family.collate(self.tokenizer), mode="train")
+                                      collate=self.train_collate(model), mode="train")
         else:
             self.loader.builder = builder
         seed_all(cfg.seed * 1000 + self.rank + 7919 * index)  # per-rank, per-stage stream for dropout etc.
         if self.rank == 0:
             print(f"rrg: stage {index + 1}/{len(self.stages)} '{stage.name}' (target {stage.target}): "
                   f"{trainable_summary(model)}", flush=True)
+
+    def train_collate(self, model: torch.nn.Module):
+        """The family's collate; with ``train.packing.enabled`` followed by packing (modeling/packing.py)."""
+        collate = self.family.collate(self.tokenizer)
+        packing = self.cfg.train.packing
+        if not packing.enabled:
+            return collate
+        from modeling.packing import packing_collate
+        from modeling.tokenizer import image_token_id
+
+        import inspect
+
+        if "segment_ids" not in inspect.signature(model.forward).parameters:
+            raise ValueError(f"train.packing: family '{self.family.name}' takes no packed batches (its forward has "
+                             f"no segment_ids; see modeling/packing.py): set train.packing.enabled=false")
+        n = getattr(getattr(model, "vision", None), "num_patches", None)
+        if not n:
+            raise ValueError("train.packing needs a vision encoder with a known number of patch tokens")
+        return packing_collate(collate, packing, image_token_id(self.tokenizer), int(n))
 
     def _next_stage(self) -> None:
         """Hand the trained weights (LoRA merged) to a freshly built model of the next stage."""
@@ -224,7 +243,7 @@ class TrainingRun:
         stop_file = Path(self.loop_config["stop_file"])
         evaluator = None
         if cfg.eval.every_steps:
-            from trainer.evaluate import InTrainingEvaluator
+            from trainer.evaluation.evaluate import InTrainingEvaluator
 
             evaluator = InTrainingEvaluator(self, self.logger)
         trainer = Trainer(cfg=cfg, strategy=self.strategy, loader=self.loader, checkpoints=self.checkpoints,

@@ -3,7 +3,7 @@
 Every score here equals pycocoevalcap's on the same inputs (tested to 1e-4
 against the live toolkit, Java tokenizer included):
 
-* tokenisation: :func:`trainer.ptb.tokenize` (PTBTokenizer ``-preserveLines
+* tokenisation: :func:`trainer.evaluation.ptb.tokenize` (PTBTokenizer ``-preserveLines
   -lowerCase`` + the toolkit's punctuation filter), references and
   generations alike;
 * BLEU-1..4: *corpus* BLEU (clipped n-gram counts and lengths summed over the
@@ -32,7 +32,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from trainer.ptb import tokenize
+from trainer.evaluation.ptb import tokenize
 
 __all__ = ["tokenize", "BleuStats", "bleu_stats", "bleu_from_stats", "bleu", "rouge_l", "cider_d",
            "MeteorScorer", "java_available", "METEOR_MISSING", "nlg_scores"]
@@ -234,6 +234,27 @@ class MeteorScorer:
             proc.wait()
 
 
+_SHARED: dict[str, MeteorScorer] = {}
+
+
+def shared_meteor(language: str = "en") -> MeteorScorer:
+    """One METEOR JVM per language for the whole process (an evaluation scores the model, the
+    baselines and every ablation with it); closed at interpreter exit."""
+    scorer = _SHARED.get(language)
+    if scorer is None or scorer._meteor.meteor_p.poll() is not None:
+        if not _SHARED:
+            import atexit
+
+            atexit.register(close_shared_meteor)
+        scorer = _SHARED[language] = MeteorScorer(language)
+    return scorer
+
+
+def close_shared_meteor() -> None:
+    while _SHARED:
+        _SHARED.popitem()[1].close()
+
+
 def nlg_scores(references: Sequence[str], generated: Sequence[str], meteor: bool = True,
                meteor_language: str = "en") -> dict:
     """All corpus NLG scores for one reference per example: ``bleu_1``..``bleu_4``,
@@ -246,11 +267,7 @@ def nlg_scores(references: Sequence[str], generated: Sequence[str], meteor: bool
     per_cider = cider_d(refs, hyps)
     out["cider"] = sum(per_cider) / len(per_cider)
     if meteor and java_available():
-        scorer = MeteorScorer(meteor_language)
-        try:
-            out["meteor"] = scorer.score(refs, hyps)[0]
-        finally:
-            scorer.close()
+        out["meteor"] = shared_meteor(meteor_language).score(refs, hyps)[0]
     else:
         out["meteor_status"] = "not computed: java not found" if meteor else "not computed: disabled"
     return out

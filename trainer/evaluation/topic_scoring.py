@@ -20,9 +20,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from shards.topic_ontology import BY_NAME, ORDER
-from trainer import nlg
+from trainer.evaluation import nlg
 from shards.labeling import label_report
-from trainer.scoring import _prf
+from trainer.evaluation.scoring import _prf
 from trainer.topic_decompose import decompose
 
 

@@ -4,7 +4,7 @@ Each file is preprocessed exactly as the shard writer does it and decoded as the
 reader does it (``shards.views.encode_view`` + ``decode_image``: one copy of that
 code), wrapped in a :class:`~shards.records.DecodedSample`, and then goes through
 the model family's ``sample_builder(tok, "eval")`` + ``collate(tok)`` and
-``trainer.generate.generate_batches``, the calls ``rrg eval`` makes.  So the
+``trainer.evaluation.generate.generate_batches``, the calls ``rrg eval`` makes.  So the
 reports equal ``rrg eval``'s predictions for the same studies.
 
 Studies: a FILE argument is one study (id: its name without extension); a
@@ -141,7 +141,7 @@ def generate_files(inputs: list[str], *, model_dir: str, checkpoint: Optional[st
     import torch
 
     from modeling.family import build_family, load_pretrained
-    from trainer.generate import gen_config, generate_batches
+    from trainer.evaluation.generate import gen_config, generate_batches
 
     model_path = Path(model_dir).resolve()
     meta = None

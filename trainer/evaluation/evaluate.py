@@ -5,7 +5,7 @@ Outputs in ``--out`` (default ``<output_dir>/eval/<split>-<checkpoint>``):
 * ``predictions.jsonl`` — one line per study: id, reference, generated, ref_labels, gen_labels
   (sorted by study id, so the file does not depend on the number of workers);
   ``predictions_<ablation>.jsonl`` for ``--image-ablation black|shuffle``;
-* ``metrics.json`` — flat keys: the model's (see trainer/scoring.py), then
+* ``metrics.json`` — flat keys: the model's (see trainer/evaluation/scoring.py), then
   ``baseline_label_prior_<key>`` and ``baseline_retrieval_<key>`` (same split, same scorer),
   ``ablation_<name>_<key>`` and ``ablation_<name>_drop_<key>`` (model minus ablated);
 * ``report.html`` — metric table with intervals and baselines, per-label F1 chart, studies.
@@ -27,7 +27,7 @@ from typing import Any, Optional
 import numpy as np
 
 from configs.schema import ConfigError
-from trainer.scoring import clinical_scores, label_prior_baseline, retrieval_baseline, score, score_predictions_file
+from trainer.evaluation.scoring import clinical_scores, label_prior_baseline, retrieval_baseline, score, score_predictions_file
 
 __all__ = ["run_eval", "score_predictions_file", "InTrainingEvaluator"]
 
@@ -139,9 +139,9 @@ def fallback_counts(records: list[dict]) -> dict[str, int]:
 def run_eval(cfg, *, pool, checkpoint: Optional[str] = None, model_dir: Optional[str] = None,
              out: Optional[str] = None, image_ablation: Optional[str] = None) -> dict[str, Any]:
     """Generate on ``cfg.cluster.num_workers`` model replicas (tasks on ``pool``), score, write outputs."""
-    from trainer.generate import generate_slice
+    from trainer.evaluation.generate import generate_slice
     from trainer.prepare import ensure_shards, worker_env
-    from trainer.report_html import write_report
+    from trainer.evaluation.report_html import write_report
 
     ensure_shards(cfg, pool)
     cfg.data.shards_dir = str(Path(cfg.data.shards_dir).resolve())
@@ -150,7 +150,7 @@ def run_eval(cfg, *, pool, checkpoint: Optional[str] = None, model_dir: Optional
     name = out_dir.name
 
     from modeling.family import build_family, read_model_json
-    from trainer.generate import gen_config
+    from trainer.evaluation.generate import gen_config
 
     family = build_family(read_model_json(str(model))[1])
     ablations = (image_ablation,) if image_ablation else ()
@@ -232,7 +232,7 @@ class InTrainingEvaluator:
     def __call__(self, step: int) -> None:
         import torch
 
-        from trainer.generate import eval_loader, gen_config, generate_batches
+        from trainer.evaluation.generate import eval_loader, gen_config, generate_batches
         from trainer.distributed import gather_json
 
         run, cfg = self.run, self.run.cfg

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from shards.topic_ontology import Ontology
-from trainer.report_html import _esc, _png_data_uri, overlay_image
+from trainer.evaluation.report_html import _esc, _png_data_uri, overlay_image
 from trainer.topic_decompose import decompose
-from trainer.topic_scoring import generated_rows
+from trainer.evaluation.topic_scoring import generated_rows
 
 THUMB = 96
 CSS = (".topics{border-collapse:collapse;margin:6px 0;font-size:13px}.topics td,.topics th{border-top:1px solid #ddd;"

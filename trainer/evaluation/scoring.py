@@ -5,7 +5,7 @@ and writes ``out_dir/labels.csv`` (id, then ``ref_``/``gen_`` + each CheXpert la
 ``out_dir/metrics.json`` with flat keys:
 
 * ``n``; ``bleu_1`` .. ``bleu_4``, ``rouge_l``, ``cider`` (pycocoevalcap conventions, see
-  :mod:`trainer.nlg`); ``meteor`` or, without java, ``meteor_status`` = "not computed: java not found";
+  :mod:`trainer.evaluation.nlg`); ``meteor`` or, without java, ``meteor_status`` = "not computed: java not found";
 * ``ce_{micro,macro}_{precision,recall,f1}_{14,5}``: clinical efficacy of generated-report
   labels against reference-report labels (14 = CHEXPERT_LABELS, 5 = CHEXPERT_5);
   ``ce_f1_<label>`` per-label F1 over the 14; ``labeler`` (its class name).  The labels come from the configured labeler
@@ -38,7 +38,8 @@ from configs.labelsets import CHEXPERT_LABELS, LabelSet
 from shards.labeling import LabelInputError, Truncation, check_reports, label_set_of, resolve_labeler
 from shards.labeling.registry import DEFAULT_MAX_CHARS
 from shards.labeling.files import read_jsonl_rows, text_field
-from trainer import nlg
+from trainer.evaluation import nlg
+from trainer.evaluation.bootstrap import metric_dists, percentile_ci
 
 CONVENTION = ("positive = 1.0; 0.0, blank and -1.0 (uncertain) count as negative; micro sums TP/FP/FN over "
               "labels and examples; macro averages per-label scores, zero_division=0; labels from the {labeler} "
@@ -166,30 +167,30 @@ def score(records: Sequence[dict], bootstrap: int = 1000, labeler="rrg", meteor:
                                                ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider")}
     scorer = None
     if meteor and nlg.java_available():
-        scorer = nlg.MeteorScorer(meteor_language)
+        scorer = nlg.shared_meteor(meteor_language)  # one JVM for the whole evaluation
         mstats = scorer.stats(refs, hyps)
         fns["meteor"] = lambda ix: scorer.aggregate([mstats[i] for i in ix])[0]
+    cubes: dict[str, np.ndarray] = {}
     for suffix, names in _ce_keys(label_set):
         r = np.array([[_pos(rec["ref_labels"].get(n), "negative") for n in names] for rec in records])
         h = np.array([[_pos(rec["gen_labels"].get(n), "negative") for n in names] for rec in records])
         cube = np.stack([r & h, h & ~r, r & ~h], axis=-1).astype(np.int64)  # (example, label, tp/fp/fn)
+        cubes[suffix] = cube
         for avg in ("micro", "macro"):
             for j, m in enumerate(("precision", "recall", "f1")):
                 fns[f"ce_{avg}_{m}_{suffix}"] = lambda ix, cube=cube, avg=avg, j=j: _ce_from_counts(
                     cube[ix].sum(axis=0), avg)[j]
-    try:
-        out: dict = {"n": len(records), "convention": CONVENTION}
-        if scorer is not None:
-            out["meteor_language"] = meteor_language
-        out: dict = {"n": len(records), "label_set": label_set.name, "labeler": type(lab).__name__,
-                     "convention": CONVENTION.format(labeler=type(lab).__name__, label_set=label_set.name)}
-        for key, fn in fns.items():
-            out[key] = fn(idx)
-            if bootstrap:
-                out[f"{key}_ci_low"], out[f"{key}_ci_high"] = bootstrap_ci(idx, fn, n=bootstrap, seed=0)
-    finally:
-        if scorer is not None:
-            scorer.close()
+    out: dict = {"n": len(records), "label_set": label_set.name, "labeler": type(lab).__name__,
+                 "convention": CONVENTION.format(labeler=type(lab).__name__, label_set=label_set.name)}
+    if scorer is not None:
+        out["meteor_language"] = meteor_language
+    for key, fn in fns.items():
+        out[key] = fn(idx)
+    if bootstrap:  # per-study statistics resampled in numpy (evaluation/bootstrap.py), same draws as bootstrap_ci
+        dists = metric_dists(len(records), bootstrap, bleu=bstats, rouge=rouge, cider=counts, cubes=cubes,
+                             meteor=fns.get("meteor"), seed=0)
+        for key in fns:
+            out[f"{key}_ci_low"], out[f"{key}_ci_high"] = percentile_ci(dists[key])
     if scorer is None:
         out["meteor_status"] = "not computed: java not found" if meteor else "not computed: disabled"
         if meteor:

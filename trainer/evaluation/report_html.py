@@ -5,7 +5,7 @@
 the chart is inline SVG, and the only script is a few inline lines for the "disagreements only"
 filter.  Every piece of report text, id and name is ``html.escape``-d (reports can contain anything).
 
-Metric dicts are the flat ``metrics.json`` of :func:`trainer.scoring.score`.  A study card shows
+Metric dicts are the flat ``metrics.json`` of :func:`trainer.evaluation.scoring.score`.  A study card shows
 the image with its masks overlaid (the overlay of ``rrg shards inspect``), the reference and
 generated reports side by side, and chips for the labels on which they disagree:
 
@@ -80,7 +80,7 @@ def _num(metrics: dict, key: str) -> Optional[float]:
 
 
 def label_key(label: str) -> str:
-    """Per-label F1 key of a CheXpert label in the flat metrics dict (as trainer.scoring writes it)."""
+    """Per-label F1 key of a CheXpert label in the flat metrics dict (as trainer.evaluation.scoring writes it)."""
     return f"ce_f1_{label.lower().replace(' ', '_')}"
 
 
