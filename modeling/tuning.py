@@ -113,6 +113,18 @@ def plain_state_dict(model: nn.Module, state: dict[str, torch.Tensor] | None = N
     return out
 
 
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over a plain state dict (sorted names, dtype, shape, bytes): which weights a stage starts from."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().to("cpu").contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def trainable_summary(model: nn.Module) -> str:
     """One line per top-level part: trainable / total parameters."""
     lines, grand_t, grand_n = [], 0, 0

@@ -117,6 +117,7 @@ class DataConfig:
     max_skip_fraction: float = 0.01  # stop once bad samples exceed this share of the planned ones
     verify: Literal["checksum", "size", "none"] = "checksum"  # shard check against the manifest
     prefetch_factor: int = 2
+    bucket_by_length: bool = False  # train batches of similar text length, per shuffle window (shards/bucketing.py)
     topics: TopicsConfig = field(default_factory=TopicsConfig)
     kg: KGConfig = field(default_factory=KGConfig)  # rrg kg build / attach
     reasoning: ReasoningConfig = field(default_factory=ReasoningConfig)  # rrg annotate reasoning (LVMed-R2)

@@ -10,7 +10,8 @@ is pure and lives in :mod:`shards.plan`; reading and decoding live here):
    ranges, short ranks padded with weight-0 fillers), whole batches only
 4. split by DataLoader worker: batch ``j`` of a rank is built by worker ``j % W``,
    matching the DataLoader's round-robin, so the rank's batch sequence is planned
-5. block shuffle inside each worker (train only), position-addressable
+5. block shuffle inside each worker (train only), position-addressable; optionally
+   (``data.bucket_by_length``) batches regrouped by length per window (:mod:`shards.bucketing`)
 6. read: tar members of the wanted samples, shard verified once per process
 7. decode late (PNG/JPEG, masks, kg, json) -> :class:`DecodedSample`
 8. family ``builder`` per sample, family ``collate`` per batch, plus
@@ -55,6 +56,7 @@ from safetensors.numpy import load as load_safetensors
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from shards import plan
+from shards.bucketing import WindowBuckets, text_bytes
 from shards.config import DataConfig
 from shards.manifest import Manifest, ManifestError, ShardInfo, file_sha256, load_manifest
 from shards.masks import decode_masks, sidecar_masks
@@ -236,7 +238,8 @@ class _WorkerReader:
     """Reads, decodes and batches one worker's emitted slots; refills bad slots; counts skips."""
 
     def __init__(self, stream: np.ndarray, shards: list[ShardInfo], files: ShardFiles, *, block: int,
-                 batch_size: int, builder: Builder, collate: Collate, max_skip: float, split: str):
+                 batch_size: int, builder: Builder, collate: Collate, max_skip: float, split: str,
+                 bucket_seed: Optional[tuple[int, ...]] = None):
         self.stream, self.shards, self.files = stream, shards, files
         self.starts = plan.shard_starts([s.num_samples for s in shards])
         self.block, self.bs, self.builder, self.collate = block, batch_size, builder, collate
@@ -245,6 +248,12 @@ class _WorkerReader:
         self.skipped: list[tuple[str, str, str]] = []
         self.last_good: Optional[DecodedSample] = None
         self._raw: dict[int, dict[int, Any]] = {}  # block -> position -> (key, members) | _Bad
+        self.buckets = None if bucket_seed is None else WindowBuckets(  # data.bucket_by_length
+            batch_size, max(1, block // batch_size), bucket_seed, self._text_bytes, len(stream))
+
+    def _text_bytes(self, pos: int) -> int:
+        raw = self._load_block(pos // self.block)[pos] if self.stream[pos] != plan.PAD else None
+        return 0 if raw is None or isinstance(raw, _Bad) else text_bytes(raw[1])
 
     def _load_block(self, b: int) -> dict[int, Any]:
         """Stage 6 for one shuffle block: open each needed shard once, read its wanted samples."""
@@ -324,7 +333,7 @@ class _WorkerReader:
         """Stage 8: the batch at emitted positions ``[lo, lo + batch_size)``."""
         picked: list[Optional[DecodedSample]] = []
         skipped_here: list[tuple[str, str, str]] = []
-        for pos in range(lo, lo + self.bs):
+        for pos in (range(lo, lo + self.bs) if self.buckets is None else self.buckets.positions(lo)):
             s = self._sample(pos) if self.stream[pos] != plan.PAD else None
             if isinstance(s, tuple):
                 self._skip(s)
@@ -359,6 +368,7 @@ class _RankStream(IterableDataset):
         self.rank, self.seed, self.epoch, self.mode = loader.rank, loader.seed, loader.epoch, loader.mode
         self.builder, self.collate = loader.builder, loader.collate
         self.max_skip, self.split = loader.max_skip_fraction, loader.split
+        self.bucket = loader.bucket_by_length and loader.mode == "train"
 
     def __iter__(self) -> Iterator[dict]:
         seg = self.segments[-1]
@@ -369,7 +379,8 @@ class _RankStream(IterableDataset):
                                     segment=self.segment, mode=self.mode)
         reader = _WorkerReader(stream, self.shards, ShardFiles(self.root, self.verify, self.sidecars), block=seg.shuffle_buffer,
                                batch_size=seg.batch_size, builder=self.builder, collate=self.collate,
-                               max_skip=self.max_skip, split=self.split)
+                               max_skip=self.max_skip, split=self.split,
+                               bucket_seed=(self.seed, self.epoch, self.segment, self.rank, worker) if self.bucket else None)
         start = plan.batches_before(seg.consumed, worker, seg.streams) * seg.batch_size
         for lo in range(start, len(stream), seg.batch_size):
             yield reader.batch(lo)
@@ -382,7 +393,7 @@ class ShardLoader:
     def __init__(self, manifest: Manifest, split: str, *, rank: int, world_size: int, batch_size: int, seed: int,
                  num_workers: int, shuffle_buffer: int, mode: Literal["train", "eval"] = "train",
                  builder: Optional[Builder] = None, collate: Optional[Collate] = None, verify: str = "checksum",
-                 max_skip_fraction: float = 0.01, prefetch_factor: int = 2):
+                 max_skip_fraction: float = 0.01, prefetch_factor: int = 2, bucket_by_length: bool = False):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
         if mode not in ("train", "eval") or verify not in ("checksum", "size", "none") or min(
@@ -395,6 +406,7 @@ class ShardLoader:
         self.num_workers, self.shuffle_buffer, self.mode = num_workers, shuffle_buffer, mode
         self.builder, self.collate = builder or default_builder, collate or default_collate
         self.verify, self.max_skip_fraction, self.prefetch_factor = verify, max_skip_fraction, prefetch_factor
+        self.bucket_by_length = bucket_by_length  # train mode: similar-length batches (shards/bucketing.py)
         self.skipped, self.skip_log = 0, []
         self._cache: tuple[Any, list[np.ndarray]] = (None, [])
         self.set_epoch(0)
@@ -486,7 +498,7 @@ def make_loader(data_cfg: DataConfig, split: str, *, rank: int, world_size: int,
                        batch_size=batch_size, seed=seed, num_workers=data_cfg.loader_workers,
                        shuffle_buffer=data_cfg.shuffle_buffer, mode=mode, builder=builder, collate=collate,
                        verify=data_cfg.verify, max_skip_fraction=data_cfg.max_skip_fraction,
-                       prefetch_factor=data_cfg.prefetch_factor)
+                       prefetch_factor=data_cfg.prefetch_factor, bucket_by_length=data_cfg.bucket_by_length)
 
 
 def iter_decoded(manifest: Manifest, shard: ShardInfo) -> Iterator[DecodedSample]:

@@ -1,5 +1,6 @@
 """The lvmed_r2 family: corrupted span at zero loss weight, leak-free eval batches, reflection switch, export."""
 import copy as copy_mod
+import json
 from pathlib import Path
 
 import numpy as np
@@ -141,22 +142,52 @@ def test_trace_is_collapsible_in_the_report_and_fallbacks_are_counted():
     assert "last paragraph scored" in study_card(recs[1]) and "<details" not in study_card(recs[2])
 
 
+def _stage_end_digest(ckpt: Path, output_dir: Path) -> str:
+    """Digest of a stage's last checkpoint, LoRA merged, rebuilt here from its ZeRO shards (not by the worker)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from modeling.tuning import apply_tuning, plain_state_dict, weights_digest
+    from shards.manifest import load_manifest
+    from trainer.checkpoint import DS_TAG
+    from trainer.config import config_from_dict
+    from trainer.safe_load import safe_torch_load
+
+    meta = json.loads((ckpt / "meta.json").read_text())
+    cfg = config_from_dict(meta["config"])
+    fam = build_family(cfg.model)
+    tok = fam.tokenizer(None, save_dir=str(output_dir / "tokenizer"))
+    model = fam.build_model(tok, load_manifest(cfg.data.shards_dir).assets)
+    apply_tuning(model, fam, cfg.train.resolved_stages()[meta["stage"]].spec(cfg.train.lora))
+    with safe_torch_load():
+        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=DS_TAG)
+    missing = [k for k in model.load_state_dict(state, strict=False).missing_keys if "inv_freq" not in k]
+    assert not missing, missing[:5]
+    return weights_digest(plain_state_dict(model))
+
+
 @pytest.mark.slow
 def test_two_stage_curriculum_resumes_inside_stage_two_bit_exactly(shards, tmp_path):
-    """Stage 1 LoRA on chains (3 steps), stage 2 LoRA on reflection (3 steps), one job; a resume from
-    the checkpoint one step into stage 2 repeats the uninterrupted run's losses exactly."""
+    """Stage 1 LoRA on chains (3 steps), stage 2 LoRA on reflection (3 steps), one job: stage 2 starts
+    from stage 1's final weights (LoRA merged), and a resume from the checkpoint one step into stage 2
+    repeats the uninterrupted run's losses exactly."""
     from tests.trainkit import step_losses, torchrun
 
     copy = shard_copy(shards, tmp_path)
     annotate_reasoning(copy, ReasoningConfig(), SerialPool())
     common = [f"data.shards_dir={copy}", "model.family=lvmed_r2", "model.options.max_len.reasoning=160",
-              "model.options.max_len.reflection=160", "checkpoint.every_steps=4",
+              "model.options.max_len.reflection=160", "checkpoint.every_steps=4", "checkpoint.keep_last=3",
               "train.stages=[{name: chains, tuning: lora, steps: 3, target: reasoning}, "
               "{name: reflect, tuning: lora, steps: 3, target: reflection}]"]
     torchrun(1, common + [f"output_dir={tmp_path / 'full'}"])
-    ckpt = tmp_path / "full" / "checkpoints" / "step_0000004"
-    meta = __import__("json").loads((ckpt / "meta.json").read_text())
+    ckpts = tmp_path / "full" / "checkpoints"
+    stage1_end, ckpt = ckpts / "step_0000003", ckpts / "step_0000004"
+    assert json.loads((stage1_end / "meta.json").read_text())["stage"] == 0  # saved at the stage's end
+    meta = json.loads((ckpt / "meta.json").read_text())
     assert meta["stage"] == 1 and meta["stage_name"] == "reflect"
+    logged = [json.loads(line) for line in (tmp_path / "full" / "train_log.jsonl").read_text().splitlines()]
+    starts = [r for r in logged if "stage_start" in r]
+    assert [(r["stage_start"], r["step"]) for r in starts] == [("reflect", 3)]
+    assert starts[0]["start_weights_sha256"] == _stage_end_digest(stage1_end, tmp_path / "full")
     torchrun(1, common + [f"output_dir={tmp_path / 'resumed'}", f"checkpoint.resume={ckpt}"])
     full, resumed = step_losses(tmp_path / "full"), step_losses(tmp_path / "resumed")
     assert sorted(resumed) == [5, 6] and [resumed[s] for s in (5, 6)] == [full[s] for s in (5, 6)]

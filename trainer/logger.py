@@ -99,6 +99,12 @@ class RunLogger:
         else:
             print(f"step {step}: {text}", flush=True)
 
+    def record(self, entry: dict[str, Any]) -> None:
+        """One extra JSON line in ``train_log.jsonl`` (e.g. a stage hand-off and its weights digest)."""
+        if self.active:
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+
     def log_eval(self, step: int, metrics: dict[str, float], samples: Optional[list[dict]] = None) -> None:
         if not self.active:
             return

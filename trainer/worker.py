@@ -144,14 +144,19 @@ class TrainingRun:
 
     def _next_stage(self) -> None:
         """Hand the trained weights (LoRA merged) to a freshly built model of the next stage."""
-        from modeling.tuning import plain_state_dict
+        from modeling.tuning import plain_state_dict, weights_digest
 
         module = self.strategy.engine.module
         state = plain_state_dict(module, self.strategy.full_state_dict(all_ranks=True))
         self.strategy.teardown()
         self._build_stage(self.stage_index + 1, start_state=state)
         if self.logger is not None:
-            self.logger.note(f"stage '{self.stages[self.stage_index].name}' starts from the previous stage's weights")
+            name = self.stages[self.stage_index].name
+            digest = weights_digest(state) if self.rank == 0 else ""
+            # the digest lets a test (or a user) check the hand-off against the previous stage's last checkpoint
+            self.logger.record({"stage_start": name, "step": self.cfg.train.stage_bounds(self.stage_index)[0],
+                                "start_weights_sha256": digest})
+            self.logger.note(f"stage '{name}' starts from the previous stage's weights (sha256 {digest[:12]})")
 
     def _restore(self, state: LoopState) -> None:
         point = self.resume
