@@ -250,13 +250,21 @@ def _write_one(make_members: MemberFn, context: Any, manifest, info, tmp_dir: st
     return {"file": info.file, "num_entries": entries, "sha256": _sha256_file(out)}
 
 
-def task_batches(items: list, parallelism: int, tasks_per_worker: int = 2) -> list[list]:
-    """``items`` in contiguous batches, about ``tasks_per_worker`` per worker: few tasks (each pays the
-    pool's per-task overhead and unpacks the shared context once), still enough to balance the load."""
+def task_batches(items: list, parallelism: int, tasks_per_worker: int = 2,
+                 weights: Optional[list[float]] = None) -> list[list]:
+    """``items`` cut into about ``tasks_per_worker`` contiguous batches per worker, of near-equal total
+    ``weights`` (e.g. studies per shard): few tasks, since each pays the pool's per-task overhead and
+    unpacks the shared context once, yet balanced, so no worker is left with the tail alone."""
     if not items:
         return []
-    size = -(-len(items) // max(1, parallelism * tasks_per_worker))
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    n = min(len(items), max(1, parallelism * tasks_per_worker))
+    w = list(weights) if weights is not None else [1.0] * len(items)
+    total, acc = float(sum(w)) or 1.0, 0.0
+    out: list[list] = [[] for _ in range(n)]
+    for item, wi in zip(items, w):
+        out[min(n - 1, int((acc + wi / 2) * n / total))].append(item)
+        acc += wi
+    return [b for b in out if b]
 
 
 def build_sidecar(shards_dir: str | os.PathLike, name: str, *, kind: str, producer: dict[str, Any], version: str,
@@ -280,9 +288,10 @@ def build_sidecar(shards_dir: str | os.PathLike, name: str, *, kind: str, produc
     tmp = base / f".{name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    todo = [{"file": s.file} for s in manifest.shards if s.split in splits]
+    chosen = [s for s in manifest.shards if s.split in splits]
     pool = pool or SerialPool()
-    batches = task_batches(todo, getattr(pool, "parallelism", 1), tasks_per_worker)
+    batches = task_batches([{"file": s.file} for s in chosen], getattr(pool, "parallelism", 1), tasks_per_worker,
+                           weights=[s.num_samples for s in chosen])
     results = {}
     try:
         for _, batch in pool.map_unordered(write_sidecar_shards, [(str(root), b, str(tmp)) for b in batches],

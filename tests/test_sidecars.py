@@ -78,8 +78,10 @@ class WidePool(SerialPool):
 
 
 def test_batched_tasks_write_the_same_tars(copy):
-    assert task_batches(list(range(7)), 2) == [[0, 1], [2, 3], [4, 5], [6]] and task_batches([], 4) == []
-    assert [len(b) for b in task_batches(list(range(5)), 8)] == [1] * 5
+    batches = task_batches(list(range(7)), 2)
+    assert len(batches) == 4 and sum(batches, []) == list(range(7)) and {len(b) for b in batches} <= {1, 2}
+    assert task_batches([], 4) == [] and [len(b) for b in task_batches(list(range(5)), 8)] == [1] * 5
+    assert task_batches(list("abcd"), 1, weights=[3, 1, 1, 1]) == [["a"], ["b", "c", "d"]]  # equal work per task
     files = sorted(s.file for s in load_manifest(copy).shards)
     wide = WidePool()
     runs = [build_sidecar(copy, name, kind="tensors", producer={"name": "t"}, version="1", reads_splits=[],
