@@ -48,7 +48,7 @@ def make_context(kg: dict[str, Any], cfg) -> dict[str, Any]:
         same.setdefault(f"k:{k}", []).append(r)
         if p:
             same.setdefault(f"p:{p}", []).append(r)
-    return {"num_nodes": n, "has_entities": np.diff(kg["entity_ptr"]) > 0, "same": same, "emb": kg["embeddings"],
+    return {"num_nodes": n, "same": same, "emb": kg["embeddings"],
             "ent_ptr": kg["entity_ptr"], "ent_ids": kg["entity_ids"], "adj_ptr": ptr, "adj": tails,
             "edges": ei[:, order], "edge_type": kg["edge_type"][order], "scales": list(cfg.scales),
             "k": cfg.neighbours, "embed_size": cfg.embed_size, "max_edges": cfg.max_edges_per_node}
@@ -56,7 +56,7 @@ def make_context(kg: dict[str, Any], cfg) -> dict[str, Any]:
 
 def neighbours(key: str, patient: str, emb: np.ndarray, ctx: dict[str, Any]) -> np.ndarray:
     sims = ctx["emb"] @ emb
-    allowed = ctx["has_entities"].copy()
+    allowed = np.diff(ctx["ent_ptr"]) > 0
     allowed[ctx["same"].get(f"k:{key}", [])] = False
     if patient:
         allowed[ctx["same"].get(f"p:{patient}", [])] = False
