@@ -180,7 +180,7 @@ def cmd_bench_kg(args):
     from trainer.kg.attach import bench_attach
 
     cfg = _load(args)
-    bench_attach(cfg.data, _pool(cfg))
+    bench_attach(cfg.data, _pool(cfg), rounds=args.rounds)
 
 
 def cmd_annotate_topics(args):
@@ -404,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = bench.add_parser("kg", help="kg attach: one process vs the Ray pool, studies/s and ratio")
     _add_config_args(p)
+    p.add_argument("--rounds", type=int, default=3, help="alternating one-process / pool rounds (medians compared)")
     p.set_defaults(func=cmd_bench_kg)
 
     kg = sub.add_parser("kg", help="knowledge graph: build from training reports, attach subgraphs").add_subparsers(

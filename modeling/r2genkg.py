@@ -85,6 +85,9 @@ class R2GenKG(nn.Module):
         self.kg_pool_queries = nn.Parameter(torch.randn(1, opts.kg_queries, d) * 0.02)
         self.kg_pool = CrossAttention(d, opts.heads)
         hidden = lm.config.hidden_size
+        # the residual streams above grow (Q-Former outputs reached std ~11, the LM's embeddings ~0.06): one
+        # LayerNorm brings the visual + KG tokens to unit scale before the projection, as BLIP-2's Q-Former does
+        self.out_norm = nn.LayerNorm(d)
         self.projector = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, hidden))
         self.kg_keys = kg_batch_keys(opts.num_scales)
         self.rrg_tuning = "full"
@@ -118,7 +121,7 @@ class R2GenKG(nn.Module):
         kg_tok, kg_mask = self.subgraph_tokens(kg)
         vis, kg_tok = self.bidirectional(vis, kg_tok, kg_mask)
         pooled = self.kg_pool(self.kg_pool_queries.expand(vis.shape[0], -1, -1), kg_tok, kg_mask)
-        return self.projector(torch.cat([vis, pooled], 1))
+        return self.projector(self.out_norm(torch.cat([vis, pooled], 1)))
 
     def _kg(self, kg: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if set(kg) != set(self.kg_keys):
@@ -149,7 +152,7 @@ class R2GenKG(nn.Module):
 
     def new_modules(self) -> list[nn.Module]:
         return [self.qformer, self.bank_proj, self.bank_attn, self.kg_encoder, self.fusion, self.bidirectional,
-                self.kg_pool, self.projector]
+                self.kg_pool, self.out_norm, self.projector]
 
 
 # ---- samples ------------------------------------------------------------------------------

@@ -219,11 +219,22 @@ MemberFn = Callable[[Any, Any], Optional[dict[str, bytes]]]  # (DecodedSample, c
 def write_sidecar_shard(make_members: MemberFn, context: Any, shards_dir: str, shard: dict[str, Any],
                         tmp_dir: str) -> dict[str, Any]:
     """One task: read one main shard, compute each study's members, write the aligned sidecar tar."""
+    return write_sidecar_shards(make_members, context, shards_dir, [shard], tmp_dir)[0]
+
+
+def write_sidecar_shards(make_members: MemberFn, context: Any, shards_dir: str, shards: list[dict[str, Any]],
+                         tmp_dir: str) -> list[dict[str, Any]]:
+    """One task over several main shards: the manifest is read once, each shard gets its aligned tar."""
     from shards.manifest import load_manifest
-    from shards.reader import iter_decoded
 
     manifest = load_manifest(shards_dir)
-    info = next(s for s in manifest.shards if s.file == shard["file"])
+    by_file = {s.file: s for s in manifest.shards}
+    return [_write_one(make_members, context, manifest, by_file[s["file"]], tmp_dir) for s in shards]
+
+
+def _write_one(make_members: MemberFn, context: Any, manifest, info, tmp_dir: str) -> dict[str, Any]:
+    from shards.reader import iter_decoded
+
     out = Path(tmp_dir) / info.file
     entries = 0
     with tarfile.open(out, "w") as tar:
@@ -239,10 +250,30 @@ def write_sidecar_shard(make_members: MemberFn, context: Any, shards_dir: str, s
     return {"file": info.file, "num_entries": entries, "sha256": _sha256_file(out)}
 
 
+def task_batches(items: list, parallelism: int, tasks_per_worker: int = 2,
+                 weights: Optional[list[float]] = None) -> list[list]:
+    """``items`` cut into about ``tasks_per_worker`` contiguous batches per worker, of near-equal total
+    ``weights`` (e.g. studies per shard): few tasks, since each pays the pool's per-task overhead and
+    unpacks the shared context once, yet balanced, so no worker is left with the tail alone."""
+    if not items:
+        return []
+    n = min(len(items), max(1, parallelism * tasks_per_worker))
+    w = list(weights) if weights is not None else [1.0] * len(items)
+    total, acc = float(sum(w)) or 1.0, 0.0
+    out: list[list] = [[] for _ in range(n)]
+    for item, wi in zip(items, w):
+        out[min(n - 1, int((acc + wi / 2) * n / total))].append(item)
+        acc += wi
+    return [b for b in out if b]
+
+
 def build_sidecar(shards_dir: str | os.PathLike, name: str, *, kind: str, producer: dict[str, Any], version: str,
                   reads_splits: list[str], splits: list[str], make_members: MemberFn, context: Any = None,
-                  pool=None, meta: Optional[dict[str, Any]] = None) -> SidecarInfo:
-    """Compute a sidecar over the shards of ``splits``, one task per shard on ``pool``; publish it atomically.
+                  pool=None, meta: Optional[dict[str, Any]] = None, tasks_per_worker: int = 2) -> SidecarInfo:
+    """Compute a sidecar over the shards of ``splits`` on ``pool``; publish it atomically.
+
+    The shards are batched into about ``tasks_per_worker`` tasks per worker of the pool (see
+    :func:`task_batches`); ``context`` is shipped to the workers once (the pool's ``shared``).
 
     ``make_members(sample, context)`` must be a module-level function (it runs in tasks) that
     returns ``{suffix: bytes}`` for the study (suffixes start with ``name.``) or None to skip it.
@@ -257,12 +288,16 @@ def build_sidecar(shards_dir: str | os.PathLike, name: str, *, kind: str, produc
     tmp = base / f".{name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    todo = [{"file": s.file} for s in manifest.shards if s.split in splits]
+    chosen = [s for s in manifest.shards if s.split in splits]
+    pool = pool or SerialPool()
+    batches = task_batches([{"file": s.file} for s in chosen], getattr(pool, "parallelism", 1), tasks_per_worker,
+                           weights=[s.num_samples for s in chosen])
     results = {}
     try:
-        for _, res in (pool or SerialPool()).map_unordered(
-                write_sidecar_shard, [(str(root), s, str(tmp)) for s in todo], shared=(make_members, context)):
-            results[res["file"]] = {"num_entries": res["num_entries"], "sha256": res["sha256"]}
+        for _, batch in pool.map_unordered(write_sidecar_shards, [(str(root), b, str(tmp)) for b in batches],
+                                           shared=(make_members, context)):
+            for res in batch:
+                results[res["file"]] = {"num_entries": res["num_entries"], "sha256": res["sha256"]}
         atomic_write_json(tmp / SIDECAR_JSON, {
             "name": name, "kind": kind, "producer": producer, "version": version,
             "reads_splits": sorted(reads_splits), "splits": sorted(splits), "base_fingerprint": manifest.fingerprint,

@@ -10,7 +10,7 @@ from configs.parallel import SerialPool
 from shards.manifest import load_manifest
 from shards.reader import make_loader
 from shards.config import DataConfig
-from shards.sidecars import SidecarError, build_sidecar, copy_assets, load_asset, write_asset
+from shards.sidecars import SidecarError, build_sidecar, copy_assets, load_asset, task_batches, write_asset
 
 
 def topic_members(sample, context):
@@ -61,6 +61,37 @@ def test_sidecar_joins_by_key_covers_only_its_splits_and_changes_fingerprint(cop
             assert "side" not in it["t"]
         else:
             assert it["t"]["side"]["x"].tolist() == [len(it["key"])] * 2
+
+
+class WidePool(SerialPool):
+    """A serial pool that claims several workers, so build_sidecar batches shards differently."""
+
+    parallelism = 3
+
+    def __init__(self):
+        self.calls = 0
+
+    def map_unordered(self, fn, items, **kw):
+        items = list(items)
+        self.calls += len(items)
+        return super().map_unordered(fn, items, **kw)
+
+
+def test_batched_tasks_write_the_same_tars(copy):
+    batches = task_batches(list(range(7)), 2)
+    assert len(batches) == 4 and sum(batches, []) == list(range(7)) and {len(b) for b in batches} <= {1, 2}
+    assert task_batches([], 4) == [] and [len(b) for b in task_batches(list(range(5)), 8)] == [1] * 5
+    assert task_batches(list("abcd"), 1, weights=[3, 1, 1, 1]) == [["a"], ["b", "c", "d"]]  # equal work per task
+    files = sorted(s.file for s in load_manifest(copy).shards)
+    wide = WidePool()
+    runs = [build_sidecar(copy, name, kind="tensors", producer={"name": "t"}, version="1", reads_splits=[],
+                          splits=sorted(load_manifest(copy).splits), make_members=tensor_members, pool=pool,
+                          tasks_per_worker=tpw)
+            for name, pool, tpw in (("one", SerialPool(), 1), ("wide", wide, 1))]
+    assert wide.calls == len(task_batches(files, 3, 1)) < len(files)
+    for info in runs:
+        assert sorted(info.shards) == files
+    assert all(runs[0].path(f).read_bytes() == runs[1].path(f).read_bytes() for f in files)
 
 
 def test_corrupt_sidecar_is_a_counted_skip_naming_it(copy):

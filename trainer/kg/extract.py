@@ -32,12 +32,14 @@ ANATOMY = [
     "costophrenic angles?", "hemidiaphragms?", "diaphragm", "pleura", "pleural space", "heart", "cardiac silhouette",
     "mediastinum", "mediastinal", "cardiomediastinal", "aorta", "aortic knob", "trachea", "carina", "ribs?",
     "clavicles?", "spine", "osseous structures", "chest", "lungs?", "retrocardiac", "upper zones?", "lower zones?",
-    "mid zones?", "svc", "atrium", "ventricle", "stomach"]
+    "mid zones?", "svc", "atrium", "ventricle", "stomach", "apical", "superior vena cava"]
 MODIFIERS = [
     "mild(?:ly)?", "moderate(?:ly)?", "severe(?:ly)?", "marked(?:ly)?", "small", "large", "tiny", "trace",
     "minimal", "bilateral", "left", "right", "patchy", "linear", "plate-like", "focal", "diffuse", "multifocal",
     "new", "stable", "unchanged", "increased", "decreased", "improved", "worsened", "chronic", "acute", "early",
-    "hazy", "nodular", "reticular", "interstitial", "airspace", "basilar", "loculated", "layering", "displaced"]
+    "hazy", "nodular", "reticular", "interstitial", "airspace", "basilar", "loculated", "layering", "displaced",
+    "dense", "ill-defined", "streaky", "bat-wing", "volume loss", "blunting", "larger", "enlarged", "possible",
+    "suspected", "subsegmental"]
 _ANAT = re.compile(r"\b(?:" + "|".join(sorted(ANATOMY, key=len, reverse=True)) + r")\b")
 _MOD = re.compile(r"\b(?:" + "|".join(sorted(MODIFIERS, key=len, reverse=True)) + r")\b")
 _CUE = re.compile(r"\b(?:consistent with|suggest\w*|may (?:represent|reflect)|compatible with|concerning for|"
