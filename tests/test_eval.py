@@ -65,7 +65,7 @@ def test_eval_one_and_two_workers_give_the_same_predictions(trained, tmp_path):
     shuffled = read_jsonl(tmp_path / "w2" / "predictions_shuffle.jsonl")
     assert [p["id"] for p in shuffled] == [p["id"] for p in preds]
     html = (tmp_path / "w2" / "report.html").read_text()
-    assert "image=shuffle" in html and "label_prior" in html and html.count('class="card') >= 1
+    assert "shuffle (each study gets another study" in html and "label_prior" in html and html.count('class="card') >= 1
 
 
 @pytest.mark.slow
