@@ -374,8 +374,10 @@ def _write_summary(out: Path, adapter: Any, entries: list, plan: list[dict[str, 
     if total and study_skips / total > build.max_skip_fraction:
         raise ShardBuildError(f"{study_skips} of {total} studies skipped (> build.max_skip_fraction="
                               f"{build.max_skip_fraction}); reasons and examples in {out / BUILD_SUMMARY}")
-    if study_skips:
-        print(f"skipped {study_skips} studies: {dict(skips.counts)} (see {out / BUILD_SUMMARY})")
+    if skips.counts:
+        print(f"skipped {study_skips} studies; skips by reason: {dict(skips.counts)} (see {out / BUILD_SUMMARY})")
+        for reason, examples in sorted(skips.examples.items()):
+            print(f"  e.g. {reason}: {examples[0]}")
     return summary
 
 
