@@ -32,7 +32,7 @@ def test_llava_ta_resumes_mid_epoch_inside_stage_two_with_the_same_topic_rows_an
     data = tmp_path / "shards"
     shutil.copytree(shards, data)
     annotate_topics(str(data), TopicsConfig(), pool=SerialPool())
-    common = [f"data.shards_dir={data}", "model.family=llava_ta", "model.options={selection: predicted}",
+    common = [f"data.shards_dir={data}", "model.family=llava_ta", "train.packing.enabled=false", "model.options={selection: predicted}",
               "train.train_vision=false", STAGES, "train.lora.r=4", "checkpoint.every_steps=2",
               "checkpoint.keep_last=4", "logging.batch_rows=true"]
     full = tmp_path / "full"
