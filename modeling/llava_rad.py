@@ -365,7 +365,8 @@ class LlavaRadFamily(ModelFamily):
         spec = spec or TuningSpec(mode)
         groups = []
         if mode == "lora":
-            model.lm = wrap_lora(model.lm, spec.lora)
+            if not is_peft(model.lm):  # a model handed in already wrapped keeps its adapter
+                model.lm = wrap_lora(model.lm, spec.lora)
             groups.append(ParamGroup("lora", lora_parameters(model.lm)))
         elif mode == "full":
             groups.append(ParamGroup("lm", list(model.lm.parameters())))

@@ -31,11 +31,11 @@ from configs.schema import ConfigError, to_dict
 from modeling.attention import hf_attn_name
 from modeling.family import FAMILIES, MODEL_JSON, ModelFamily, ParamGroup, read_model_json
 from modeling.kg_modules import BiCrossAttention, CrossAttention, QFormer, RGCNEncoder, ScaleFusion, pad_by_graph
-from modeling.llava_rad import (VLMOutput, build_prompt_sample, collate_prompt_batch, prompt_ids, rows_of,
+from modeling.llava_rad import (LlavaRadFamily, VLMOutput, build_prompt_sample, collate_prompt_batch, prompt_ids, rows_of,
                                 splice_image_features, weighted_lm_loss)
 from modeling.templates import get_template
 from modeling.tokenizer import get_tokenizer, image_token_id
-from modeling.tuning import TuningSpec, is_peft, lm_state_dict_for_export, lora_parameters, wrap_lora
+from modeling.tuning import TuningSpec, is_peft, lm_state_dict_for_export
 from modeling.vision import VisionEncoder, image_stats, load_vision_model
 
 KG_ASSET, BANK_ASSET, SIDECAR = "kg", "kg_bank", "kg"
@@ -267,17 +267,8 @@ class R2GenKGFamily(ModelFamily):
     def trainable_groups(self, model: R2GenKG, mode: str, spec: Optional[TuningSpec] = None) -> list[ParamGroup]:
         """``kg_fusion`` (Q-Former, bank, R-GCN, fusion, cross-attention, projector) always; + ``lora`` or ``lm``
         (+ ``vision`` with ``train_vision``)."""
-        spec = spec or TuningSpec(mode)
         groups = [ParamGroup("kg_fusion", [p for m in model.new_modules() for p in m.parameters()]
-                             + [model.kg_pool_queries])]
-        if mode == "lora":
-            if not is_peft(model.lm):
-                model.lm = wrap_lora(model.lm, spec.lora)
-            groups.append(ParamGroup("lora", lora_parameters(model.lm)))
-        elif mode == "full":
-            groups.append(ParamGroup("lm", list(model.lm.parameters())))
-            if spec.train_vision:
-                groups.append(ParamGroup("vision", list(model.vision.feature_parameters())))
+                             + [model.kg_pool_queries]), *LlavaRadFamily.lm_groups(model, mode, spec)]
         model.rrg_tuning = mode
         return groups
 
