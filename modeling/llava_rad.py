@@ -224,12 +224,7 @@ class LlavaRad(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str, cfg: Optional[ModelConfig] = None) -> "LlavaRad":
         """Rebuild from ``save_pretrained`` output (adapter re-attached with plain peft)."""
-        family_name, saved_cfg, meta = read_model_json(directory)
-        cfg = cfg or saved_cfg
-        cfg.vision.path, cfg.vision.hf_config = os.path.join(directory, "vision"), {}
-        cfg.lm.path, cfg.lm.hf_config = os.path.join(directory, "lm"), {}
-        cfg.lm.tokenizer = os.path.join(directory, "tokenizer")
-        family = family_class(family_name)(cfg)
+        family, meta = export_family(directory, cfg)
         model = family.build_model(family.tokenizer())
         model.projector.load_state_dict(load_file(os.path.join(directory, "projector.safetensors")))
         if meta.get("lm_adapter"):
@@ -238,6 +233,16 @@ class LlavaRad(nn.Module):
             model.lm = PeftModel.from_pretrained(model.lm, os.path.join(directory, "lm_adapter"))
         model.rrg_tuning = meta.get("tuning", "full")
         return model
+
+
+def export_family(directory: str, cfg: Optional[ModelConfig] = None) -> tuple[ModelFamily, dict]:
+    """The family of an export, its config pointed at the export's ``vision/``, ``lm/``, ``tokenizer/``."""
+    family_name, saved_cfg, meta = read_model_json(directory)
+    cfg = cfg or saved_cfg
+    cfg.vision.path, cfg.vision.hf_config = os.path.join(directory, "vision"), {}
+    cfg.lm.path, cfg.lm.hf_config = os.path.join(directory, "lm"), {}
+    cfg.lm.tokenizer = os.path.join(directory, "tokenizer")
+    return family_class(family_name)(cfg), meta
 
 
 # ---- samples and batches ------------------------------------------------------------------

@@ -32,8 +32,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from configs.schema import ConfigError
-from modeling.family import FAMILIES, GenConfig, Generation, ModelFamily, ParamGroup, family_class, read_model_json
-from modeling.llava_rad import LlavaRad, LlavaRadFamily, VLMOutput, splice_image_features, weighted_lm_loss
+from modeling.family import FAMILIES, GenConfig, Generation, ModelFamily, ParamGroup
+from modeling.llava_rad import LlavaRad, LlavaRadFamily, VLMOutput, export_family, splice_image_features, weighted_lm_loss
 from modeling.tuning import TuningSpec, lora_parameters, wrap_lora
 from modeling.projector import build_projector
 from modeling.tokenizer import get_tokenizer
@@ -138,12 +138,7 @@ class LlavaTA(LlavaRad):
 
     @classmethod
     def from_pretrained(cls, directory: str, cfg=None) -> "LlavaTA":
-        family_name, saved_cfg, meta = read_model_json(directory)
-        cfg = cfg or saved_cfg
-        cfg.vision.path, cfg.vision.hf_config = os.path.join(directory, "vision"), {}
-        cfg.lm.path, cfg.lm.hf_config = os.path.join(directory, "lm"), {}
-        cfg.lm.tokenizer = os.path.join(directory, "tokenizer")
-        family = family_class(family_name)(cfg)
+        family, meta = export_family(directory, cfg)
         with open(os.path.join(directory, "assets", ASSET_NAME, ASSET_FILE)) as fh:
             model = family.build_model(family.tokenizer(), {ASSET_NAME: Ontology.from_json(json.load(fh))})
         model.projector.load_state_dict(load_file(os.path.join(directory, "projector.safetensors")))
