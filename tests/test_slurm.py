@@ -74,10 +74,14 @@ def test_job_completes_then_preempted_job_requeues_and_resumes_exactly(slurm, sh
     baseline = step_losses(full)
     assert sorted(baseline) == list(range(1, STEPS + 1))
 
-    deadline = time.time() + 600  # job B starts once A freed the node; preempt it mid-run
-    while not (pre / "train_log.jsonl").is_file() or max(step_losses(pre), default=0) < 6:
-        assert time.time() < deadline, "job B never reached step 6"
-        time.sleep(0.5)
+    # Job B starts once A freed the node. Preempt it as soon as its rank-0 worker is up: the tiny run trains
+    # 24 steps in about a second, so waiting for a given step races the signal's way (scancel -> batch shell
+    # trap -> driver -> STOP file). From here the signal has the engine build and the whole run to land in,
+    # and the workers checkpoint at the first step that sees it.
+    deadline = time.time() + 600
+    while not (pre / "pids" / "rank_0.pid").is_file():
+        assert time.time() < deadline, "job B's workers never started"
+        time.sleep(0.2)
     assert slurm.run(["scancel", "--batch", "--signal=USR1", job_b]).returncode == 0
     slurm.wait_gone(job_b, 900)
     log = (pre / "slurm" / f"slurm-{job_b}.out").read_text()
@@ -88,7 +92,7 @@ def test_job_completes_then_preempted_job_requeues_and_resumes_exactly(slurm, sh
     assert "forwarding to the driver" in log and "requeueing job" in log
     stopped = [int(line.split("step ")[1].split()[0]) for line in log.splitlines()
                if line.startswith("rrg: trained to step") and "preempted" in line]
-    assert stopped and 6 <= stopped[0] < STEPS, log[-4000:]
+    assert stopped and 1 <= stopped[0] < STEPS, log[-4000:]
     assert f"step_{stopped[0]:07d}" in log and "resumed from" in log
     losses = step_losses(pre)
     assert sorted(losses) == list(range(1, STEPS + 1)), "a step was lost"
