@@ -20,9 +20,7 @@ CONFIG = {"vocab_size": 0, "hidden_size": 32, "num_hidden_layers": 2, "num_atten
 def make_chexbert(root: Path, seed: int = 0) -> tuple[Path, Path, dict]:
     """(checkpoint file, tokenizer dir, the state dict written) under ``root``."""
     import torch
-    from transformers import BertConfig, BertTokenizerFast
-
-    from shards.labeling.chexbert import build_model
+    from transformers import BertConfig, BertModel, BertTokenizerFast
 
     tok_dir = root / "tokenizer"
     tok_dir.mkdir(parents=True, exist_ok=True)
@@ -34,10 +32,15 @@ def make_chexbert(root: Path, seed: int = 0) -> tuple[Path, Path, dict]:
     config = dict(CONFIG, vocab_size=len(vocab))
     (tok_dir / "config.json").write_text(json.dumps(config))
     torch.manual_seed(seed)
-    model = build_model(BertConfig(**config))
-    for head in model.linear_heads:  # spread the logits so argmax differs across reports
+    # built here as the published training code does (a BertModel and 14 heads inside nn.DataParallel,
+    # hence the ``module.`` prefix), not with rrg's own class, so the test checks rrg against the layout
+    bert = BertModel(BertConfig(**config))
+    heads = [torch.nn.Linear(config["hidden_size"], 4) for _ in range(13)] + [torch.nn.Linear(config["hidden_size"], 2)]
+    for head in heads:  # spread the logits so argmax differs across reports
         torch.nn.init.normal_(head.weight, std=2.0)
-    sd = {f"module.{k}": v.clone() for k, v in model.state_dict().items()}
+    sd = {f"module.bert.{k}": v.clone() for k, v in bert.state_dict().items()}
+    for i, head in enumerate(heads):
+        sd.update({f"module.linear_heads.{i}.{k}": v.clone() for k, v in head.state_dict().items()})
     ckpt = root / "chexbert.pth"
     torch.save({"model_state_dict": sd, "epoch": 8}, ckpt)
     return ckpt, tok_dir, sd

@@ -119,7 +119,11 @@ class CheXbertLabeler:
         if not tokenizer or not os.path.isdir(tokenizer):
             raise LabelInputError(f"CheXbert tokenizer directory not found: {tokenizer!r} (no download is attempted)")
         self.model = build_model(read_bert_config(sd, bert_config, tokenizer))
-        missing, unexpected = self.model.load_state_dict(sd, strict=False)
+        try:
+            missing, unexpected = self.model.load_state_dict(sd, strict=False)
+        except RuntimeError as err:  # a tensor of another shape (another head size, a non-BERT-base file)
+            first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))
+            raise LabelInputError(f"{checkpoint}: does not fit the CheXbert layout ({first})") from None
         missing = [k for k in missing if not k.endswith("position_ids")]
         unexpected = [k for k in unexpected if not k.endswith("position_ids")]
         if missing or unexpected:
