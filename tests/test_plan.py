@@ -1,6 +1,11 @@
-"""`rrg plan`: every real-scale config is planned on the meta device; trainable counts match the papers."""
+"""`rrg plan`: every real-scale config is planned on the meta device; trainable counts match the papers;
+the memory plan matches the measured peak memory of real training steps."""
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +34,15 @@ def test_every_real_scale_config_is_planned(path):
 
 
 def test_radixpert_trains_about_126m_parameters():
-    """Paper: ~126M trainable (MLP + 1x1 conv + LoRA); tolerance 3%."""
+    """Paper: ~126M trainable (MLP + 1x1 conv + LoRA); tolerance 3%.
+
+    What is calibrated: the paper states the trainable count and the modules, not the LoRA
+    rank. The config's rank (208 on q/k/v/o) was chosen so the count lands near 126M, so the
+    126M check confirms the stated modules add up at that rank; it does not confirm the rank.
+    The paper's other figure, 1.8% of the total, is not reproduced: 126M over MedGemma-4b's
+    4.43B parameters is 2.83% (126M / 1.8% would be a 7.0B model). r=128 on q/k/v/o gives
+    81.0M = 1.83% instead; no rank on these modules meets both figures.
+    """
     (stage,), _ = plan_stages(_cfg(ROOT / "configs" / "radixpert_medgemma4b.yaml"))
     rows = {name: (total, train) for name, total, train in stage.rows}
     assert set(n for n, (_, t) in rows.items() if t) == {"projector", "mask_branch", "lora"}
@@ -37,6 +50,9 @@ def test_radixpert_trains_about_126m_parameters():
     # LoRA on q/k/v/o in closed form: r x (in + out) per projection, 34 layers
     h, q, kv, r = 2560, 8 * 256, 4 * 256, 208
     assert rows["lora"][1] == 34 * r * ((h + q) + 2 * (h + kv) + (q + h))
+    assert 4.4e9 < stage.total < 4.45e9 and 0.028 < stage.trainable / stage.total < 0.029  # 2.83%, not 1.8%
+    (r128,), _ = plan_stages(_cfg(ROOT / "configs" / "radixpert_medgemma4b.yaml", "train.lora.r=128"))
+    assert abs(r128.trainable / r128.total - 0.018) < 0.001 and r128.trainable < 82e6
 
 
 def test_llava_rad_7b_counts_in_closed_form():
@@ -76,6 +92,7 @@ def test_plan_cli_runs_in_seconds_and_prints_the_formulas():
     assert proc.returncode == 0, proc.stderr
     assert "FLOPs/step = global_batch x (seq x (6 x N_lm" in proc.stdout and "time per epoch" in proc.stdout
     assert "memory/GPU, activation checkpointing on" in proc.stdout
+    assert "memory method (GiB = 2^30 bytes, --gpu-memory in GiB)" in proc.stdout and " GB" not in proc.stdout
 
 
 def test_llava_ta_lora_r128_in_closed_form():
@@ -94,3 +111,142 @@ def test_r2genkg_trains_every_new_module_and_lora_only():
     new = [n for n in rows if n not in ("vision", "lm")]
     assert new and all(rows[n][0] == rows[n][1] for n in new), rows  # Q-Former, bank, R-GCN, fusion, LoRA ...
     assert rows["lora"][1] == 32 * 16 * 4 * (4096 + 4096)  # r=16 on q/k/v/o of Llama-2-7B
+
+
+def test_plan_from_a_local_directory_config_json(tmp_path):
+    """No inline hf_config: the architecture comes from each model directory's config.json (no weights)."""
+    inline = _cfg(ROOT / "configs" / "tiny.yaml")
+    for sub, hf in (("vision", {**inline.model.vision.hf_config, "model_type": "siglip_vision_model"}),
+                    ("lm", {**inline.model.lm.hf_config, "model_type": "llama", "num_hidden_layers": 3})):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "config.json").write_text(json.dumps(hf))
+    cfg = _cfg(ROOT / "configs" / "tiny.yaml", "model.vision.hf_config={}", "model.lm.hf_config={}",
+               f"model.vision.path={tmp_path / 'vision'}", f"model.lm.path={tmp_path / 'lm'}")
+    assert not cfg.model.lm.hf_config and not list(tmp_path.glob("*/*.safetensors"))
+    (from_dir,), _ = plan_stages(cfg)
+    (two,), _ = plan_stages(inline)
+    (three,), _ = plan_stages(_cfg(ROOT / "configs" / "tiny.yaml", "model.lm.hf_config.num_hidden_layers=3"))
+    assert from_dir.rows == three.rows and from_dir.lm_params > two.lm_params  # read from the file, not tiny.yaml
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert run_plan(cfg, gpus=1, studies=160)["stages"][0]["memory_bytes"]["False"]["activations"] > 0
+    with pytest.raises(ValueError, match="config.json"):
+        plan_stages(_cfg(ROOT / "configs" / "tiny.yaml", "model.lm.hf_config={}", f"model.lm.path={tmp_path}"))
+
+
+# ---- the memory plan against measured peak memory ------------------------------------------------
+# A fresh process builds the model, runs two real training steps (forward, backward, AdamW), and
+# reports its peak RSS (VmHWM, reset through /proc/self/clear_refs just before the model is built)
+# minus the RSS at that point: weights + gradients + optimizer states + activations at their peak.
+# glibc is told to serve every block over 128 KiB with mmap (MALLOC_MMAP_THRESHOLD_), so freed
+# tensors leave RSS at once; with its default, growing threshold freed activation-sized blocks stay
+# in the heap and RSS measures what the allocator keeps (up to 2.3x the live bytes here), as CUDA's
+# "reserved" does, while the plan counts live tensor bytes, as torch.cuda.max_memory_allocated does.
+_MEASURE = r"""
+import ctypes, gc, json, sys
+import torch
+
+torch.set_num_threads(1)
+from modeling.family import build_family
+from modeling.llava_rad import prompt_ids
+from modeling.tuning import apply_tuning
+from trainer.config import load_config
+
+
+def rss(key):
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith(key))
+
+
+def measure(overrides, checkpointing):
+    cfg = load_config("configs/tiny.yaml", overrides)
+    fam = build_family(cfg.model)
+    tok = fam.tokenizer(["no acute cardiopulmonary process heart size normal lungs clear"] * 8)
+
+    def build():
+        model = fam.build_model(tok)
+        apply_tuning(model, fam, cfg.train.resolved_stages()[0].spec(cfg.train.lora))
+        if checkpointing:
+            model.enable_activation_checkpointing()
+        model.train()
+        return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def batch(b):  # rows filled to max_text_len, so the sequence is the one the plan assumes
+        g = torch.Generator().manual_seed(0)
+        p = prompt_ids(tok, cfg.model)
+        ids = torch.cat([torch.tensor(p).expand(b, -1),
+                         torch.randint(5, len(tok), (b, cfg.model.max_text_len - len(p)), generator=g)], 1)
+        labels = ids.clone()
+        labels[:, :len(p)] = -100
+        size = cfg.model.vision.image_size
+        return {"pixel_values": torch.randn(b, 3, size, size, generator=g), "input_ids": ids,
+                "attention_mask": torch.ones_like(ids), "labels": labels}
+
+    def steps(model, opt, bb, n):
+        for _ in range(n):
+            out = model(**bb)
+            out.loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            del out
+
+    model, opt = build()  # warm-up on one row: lazy imports and kernel set-up stay out of the measurement
+    steps(model, opt, batch(1), 1)
+    del model, opt
+    bb = batch(cfg.train.micro_batch_size)
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # peak RSS := current RSS
+    base = rss("VmRSS")
+    model, opt = build()
+    steps(model, opt, bb, 2)  # the second step runs with the optimizer states allocated: the steady-state peak
+    return rss("VmHWM") - base
+
+
+for case in json.loads(sys.argv[1]):
+    print(json.dumps({"name": case["name"], "peak": measure(case["overrides"], case["checkpointing"])}), flush=True)
+"""
+
+_LM = ["model.lm.hf_config.hidden_size=256", "model.lm.hf_config.intermediate_size=512",
+       "model.lm.hf_config.num_hidden_layers=4", "model.lm.hf_config.vocab_size=512", "train.micro_batch_size=16"]
+MEMORY_CASES = [  # tiny.yaml's model, wider: activations of 60-270 MiB against a few MiB of noise
+    {"name": "full tuning, decoder layers dominate", "checkpointing": False, "overrides": _LM},
+    {"name": "LoRA (dropout 0.05) + activation checkpointing", "checkpointing": True,
+     "overrides": _LM + ["train.tuning=lora", "train.train_vision=false"]},
+    {"name": "logits and cross-entropy dominate", "checkpointing": False,
+     "overrides": ["model.lm.hf_config.vocab_size=8192", "model.lm.hf_config.num_hidden_layers=1",
+                   "train.micro_batch_size=16"]},
+]
+MEMORY_TOLERANCE = 0.15
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not os.access("/proc/self/clear_refs", os.W_OK),
+                    reason="needs Linux's /proc/self/clear_refs to reset the peak RSS")
+def test_memory_plan_matches_measured_peak_rss():
+    """fp32 on CPU: measured peak (weights + gradients + AdamW + activations) within 15% of the plan.
+
+    In every case the planned activations are at least 80% of the planned total, so an activation
+    formula off by 2x (either way) misses by 40% or more and fails. Measured on the reference
+    machine: ratios 0.94 (full), 0.99 (LoRA + checkpointing), 1.00 (logits); the full-tuning plan
+    is high by the gradients, which are not yet allocated at the peak (the start of backward).
+    The plan is asked for a CPU's dropout mask (fp32, 4 bytes; CUDA keeps 1-byte masks).
+    """
+    env = dict(os.environ, OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="131072")
+    proc = subprocess.run([sys.executable, "-c", _MEASURE, json.dumps(MEMORY_CASES)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    measured = {r["name"]: r["peak"] for r in map(json.loads, proc.stdout.splitlines())}
+    rows = []
+    for case in MEMORY_CASES:
+        with contextlib.redirect_stdout(io.StringIO()):
+            plan = run_plan(load_config(ROOT / "configs" / "tiny.yaml", case["overrides"]), gpus=1, studies=1,
+                            dropout_mask_bytes=4)
+        parts = plan["stages"][0]["memory_bytes"][str(case["checkpointing"])]
+        rows.append((case["name"], measured[case["name"]], sum(parts.values()), parts["activations"]))
+    report = "\n".join(f"{name}: measured {peak / 2 ** 20:.1f} MiB, planned {planned / 2 ** 20:.1f} MiB "
+                        f"(activations {act / 2 ** 20:.1f}), ratio {peak / planned:.3f}"
+                        for name, peak, planned, act in rows)
+    print(report)
+    assert all(abs(peak / planned - 1) <= MEMORY_TOLERANCE for _, peak, planned, _ in rows), report
+    # the check has teeth: activations dominate the plan, and the peak stands far above RSS noise
+    assert all(act >= 0.8 * planned and peak > 50 * 2 ** 20 for _, peak, planned, act in rows), report
