@@ -17,6 +17,11 @@ A family is one module plus one registry entry (``@FAMILIES.register("name")`` o
   tensors derived from the image (masks, KG subgraphs, ``DecodedSample.tensors``) and the
   reference text (kept aside for scoring).  Anything else it reads is an *oracle input*: the
   family lists it in ``oracle_inputs(gen_cfg)``, and the evaluator stamps it into ``metrics.json``;
+* ``derived_inputs()`` - the inputs derived from the image that the eval-mode sample builder reads
+  and that a shard pass caches beside the shards: ``"masks"`` (``rrg shards masks``: a segmenter's
+  masks, ``DecodedSample.masks``) and/or ``"kg"`` (``rrg kg attach``: the retrieved subgraph,
+  ``DecodedSample.tensors["kg"]``).  ``rrg generate`` makes them for a new image with that pass's own
+  code; an input the model computes itself (e.g. a segmenter inside it) is not listed;
 * ``collate(tok)`` - rows -> batch (tensors + plain lists ``keys``, ``study_ids``, ``references``);
 * ``generate(model, tok, batch, gen)`` - one :class:`Generation` per study (text, optional trace,
   optional extra fields); the default is one greedy/beam pass over the prompt rows;
@@ -141,6 +146,10 @@ class ModelFamily(ABC):
     @abstractmethod
     def collate(self, tok) -> Callable[[list[dict]], dict]:
         """rows -> batch dict."""
+
+    def derived_inputs(self) -> tuple[str, ...]:
+        """Shard passes whose per-study output the eval-mode builder reads (``"masks"``, ``"kg"``); default none."""
+        return ()
 
     def oracle_inputs(self, gen: GenConfig) -> list[str]:
         """Fields beyond the image (and what derives from it) that eval-mode samples read."""

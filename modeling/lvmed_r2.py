@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 from torch import nn
@@ -158,7 +158,8 @@ class LvmedR2Family(LlavaRadFamily):
                     yield ann[key]
 
     # ---- samples ----------------------------------------------------------------------------
-    def sample_builder(self, tok, mode: str, target: str = "report") -> Callable[[Any], list[dict]]:
+    def sample_builder(self, tok, mode: str, target: str = "report",
+                       gen: Optional[GenConfig] = None) -> Callable[[Any], list[dict]]:
         if target not in TARGETS:
             raise ConfigError("train.stages.target", f"lvmed_r2 learns {list(TARGETS)}, not '{target}'")
         mean, std = image_stats(self.cfg.vision)

@@ -272,7 +272,12 @@ class R2GenKGFamily(ModelFamily):
         model.rrg_tuning = mode
         return groups
 
-    def sample_builder(self, tok, mode: str, target: str = "report") -> Callable[[Any], list[dict]]:
+    def derived_inputs(self) -> tuple[str, ...]:
+        """The per-study subgraphs are retrieved by image similarity (``rrg kg attach``)."""
+        return (SIDECAR,)
+
+    def sample_builder(self, tok, mode: str, target: str = "report",
+                       gen: Optional[Any] = None) -> Callable[[Any], list[dict]]:
         mean, std = image_stats(self.cfg.vision)
         base = partial(build_prompt_sample, tok=tok, cfg=self.cfg, train=mode == "train", mean=mean, std=std,
                        prompt=prompt_ids(tok, self.cfg), target=target)

@@ -193,6 +193,10 @@ class RadixpertFamily(LlavaRadFamily):
         return [ParamGroup("mlp", list(model.projector.parameters())),
                 ParamGroup("mask_conv", list(model.mask_branch.parameters())), *self.lm_groups(model, mode, spec)]
 
+    def derived_inputs(self) -> tuple[str, ...]:
+        """Shard masks come from the segmenter pass (``rrg shards masks``); a model segmenter needs nothing."""
+        return ("masks",) if self.opts.mask_source == "shard" else ()
+
     def sample_builder(self, tok, mode: str, target: str = "report", gen=None):
         from functools import partial
 

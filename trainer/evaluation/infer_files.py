@@ -1,8 +1,8 @@
 """``rrg generate``: reports for loose image files (PNG, JPEG, DICOM) from an exported model.
 
-Each file is preprocessed exactly as the shard writer does it and decoded as the
-reader does it (``shards.views.encode_view`` + ``decode_image``: one copy of that
-code), wrapped in a :class:`~shards.records.DecodedSample`, and then goes through
+Each file is preprocessed exactly as the shard writer does it (``shards.views.encode_view``:
+one copy of that code), the study's members (views, record, derived inputs) become a
+:class:`~shards.records.DecodedSample` through the reader's own ``decode``, and then go through
 the model family's ``sample_builder(tok, "eval")`` + ``collate(tok)`` and
 ``trainer.evaluation.generate.generate_batches``, the calls ``rrg eval`` makes.  So the
 reports equal ``rrg eval``'s predictions for the same studies.
@@ -13,9 +13,19 @@ DICOM views first); a folder of such folders gives one study per subfolder (id:
 the path below the argument).  An unreadable or unusable file is reported and
 skipped; a study with no usable file is reported and left out.
 
-Preprocessing (``data.build``) and generation (``eval``) settings come from the
-run config: ``--config``, else the checkpoint's, else ``rrg_run.yaml`` in the
-export, else the training output's ``config.yaml`` beside ``export/``.
+Derived inputs: what a family's eval-mode builder reads beyond the image and a shard pass
+caches beside the shards (``family.derived_inputs()``) is made for each new study by that
+pass's own per-study function, and the members it returns are joined and decoded by the
+reader's :func:`shards.reader.decode`, as a sidecar's are.  ``masks``:
+``shards.segment_pass.study_members`` with the run config's ``data.masks`` (the segmenter
+``rrg shards masks`` ran); ``kg``: ``trainer.kg.attach.kg_members`` with the context
+``rrg kg attach`` builds from the ``kg`` asset the export carries (``assets/kg``) and
+``data.kg``.  A new study is in no training index, so nothing is excluded from its retrieval.
+The step is keyed by the input's name, never by the family's.
+
+Preprocessing (``data.build``), derived inputs (``data.masks``, ``data.kg``) and generation
+(``eval``) settings come from the run config: ``--config``, else the checkpoint's, else
+``rrg_run.yaml`` in the export, else the training output's ``config.yaml`` beside ``export/``.
 """
 from __future__ import annotations
 
@@ -24,7 +34,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
@@ -94,25 +104,95 @@ def collect_studies(inputs: list[str]) -> list[InputStudy]:
     return studies
 
 
-def study_sample(study: InputStudy, build, problems: list[str]) -> Optional[DecodedSample]:
-    """Views preprocessed as the writer stores them and decoded as the reader does; bad files noted."""
-    images, views = [], []
+# ---- derived inputs (family.derived_inputs()): the shard pass's own per-study function + its context
+MakeMembers = Callable[[DecodedSample, Any], dict]
+
+
+def _masks_pass(cfg, model_dir: Path) -> tuple[MakeMembers, Any]:
+    """``rrg shards masks``: the segmenter of ``data.masks`` on view 0, thresholded and encoded as the pass does."""
+    from shards.segment_pass import study_members
+
+    masks = cfg.data.masks
+    if not masks.path:
+        raise GenerateError("rrg generate: this model reads segmenter masks (`rrg shards masks`) and the run config "
+                            "names no segmenter: set data.masks.path (and data.masks.backend) in --config, as "
+                            "for `rrg shards masks`")
+    if not os.path.exists(masks.path):
+        raise GenerateError(f"rrg generate: segmenter {masks.path} not found (data.masks.path)")
+    return study_members, masks
+
+
+def _kg_attach(cfg, model_dir: Path) -> tuple[MakeMembers, Any]:
+    """``rrg kg attach``: subgraph retrieval from the training index of the export's ``kg`` asset, with ``data.kg``."""
+    from shards.sidecars import ASSETS_DIR, SidecarError
+    from trainer.kg import KG_ASSET
+    from trainer.kg.attach import kg_members, make_context
+    from trainer.kg.graph import load_kg
+
+    try:
+        kg = load_kg(model_dir)  # <export>/assets/kg, copied there by the export
+    except SidecarError as err:
+        raise GenerateError(f"rrg generate: this model retrieves KG subgraphs (`rrg kg attach`) from the export's "
+                            f"{ASSETS_DIR}/{KG_ASSET}, which is unusable ({err}): export again from the run") from None
+    ctx = make_context(kg, cfg.data.kg)
+    ctx["same"] = {}  # a new study is in no training index: no study or patient to leave out of its retrieval
+    return kg_members, ctx
+
+
+DERIVED_INPUTS: dict[str, Callable[[Any, Path], tuple[MakeMembers, Any]]] = {"masks": _masks_pass, "kg": _kg_attach}
+
+
+def derived_passes(names, cfg, model_dir: Path) -> list[tuple[str, MakeMembers, Any]]:
+    """(name, make_members, context) for each derived input a family reads; unknown names are an error."""
+    out = []
+    for name in names:
+        if name not in DERIVED_INPUTS:
+            raise GenerateError(f"rrg generate: the model reads the derived input '{name}', which rrg generate "
+                                f"cannot make (it makes {sorted(DERIVED_INPUTS)})")
+        out.append((name, *DERIVED_INPUTS[name](cfg, model_dir)))
+    return out
+
+
+def study_sample(study: InputStudy, build, problems: list[str],
+                 derived: list[tuple[str, MakeMembers, Any]] = ()) -> Optional[DecodedSample]:
+    """Views preprocessed as the writer stores them, derived inputs made by their passes, all decoded by the reader."""
+    from shards.reader import decode
+
+    members: dict[str, bytes] = {}
+    views = []
     for f in study.files:
         try:
             data, ext, _, facts = encode_view(f, build)
-            images.append(decode_image(data))
+            decode_image(data)
         except DicomSkip as skip:
             problems.append(f"skipped {skip}")
             continue
         except Exception as err:  # noqa: BLE001 - PIL/OS errors of any kind: report, skip, go on
             problems.append(f"skipped {f}: unreadable image ({type(err).__name__}: {err})")
             continue
-        views.append({"member": f"view{len(views)}.{ext}", "file": os.path.basename(f), **facts})
-    if not images:
+        member = f"view{len(views)}.{ext}"
+        members[member] = data
+        views.append({"member": member, "file": os.path.basename(f), **facts})
+    if not views:
         problems.append(f"left out study '{study.id}': no usable image")
         return None
     record = {"study_id": study.id, "report": {"text": "", "findings": "", "impression": ""}, "views": views}
-    return DecodedSample(key=sample_key(study.id), shard="", record=record, images=images)
+    members["json"] = json.dumps(record, default=_plain).encode()
+    key = sample_key(study.id)
+    sample = decode(key, "", members)
+    if derived:
+        for name, make_members, ctx in derived:
+            try:
+                made = make_members(sample, ctx)
+            except (ValueError, RuntimeError, OSError) as err:  # KGError, a segmenter/channel mismatch, a missing file
+                raise GenerateError(f"rrg generate: study '{study.id}': derived input '{name}' failed: {err}") from None
+            members.update(made or {})
+        sample = decode(key, "", members)  # joined as the reader joins a sidecar's members
+    return sample
+
+
+def _plain(o: Any) -> Any:
+    return o.item() if isinstance(o, np.generic) else str(o)
 
 
 def resolve_config(model_dir: Path, config: Optional[str], checkpoint_meta: Optional[dict]):
@@ -140,7 +220,7 @@ def generate_files(inputs: list[str], *, model_dir: str, checkpoint: Optional[st
     """Write one JSON line per study (id, generated, files[, labels]) to ``out``; returns the rows."""
     import torch
 
-    from modeling.family import build_family, load_pretrained
+    from modeling.family import build_family, load_pretrained, read_model_json
     from trainer.evaluation.generate import gen_config, generate_batches
 
     model_path = Path(model_dir).resolve()
@@ -159,8 +239,15 @@ def generate_files(inputs: list[str], *, model_dir: str, checkpoint: Optional[st
     if not (model_path / "rrg_model.json").is_file():
         raise GenerateError(f"rrg generate: {model_path} is not an rrg export (no rrg_model.json)")
     studies = collect_studies(inputs)
+    derived = derived_passes(build_family(read_model_json(str(model_path))[1]).derived_inputs(), cfg, model_path)
     problems: list[str] = []
-    samples = [s for s in (study_sample(st, cfg.data.build, problems) for st in studies) if s is not None]
+    threads = torch.get_num_threads()
+    try:
+        if derived:
+            torch.set_num_threads(1)  # as the passes' pool workers run (shards/segment_pass.py)
+        samples = [s for s in (study_sample(st, cfg.data.build, problems, derived) for st in studies) if s is not None]
+    finally:
+        torch.set_num_threads(threads)
     for p in problems:
         print(f"rrg generate: {p}", file=sys.stderr)
     if not samples:
@@ -185,6 +272,6 @@ def generate_files(inputs: list[str], *, model_dir: str, checkpoint: Optional[st
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w") as f:
         for row in rows:
-            f.write(json.dumps(row, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)) + "\n")
+            f.write(json.dumps(row, default=_plain) + "\n")
     print(f"rrg generate: {len(rows)} studies, {len(problems)} problems -> {out}", flush=True)
     return rows
