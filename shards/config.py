@@ -116,6 +116,9 @@ class DataConfig:
     shuffle_buffer: int = 256  # samples per shuffle block within a loader worker
     max_skip_fraction: float = 0.01  # stop once bad samples exceed this share of the planned ones
     verify: Literal["checksum", "size", "none"] = "checksum"  # shard check against the manifest
+    # s3:// shards_dir: true keeps a verified local copy ($RRG_CACHE_DIR/shards); false streams each
+    # shard as the reader reaches it (a few at a time per loader process, nothing kept; shards/storage.py)
+    cache: bool = True
     prefetch_factor: int = 2
     bucket_by_length: bool = False  # train batches of similar text length, per shuffle window (shards/bucketing.py)
     topics: TopicsConfig = field(default_factory=TopicsConfig)

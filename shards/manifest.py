@@ -112,14 +112,15 @@ class Manifest:
         return path
 
 
-def load_manifest(shards_dir: str | os.PathLike) -> Manifest:
+def load_manifest(shards_dir: str | os.PathLike, cache: bool = True) -> Manifest:
     """The manifest at ``shards_dir``; an ``s3://`` (fsspec) URL is first synced into the local cache
-    (shards streamed and sha256-verified, retried; see shards/storage.py)."""
+    (shards streamed and sha256-verified, retried; see shards/storage.py), or with ``cache=False``
+    (``data.cache: false``) only its manifest, the reader streaming each shard when it needs it."""
     from shards.storage import StorageError, is_remote, sync_shards
 
     if is_remote(shards_dir):
         try:
-            shards_dir = sync_shards(str(shards_dir))
+            shards_dir = sync_shards(str(shards_dir), shards=cache)
         except FileNotFoundError:
             raise ManifestError(f"no shard manifest at {shards_dir}/manifest.json: build the shards first "
                                 f"(`rrg shards build CONFIG --out {shards_dir}`)") from None
@@ -175,8 +176,11 @@ def iter_json_records(manifest: Manifest, split: str):
     """
     import tarfile
 
+    from shards.reader import ShardFiles
+
+    files = ShardFiles(str(manifest.root), "checksum")  # local: the file; streamed s3://: a verified spool copy
     for shard in manifest.split_shards(split):
-        with tarfile.open(manifest.path_of(shard), "r") as tar:
+        with tarfile.open(files.path(shard), "r") as tar:
             for member in tar:
                 if member.isfile() and member.name.endswith(".json"):
                     yield json.loads(tar.extractfile(member).read())

@@ -12,7 +12,8 @@ is pure and lives in :mod:`shards.plan`; reading and decoding live here):
    matching the DataLoader's round-robin, so the rank's batch sequence is planned
 5. block shuffle inside each worker (train only), position-addressable; optionally
    (``data.bucket_by_length``) batches regrouped by length per window (:mod:`shards.bucketing`)
-6. read: tar members of the wanted samples, shard verified once per process
+6. read: tar members of the wanted samples, shard verified once per process (an ``s3://`` set
+   with ``data.cache: false``: each shard streamed into a small spool, sha256-checked on arrival)
 7. decode late (PNG/JPEG, masks, kg, json) -> :class:`DecodedSample`
 8. family ``builder`` per sample, family ``collate`` per batch, plus
    ``sample_weight`` (1 real, 0 filler), ``keys`` and ``skipped``
@@ -105,21 +106,55 @@ def _identity(x):  # the DataLoader's collate: batches are built in the workers 
 class ShardFiles:
     """Per-process access to a split's tars: verification and member index, each done once per shard."""
 
-    def __init__(self, manifest_root: str, verify: str, sidecars: Optional[dict[str, Any]] = None):
+    def __init__(self, manifest_root: str, verify: str, sidecars: Optional[dict[str, Any]] = None, keep: int = 3):
+        from shards.storage import stream_source
+
         self.root, self.verify_mode = manifest_root, verify
         self.sidecars = sidecars or {}  # name -> SidecarInfo, joined by key into every sample read
         self._verified: dict[str, Optional[str]] = {}
         self._index: dict[str, tuple[list[tuple[str, _Members]], Optional[str]]] = {}
         self._side_index: dict[tuple[str, str], Any] = {}  # (sidecar, shard) -> key index | reason unusable
+        # a streamed s3:// shard set (data.cache: false): shards come through a spool of ``keep`` local copies
+        self.remote, self._keep, self._spool = stream_source(manifest_root), keep, None
 
     def path(self, shard: ShardInfo) -> str:
+        if self.remote is not None:
+            return str(self._stream(shard))
         return os.path.join(self.root, shard.file)
+
+    def _stream(self, shard: ShardInfo):
+        """The spooled local copy of a streamed shard, fetched now unless still resident (sha256-checked
+        while it arrives in ``verify: checksum`` mode; a torn transfer is retried)."""
+        from shards.storage import ShardSpool
+
+        if self._spool is None:
+            self._spool = ShardSpool(self.remote, self._keep)
+        return self._spool.get(shard.file, shard.sha256 if self.verify_mode == "checksum" else None)
 
     def check(self, shard: ShardInfo) -> Optional[str]:
         """None if the shard matches the manifest per ``verify``, else why not (cached per process)."""
+        if self.remote is not None:  # fetched (again, if the spool let it go) and checked on the way in
+            if self._verified.get(shard.file) is None:
+                self._verified[shard.file] = self._check_streamed(shard)
+            return self._verified[shard.file]
         if shard.file not in self._verified:
             self._verified[shard.file] = self._check(shard, self.path(shard))
         return self._verified[shard.file]
+
+    def _check_streamed(self, shard: ShardInfo) -> Optional[str]:
+        from shards.storage import ChecksumMismatch, StorageError, join
+
+        try:
+            path = self._stream(shard)
+        except FileNotFoundError:
+            return f"shard file missing: {join(self.remote, shard.file)}"
+        except StorageError as err:  # the same wrong bytes on every attempt: the object is not the manifest's
+            if isinstance(err.last, ChecksumMismatch):
+                return f"shard sha256 differs from the manifest (corrupt or rewritten): {err.last}"
+            raise  # the store kept failing: not a data problem, never skipped silently
+        if self.verify_mode == "size" and os.path.getsize(path) != shard.num_bytes:
+            return f"shard size {os.path.getsize(path)} != manifest {shard.num_bytes}"
+        return None
 
     def _check(self, shard: ShardInfo, path: str) -> Optional[str]:
         if not os.path.isfile(path):
@@ -377,7 +412,10 @@ class _RankStream(IterableDataset):
         worker = ((info.id if info else 0) + seg.consumed) % seg.streams
         stream = plan.worker_stream(self.order, self.rank, worker, seg, seed=self.seed, epoch=self.epoch,
                                     segment=self.segment, mode=self.mode)
-        reader = _WorkerReader(stream, self.shards, ShardFiles(self.root, self.verify, self.sidecars), block=seg.shuffle_buffer,
+        # a streamed shard set keeps the shards of about one shuffle block of this worker's slots
+        keep = -(-seg.shuffle_buffer * seg.streams // max(1, min(s.num_samples for s in self.shards))) + 2
+        files = ShardFiles(self.root, self.verify, self.sidecars, keep=keep)
+        reader = _WorkerReader(stream, self.shards, files, block=seg.shuffle_buffer,
                                batch_size=seg.batch_size, builder=self.builder, collate=self.collate,
                                max_skip=self.max_skip, split=self.split,
                                bucket_seed=(self.seed, self.epoch, self.segment, self.rank, worker) if self.bucket else None)
@@ -494,8 +532,8 @@ def make_loader(data_cfg: DataConfig, split: str, *, rank: int, world_size: int,
                 builder: Optional[Builder] = None, collate: Optional[Collate] = None,
                 mode: Literal["train", "eval"] = "train") -> ShardLoader:
     """The rank's loader for ``split`` as the data config says (manifest at ``data_cfg.shards_dir``)."""
-    return ShardLoader(load_manifest(data_cfg.shards_dir), split, rank=rank, world_size=world_size,
-                       batch_size=batch_size, seed=seed, num_workers=data_cfg.loader_workers,
+    return ShardLoader(load_manifest(data_cfg.shards_dir, cache=data_cfg.cache), split, rank=rank,
+                       world_size=world_size, batch_size=batch_size, seed=seed, num_workers=data_cfg.loader_workers,
                        shuffle_buffer=data_cfg.shuffle_buffer, mode=mode, builder=builder, collate=collate,
                        verify=data_cfg.verify, max_skip_fraction=data_cfg.max_skip_fraction,
                        prefetch_factor=data_cfg.prefetch_factor, bucket_by_length=data_cfg.bucket_by_length)

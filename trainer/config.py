@@ -195,6 +195,10 @@ def _check_finite(value: Any, key: str) -> None:
             _check_finite(v, f"{key}[{i}]")
 
 
+REMOTE_OUTPUT_DIR = ("must be a local or shared directory (it holds the run's logs, tokenizer, STOP file and "
+                     "Ray state); keep checkpoints on object storage with checkpoint.dir=s3://...")
+
+
 @dataclass
 class RunConfig:
     name: str = "run"
@@ -209,6 +213,8 @@ class RunConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def validate(self) -> "RunConfig":
+        if "://" in self.output_dir:  # checked here so that no backend makes a local dir named "s3:"
+            raise ConfigError("output_dir", f"{self.output_dir}: {REMOTE_OUTPUT_DIR}")
         self.data.validate("data")
         self.model.validate("model")
         self.train.validate("train")

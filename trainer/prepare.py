@@ -24,6 +24,7 @@ from configs.parallel import TaskPool
 from trainer.config import RunConfig
 
 EXIT_PREEMPTED = 75
+STORAGE_ENV_PREFIXES = ("AWS_", "FSSPEC_", "S3FS_")
 
 
 def worker_env(cfg: RunConfig) -> dict[str, str]:
@@ -36,9 +37,15 @@ def worker_env(cfg: RunConfig) -> dict[str, str]:
         "OMP_NUM_THREADS": str(max(1, int(cfg.cluster.cpus_per_worker))),
     }
     for key in ("WANDB_MODE", "WANDB_API_KEY", "TORCH_EXTENSIONS_DIR", "HF_HOME", "PYTHONPATH",
-                "RRG_JOB_ID", "SLURM_JOB_ID", "SLURM_RESTART_COUNT", "SLURM_JOB_NODELIST"):
+                "RRG_JOB_ID", "RRG_CACHE_DIR", "SLURM_JOB_ID", "SLURM_RESTART_COUNT", "SLURM_JOB_NODELIST"):
         if os.environ.get(key):
             env[key] = os.environ[key]
+    # object storage (shards/storage.py): credentials, region, endpoint (AWS_ENDPOINT_URL[_S3]), profile
+    # and CA files for boto, and fsspec's own FSSPEC_<PROTOCOL>_<KWARG> settings.  A worker node's own
+    # value wins (train_worker only sets what is unset there).
+    for key, value in os.environ.items():
+        if key.startswith(STORAGE_ENV_PREFIXES) and value:
+            env[key] = value
     return env
 
 
@@ -50,10 +57,14 @@ def ensure_shards(cfg: RunConfig, pool: Optional[TaskPool] = None):
     silently rebuilt over.
     """
     from shards.manifest import load_manifest
+    from shards.storage import exists, is_remote, join
 
-    manifest_file = Path(cfg.data.shards_dir) / "manifest.json"
-    if manifest_file.exists() or cfg.data.source.adapter != "demo":
-        return load_manifest(cfg.data.shards_dir)
+    if is_remote(cfg.data.shards_dir):
+        built = exists(join(cfg.data.shards_dir, "manifest.json"))
+    else:
+        built = (Path(cfg.data.shards_dir) / "manifest.json").exists()
+    if built or cfg.data.source.adapter != "demo":
+        return load_manifest(cfg.data.shards_dir, cache=cfg.data.cache)
     print(f"rrg: no shards at {cfg.data.shards_dir}: building the demo dataset first", flush=True)
     from shards.writer import build_from_config
 
@@ -114,6 +125,63 @@ def check_resume(cfg: RunConfig, manifest) -> None:
                          Path(cfg.output_dir) / "tokenizer")
 
 
+def stage_remote_checkpoint(cfg: RunConfig) -> None:
+    """Before the resume is resolved: an ``s3://`` checkpoint is brought into the local staging dir.
+
+    - ``checkpoint.dir: s3://...`` and ``--resume auto|latest``: the checkpoint the remote ``latest``
+      names (complete, every file verified) and, when this output_dir has none yet, the run's
+      tokenizer and W&B run id, so a fresh machine with an empty output_dir continues the run;
+    - ``--resume none`` over a remote dir holding checkpoints: refused like a local one, or with
+      ``--overwrite`` moved aside (``delete``: deleted) remotely;
+    - ``--resume s3://.../step_N``: that checkpoint, fetched into ``$RRG_CACHE_DIR/checkpoints``.
+    """
+    from shards import storage
+    from trainer.runguard import RunDirError
+
+    try:
+        _stage_remote_checkpoint(cfg)
+    except storage.StorageError as err:  # the store kept failing, or 'latest' names a half checkpoint: one line
+        raise RunDirError(f"cannot resume from object storage: {err}") from None
+
+
+def _stage_remote_checkpoint(cfg: RunConfig) -> None:
+    from shards import storage
+    from trainer.runguard import RunDirError
+
+    out, url, resume = Path(cfg.output_dir), cfg.checkpoint.dir, cfg.checkpoint.resume
+    if storage.is_remote(resume):
+        name = resume.rstrip("/").rsplit("/", 1)[-1]
+        local = storage.cache_root() / "checkpoints" / storage.url_key(resume) / name
+        print(f"rrg: fetching checkpoint {resume}", flush=True)
+        cfg.checkpoint.resume = str(storage.fetch_checkpoint(resume.rstrip("/"), local))
+        return
+    if not storage.is_remote(url):
+        return
+    if resume == "none":
+        found = storage.checkpoint_steps(url)
+        if found and not cfg.checkpoint.overwrite:
+            raise RunDirError(f"--resume none but {url} already holds checkpoints ({', '.join(found[:5])}"
+                              f"{' ...' if len(found) > 5 else ''}): use another checkpoint.dir, --resume auto, "
+                              f"or --overwrite (moves them aside)")
+        if found and cfg.checkpoint.overwrite == "delete":
+            storage.clear_checkpoints(url)
+            print(f"rrg: --overwrite delete: removed the previous run's checkpoints in {url}", flush=True)
+        elif found:
+            print(f"rrg: --overwrite: moved the previous run's checkpoints to {storage.move_aside(url)}", flush=True)
+        return
+    local = Path(cfg.checkpoint_dir)
+    fetched = storage.fetch_latest_checkpoint(url, local)
+    if fetched is None:
+        return
+    print(f"rrg: latest checkpoint of {url}: {fetched}", flush=True)
+    tok_dir = out / "tokenizer"
+    if not (tok_dir.is_dir() and any(tok_dir.iterdir())) and storage.fetch_tokenizer(url, tok_dir):
+        print(f"rrg: tokenizer of the run fetched from {url}/tokenizer", flush=True)
+    wandb_id = json.loads((fetched / "meta.json").read_text()).get("wandb_id")
+    if wandb_id and not (out / "wandb_run_id").is_file():
+        (out / "wandb_run_id").write_text(wandb_id)
+
+
 def prepare_run(cfg: RunConfig, pool: Optional[TaskPool] = None) -> dict[str, Any]:
     """Driver-side preparation shared by the Ray and torchrun paths; returns the workers' loop config.
 
@@ -129,11 +197,12 @@ def prepare_run(cfg: RunConfig, pool: Optional[TaskPool] = None) -> dict[str, An
         cfg.data.shards_dir = str(Path(cfg.data.shards_dir).resolve())
     if cfg.checkpoint.dir and not is_remote(cfg.checkpoint.dir):
         cfg.checkpoint.dir = str(Path(cfg.checkpoint.dir).resolve())
-    if cfg.checkpoint.resume not in ("auto", "none", "latest"):
+    if cfg.checkpoint.resume not in ("auto", "none", "latest") and not is_remote(cfg.checkpoint.resume):
         cfg.checkpoint.resume = str(Path(cfg.checkpoint.resume).resolve())
     check_writable(out, "output_dir")
     check_writable(cfg.checkpoint_dir, "checkpoint.dir")
     check_run_dir(out, Path(cfg.checkpoint_dir), cfg.checkpoint.resume, cfg.checkpoint.overwrite)
+    stage_remote_checkpoint(cfg)
     manifest = ensure_shards(cfg, pool)
     check_resume(cfg, manifest)
     cfg.dump(out / "config.yaml")

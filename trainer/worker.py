@@ -69,7 +69,7 @@ class TrainingRun:
                                           use_gpu=cfg.cluster.use_gpu)
         self.family = build_family(cfg.model)
         self.tokenizer = self.family.tokenizer(None, save_dir=loop_config["tokenizer_dir"])
-        self.assets = load_manifest(cfg.data.shards_dir).assets
+        self.assets = load_manifest(cfg.data.shards_dir, cache=cfg.data.cache).assets
         self._fetch_remote_checkpoint()
         self.checkpoints = CheckpointManager(cfg.checkpoint_dir, rank=self.rank, world_size=self.world_size,
                                              keep_last=cfg.checkpoint.keep_last, barrier=_barrier,
@@ -199,7 +199,9 @@ class TrainingRun:
 
         if is_remote(cfg.checkpoint.dir):
             if self.rank == 0:  # data, then COMPLETE, then latest (the local staging dir must be shared)
-                self.logger.note(f"checkpoint published: {publish_checkpoint(path, cfg.checkpoint.dir)}")
+                remote = publish_checkpoint(path, cfg.checkpoint.dir, keep_last=cfg.checkpoint.keep_last,
+                                            tokenizer_dir=Path(self.loop_config["tokenizer_dir"]))
+                self.logger.note(f"checkpoint published: {remote}")
             _barrier()
         return path
 
