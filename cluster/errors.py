@@ -11,6 +11,10 @@ from __future__ import annotations
 from typing import Optional
 
 
+class ClusterStartError(RuntimeError):
+    """The training workers did not get their resources in time (exit code 7)."""
+
+
 def _children(err: BaseException) -> list[BaseException]:
     out: list[BaseException] = []
     failures = getattr(err, "worker_failures", None)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from trainer.config import RunConfig
 from trainer.prepare import EXIT_PREEMPTED, install_stop_handlers
+from trainer.runguard import FATAL, raise_recorded_fatal
 
 
 def free_port() -> int:
@@ -40,6 +41,7 @@ def run_training(cfg: RunConfig, config_path: str | None, overrides: list[str]) 
     install_stop_handlers(stop_file)
     cmd = torchrun_command(config_path, overrides, cfg.cluster.num_workers, free_port())
     (out / "result.json").unlink(missing_ok=True)
+    (out / FATAL).unlink(missing_ok=True)
     proc = subprocess.Popen(cmd, start_new_session=True, env=dict(os.environ))
     while True:
         try:
@@ -52,4 +54,6 @@ def run_training(cfg: RunConfig, config_path: str | None, overrides: list[str]) 
             return EXIT_PREEMPTED
     except (OSError, ValueError):
         pass
+    if rc != 0:
+        raise_recorded_fatal(out)  # a worker's DataError etc.: the CLI prints its one line and exit code
     return rc

@@ -80,6 +80,7 @@ class ClusterConfig:
     cpus_per_worker: float = 1.0
     address: Optional[str] = None  # join an existing Ray cluster; None = embedded local one on loopback
     max_failures: int = 2  # worker-group restarts from the latest checkpoint
+    start_timeout_s: float = 600.0  # a worker group waits this long for its resources, then the run fails (exit 7)
     ray_temp_dir: Optional[str] = None  # default: <output_dir>/../.ray (kept short for unix sockets)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     k8s: K8sConfig = field(default_factory=K8sConfig)
@@ -91,5 +92,7 @@ class ClusterConfig:
             raise ConfigError(f"{key}.cpus_per_worker", "must be > 0")
         if self.max_failures < 0:
             raise ConfigError(f"{key}.max_failures", "must be >= 0")
+        if not self.start_timeout_s > 0 or self.start_timeout_s == float("inf"):
+            raise ConfigError(f"{key}.start_timeout_s", f"must be a finite number of seconds > 0, got {self.start_timeout_s}")
         self.slurm.validate(f"{key}.slurm")
         self.k8s.validate(f"{key}.k8s")

@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--gpus", type=int, default=8, help="GPUs per node (default 8)")
     p.add_argument("--nodes", type=int, default=1)
-    p.add_argument("--gpu-memory", type=float, default=80.0, help="GB per GPU (default 80)")
+    p.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU (default 80)")
     p.add_argument("--studies", type=int, default=None, help="training studies (default: the shard manifest's)")
     p.add_argument("--mfu", type=float, default=0.40, help="model FLOPs utilisation assumed (default 0.40)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="GPU bf16 peak (default H100: 989)")
@@ -440,24 +440,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _known_errors() -> list[tuple[tuple[type, ...], int]]:
-    """(error types, exit code): 2 config, 3 data, 4 checkpoint / run directory, 5 disk, 6 diverged."""
+    """(error types, exit code): the trainer's table (trainer/runguard.py) plus the cluster floor's."""
+    from cluster.errors import ClusterStartError
     from cluster.k8s import ManifestError as RayJobError
-    from modeling.family import TargetError
-    from shards.adapters import AdapterError
-    from shards.buildlock import BuildLockedError
-    from shards.labeling.registry import LabelInputError
-    from shards.manifest import ManifestError
-    from shards.reader import DataError
-    from shards.sidecars import SidecarError
-    from trainer.kg import KGError
-    from trainer.nonfinite import NonFiniteError
-    from trainer.topic_annotate import TopicAnnotationError
-    from trainer.runguard import RunDirError, StorageError
-    from trainer.safe_load import CheckpointTrustError
+    from trainer.runguard import known_errors
 
-    return [((ConfigError, RayJobError), 2), ((ManifestError, DataError, AdapterError, SidecarError, BuildLockedError, LabelInputError,
-                                 TargetError, TopicAnnotationError, KGError), 3),
-            ((CheckpointTrustError, RunDirError), 4), ((StorageError,), 5), ((NonFiniteError,), 6)]
+    return [*known_errors(), ((RayJobError,), 2), ((ClusterStartError,), 7)]
 
 
 def _known_error(err: BaseException) -> tuple[int, BaseException | None]:

@@ -178,17 +178,112 @@ def test_run_dir_guards_refuse_before_writing(run, shards, tmp_path):
 
 @pytest.mark.slow
 def test_diverging_run_stops_without_checkpointing_nan_state(shards, tmp_path):
-    from tests.trainkit import free_port
-
-    out = tmp_path / "nan"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", "-m", "trainer.worker", TINY, f"data.shards_dir={shards}",
-           f"output_dir={out}", "train.lr=1e30", "checkpoint.every_steps=1", "checkpoint.keep_last=2",
-           "train.max_nonfinite_steps=2"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and "NonFiniteError" in proc.stderr, proc.stderr[-3000:]
+    out = tmp_path / "nan"  # the torchrun backend: a worker's known error reaches the CLI as its one line
+    proc = rrg(["train", TINY, "cluster.backend=torchrun", "cluster.num_workers=1", f"data.shards_dir={shards}",
+                f"output_dir={out}", "train.lr=1e30", "checkpoint.every_steps=1", "checkpoint.keep_last=2",
+                "train.max_nonfinite_steps=2"], env=env_offline(tmp_path))
+    code, line = _one_line(proc)
+    assert code == 6 and "not finite" in line, line
     records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     first_bad = min(r["step"] for r in records if set(r) == {"step", "loss"} and not r["loss"] < float("inf"))
     saved = sorted(int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*"))
     assert saved and max(saved) < first_bad, (saved, first_bad)
     assert json.loads((out / "FATAL.json").read_text())["type"] == "NonFiniteError"
+
+
+def _truncated_copy(shards: str, dest: Path) -> str:
+    """A copy of the shards with one training shard cut to a third (the manifest still lists it whole)."""
+    shutil.copytree(shards, dest)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    bad = next(s["file"] for s in manifest["shards"] if s["split"] == "train")
+    path = dest / bad
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    return bad
+
+
+@pytest.mark.slow
+def test_a_bad_shard_is_one_line_exit_3_on_the_driver_and_in_the_workers_and_not_rerun(run, shards, tmp_path):
+    run_dir, _, _ = run
+    bad = _truncated_copy(shards, tmp_path / "shards")
+    common = [f"data.shards_dir={tmp_path / 'shards'}", RAY_TMP, "cluster.max_failures=2"]
+
+    fresh = tmp_path / "fresh"  # a new run trains its tokenizer on the driver, through the verified reader
+    code, line = _one_line(rrg(["train", TINY, f"output_dir={fresh}", *common], env=env_offline(tmp_path)))
+    assert code == 3 and bad in line, line
+    assert not [p for p in fresh.rglob("*") if p.is_file() and p.parent.name in ("checkpoints", "tokenizer")]
+
+    out = tmp_path / "resumed"  # a resumed run has its tokenizer: the workers are the first to read
+    shutil.copytree(run_dir, out, ignore=shutil.ignore_patterns("ray", "wandb"))
+    proc = rrg(["train", TINY, "train.max_steps=40", f"output_dir={out}", *common], env=env_offline(tmp_path))
+    log, _ = proc.communicate(timeout=600)
+    last = [ln for ln in log.splitlines() if ln.startswith("rrg: ")][-1]
+    assert proc.returncode == 3 and bad in last and "Traceback" not in last, log[-4000:]
+    assert json.loads((out / "FATAL.json").read_text())["type"] == "DataError"
+    # Ray restarts the worker group (max_failures), but the restarted group returns at once: it reads
+    # no data and trains no step
+    groups = log.split("Started training worker group")
+    assert len(groups) >= 2 and "resumed from" in groups[1], log[-4000:]
+    assert not any("resumed from" in g or ": loss=" in g for g in groups[2:]), "the worker group re-ran the doomed work"
+    assert not (out / "result.json").exists()
+
+
+def _ray_head(tmp_path: Path, cpus: int) -> tuple[subprocess.Popen, str, dict]:
+    from tests.test_multinode import ray_start, wait_nodes
+    from tests.trainkit import free_port
+
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="1", RAY_AUTH_MODE="token",
+               RAY_AUTH_TOKEN_PATH=str(tmp_path / "token"), PYTHONPATH=str(ROOT), WANDB_MODE="disabled")
+    (tmp_path / "token").write_text(os.urandom(16).hex())
+    address = f"127.0.0.2:{free_port()}"
+    head = ray_start(env, ["--head", "--include-dashboard=false", "--node-ip-address=127.0.0.2",
+                           f"--port={address.split(':')[1]}", "--temp-dir=/tmp/rr-st", f"--num-cpus={cpus}"],
+                     tmp_path / "head.log")
+    wait_nodes(env, address, 1, tmp_path / "head.log")
+    return head, address, env
+
+
+_HOG = """
+import sys, ray
+ray.init(address=sys.argv[1], _node_ip_address="127.0.0.2")
+@ray.remote(num_cpus=2)
+class Hog:
+    def ping(self):
+        return 1
+hog = Hog.options(name="hog", lifetime="detached").remote()
+ray.get(hog.ping.remote())
+"""
+
+
+@pytest.mark.slow
+def test_workers_without_resources_fail_after_the_start_timeout_and_sigterm_stops_the_wait(shards, tmp_path):
+    import signal
+    import time
+
+    head, address, env = _ray_head(tmp_path, cpus=2)
+    try:  # another job holds both CPUs: the totals fit, the workers can never start
+        hog = subprocess.run([sys.executable, "-c", _HOG, address], env=env, capture_output=True, text=True,
+                             timeout=120)
+        assert hog.returncode == 0, hog.stderr[-3000:]
+        common = [TINY, f"data.shards_dir={shards}", "cluster.num_workers=2", "--address", address]
+        t0 = time.time()
+        code, line = _one_line(rrg(["train", *common, f"output_dir={tmp_path / 'a'}", "cluster.start_timeout_s=8"],
+                                   env=env), timeout=240)
+        assert code == 7 and "did not get their resources" in line and "start_timeout_s=8" in line, line
+        assert time.time() - t0 < 150
+
+        out = tmp_path / "b"
+        proc = rrg(["train", *common, f"output_dir={out}"], env=env)  # default timeout: 600 s
+        deadline = time.time() + 120
+        while not (out / "config.yaml").is_file():  # prepared: now waiting for the workers' resources
+            assert time.time() < deadline and proc.poll() is None, "the run never got to start its workers"
+            time.sleep(0.5)
+        time.sleep(3)
+        proc.send_signal(signal.SIGTERM)
+        code, line = _one_line(proc, timeout=120)
+        assert code == 75 and "during start-up" in line, line
+    finally:  # `ray start --block` runs in its own session: stopping it stops the head node
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)

@@ -39,7 +39,8 @@ class StepMeter:
             self.padded_tokens += mask.numel()
         self.skipped += len(batch.get("skipped") or ())
         weight = batch.get("sample_weight")
-        self.samples += int(weight.sum()) if weight is not None else len(batch.get("keys", []))
+        # weights are 1/n per row of an n-row study: round, since float sums fall just short (3 x 1/3 < 1)
+        self.samples += round(float(weight.sum())) if weight is not None else len(batch.get("keys", []))
 
     def summary(self, world_size: int) -> dict[str, float]:
         dt = max(time.perf_counter() - self.t0, 1e-9)

@@ -98,6 +98,15 @@ def _wandb_id(cfg: RunConfig) -> str:
     return run_id
 
 
+_STOPPED_DURING_STARTUP: list[str] = []
+
+
+def stopped_during_startup() -> bool:
+    """True once a stop signal arrived before any worker started (the exit must then be 75: Ray's
+    blocking get turns the handler's SystemExit into its own ``SystemExit(1)``)."""
+    return bool(_STOPPED_DURING_STARTUP)
+
+
 def install_stop_handlers(stop_file: Path, started=lambda: True) -> None:
     """SIGTERM/SIGUSR1: ask the workers to checkpoint and stop; before any worker has started
     training (``started()`` false) there is nothing to save, so the command stops at once (75)."""
@@ -106,6 +115,7 @@ def install_stop_handlers(stop_file: Path, started=lambda: True) -> None:
         stop_file.write_text(name)
         if not started():
             print(f"rrg: received {name} during start-up: stopping", file=sys.stderr, flush=True)
+            _STOPPED_DURING_STARTUP.append(name)
             raise SystemExit(EXIT_PREEMPTED)
         print(f"rrg: received {name}: checkpointing and stopping", file=sys.stderr, flush=True)
 

@@ -102,14 +102,21 @@ def existing_checkpoints(checkpoint_dir: str | os.PathLike) -> list[Path]:
 def check_run_dir(output_dir: Path, checkpoint_dir: Path, resume: str, overwrite: Optional[str]) -> None:
     """Refuse (or with ``overwrite`` = move/delete, clear) a fresh start over an old run's checkpoints."""
     found = existing_checkpoints(checkpoint_dir)
-    if resume != "none" or not found:
-        return
-    if not overwrite:
-        names = ", ".join(p.name for p in found[:5]) + (" ..." if len(found) > 5 else "")
-        raise RunDirError(f"--resume none but {checkpoint_dir} already holds checkpoints ({names}): "
-                          f"use another output_dir, --resume auto, or --overwrite (moves them aside)")
     old = [checkpoint_dir, output_dir / "wandb_run_id", output_dir / "tokenizer", output_dir / "result.json",
            output_dir / "train_log.jsonl"]
+    # a run that died before its first checkpoint still left its tokenizer and W&B id: a fresh start
+    # would silently reuse both (another vocabulary than the config's, the old W&B run)
+    leftovers = [p for p in old[1:] if p.is_file() or (p.is_dir() and any(p.iterdir()))]
+    if resume != "none" or not (found or leftovers):
+        return
+    if not overwrite:
+        if found:
+            names = ", ".join(p.name for p in found[:5]) + (" ..." if len(found) > 5 else "")
+            raise RunDirError(f"--resume none but {checkpoint_dir} already holds checkpoints ({names}): "
+                              f"use another output_dir, --resume auto, or --overwrite (moves them aside)")
+        raise RunDirError(f"--resume none but {output_dir} holds an earlier run's "
+                          f"{', '.join(p.name for p in leftovers)} (no checkpoint): use another output_dir, "
+                          f"--resume auto (continue it), or --overwrite (moves them aside)")
     if overwrite == "delete":
         for p in old:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
@@ -173,29 +180,44 @@ def tokenizer_hash(tokenizer_dir: Path) -> str:
 FATAL = "FATAL.json"
 
 
-def known_error_types() -> dict[str, type]:
+def known_errors() -> list[tuple[tuple[type, ...], int]]:
+    """rrg's own errors below the cluster floor and their exit codes: 2 config, 3 data, 4 checkpoint /
+    run directory, 5 disk, 6 diverged.  The CLI prints them as one line; a worker records them in
+    ``FATAL.json`` so the driver can, and Ray does not rerun the work."""
     from configs.schema import ConfigError
+    from modeling.family import TargetError
     from shards.adapters import AdapterError
+    from shards.buildlock import BuildLockedError
+    from shards.labeling.registry import LabelInputError
     from shards.manifest import ManifestError
     from shards.reader import DataError
     from shards.sidecars import SidecarError
+    from trainer.kg import KGError
     from trainer.nonfinite import NonFiniteError
     from trainer.safe_load import CheckpointTrustError
+    from trainer.topic_annotate import TopicAnnotationError
 
-    types = (ConfigError, ManifestError, DataError, AdapterError, SidecarError, CheckpointTrustError,
-             RunDirError, StorageError, NonFiniteError)
-    return {t.__name__: t for t in types}
+    return [((ConfigError,), 2),
+            ((ManifestError, DataError, AdapterError, SidecarError, BuildLockedError, LabelInputError, TargetError,
+              TopicAnnotationError, KGError), 3),
+            ((CheckpointTrustError, RunDirError), 4), ((StorageError,), 5), ((NonFiniteError,), 6)]
+
+
+def known_error_types() -> dict[str, type]:
+    return {t.__name__: t for types, _ in known_errors() for t in types}
 
 
 def record_fatal(output_dir: str | os.PathLike, err: BaseException) -> bool:
     """Write ``FATAL.json`` for an error rrg knows (the first one wins); True if it was one."""
-    if type(err).__name__ not in known_error_types() or not isinstance(err, tuple(known_error_types().values())):
+    known = known_error_types()
+    name = next((c.__name__ for c in type(err).__mro__ if known.get(c.__name__) is c), None)
+    if name is None:
         return False
     path = Path(output_dir) / FATAL
     if not path.exists():
         from configs.atomic import atomic_write_json
 
-        atomic_write_json(path, {"type": type(err).__name__, "message": str(err)})
+        atomic_write_json(path, {"type": name, "message": str(err)})
     return True
 
 

@@ -174,6 +174,7 @@ class TrainingRun:
         else:
             set_rng_state(client["rng"], rng)
         state.step = point.step
+        state.skipped = int(point.meta.get("skipped_samples", 0))  # the run's total, not only this process's part
         self.wandb_id = point.meta.get("wandb_id") or self.wandb_id
 
     def save_checkpoint(self, step: int) -> Path:
@@ -191,7 +192,8 @@ class TrainingRun:
                 "stage": self.stage_index, "stage_name": self.stages[self.stage_index].name,
                 "manifest_fingerprint": reader.get("fingerprint"),
                 "precision": cfg.train.precision, "config": cfg.to_dict(),
-                "tokenizer_sha256": self.tokenizer_sha256}
+                "tokenizer_sha256": self.tokenizer_sha256,
+                "skipped_samples": self.loop_state.skipped}  # summed over ranks, up to the last log step
         path = self.checkpoints.save(step, write_shards=write_shards, meta=meta,
                                      client={"reader": reader, "step": step})
         self.logger.note(f"checkpoint: {path}")
@@ -229,7 +231,7 @@ class TrainingRun:
         pid_dir = Path(cfg.output_dir) / "pids"
         pid_dir.mkdir(parents=True, exist_ok=True)
         (pid_dir / f"rank_{self.rank}.pid").write_text(str(os.getpid()))
-        state = LoopState()
+        state = self.loop_state = LoopState()
         self.universal = False
         if self.resume is not None:
             self._restore(state)
@@ -347,10 +349,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         TrainingRun(cfg, loop_config).run()
     except Exception as err:
-        from trainer.runguard import record_fatal
+        from trainer.runguard import known_errors, record_fatal
 
-        record_fatal(cfg.output_dir, err)  # the same record as under Ray, for the job's wrapper
-        raise
+        if not record_fatal(cfg.output_dir, err):  # the same record as under Ray, for the job's wrapper
+            raise
+        code = next(c for types, c in known_errors() if isinstance(err, types))
+        print(f"rrg: rank {dist.get_rank()}: {err}", file=sys.stderr, flush=True)  # rrg's own error: no traceback
+        sys.exit(code)
     if dist.get_rank() == 0:
         try:
             finish_run(cfg)
