@@ -3,7 +3,8 @@
 As in the paper: a frozen vision encoder gives a patch grid (a ViT at 224 px gives 14x14;
 a CNN's last feature map works too).  The anatomy branch takes K region masks, either
 cached in the shards (``mask_source: shard``) or predicted by a frozen segmentation network
-inside the model (``mask_source: model``: a local TorchScript file), average-pools them to
+inside the model (``mask_source: model``: a local segmenter directory in ``shards/segmenter.py``'s
+safetensors layout, or a TorchScript file), average-pools them to
 the grid, and maps them with a trainable 1x1 convolution from K to ``mask_embed_dim``.  The
 result is concatenated with the patch features, and a trainable MLP maps that to LM tokens.
 The LM gets LoRA on its attention projections.  Only the MLP, the 1x1 convolution and the
@@ -11,10 +12,16 @@ LoRA matrices train (``tuning: lora``); ``tuning: projector`` trains the MLP and
 
 The masks are an input derived from the image, so they reach ``generate`` (eval mode) and
 both ablations know them: ``masks`` zeroes them (the paper's "+anatomy" ablation) and
-``black`` blanks the image and the masks together.
+``black`` blanks the image and the masks together, for both mask sources (a model-side segmenter
+is bypassed by the zeroed masks the ablation hands it).
+
+Exports hold safetensors only: a directory segmenter is written into ``segmenter/``; a TorchScript
+segmenter is code, so the export records its path instead of copying it, and loading the export
+needs that file where the path says.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Optional
@@ -37,8 +44,9 @@ from modeling.vision import image_stats
 class RadixpertOptions:
     mask_source: Literal["shard", "model"] = "shard"
     mask_channels: list[str] = field(default_factory=list)  # shard mask channels used, in this order
-    segmenter: Optional[str] = None  # mask_source model: a TorchScript segmentation network (image -> K logits)
-    num_masks: int = 0  # K for mask_source model (and a check for shard channels); 0: len(mask_channels)
+    segmenter: Optional[str] = None  # mask_source model: a segmenter directory (shards/segmenter.py layout;
+    # mask_channels picks its outputs, default all) or a TorchScript file (normalised pixels -> K logits)
+    num_masks: int = 0  # K for a TorchScript segmenter (and a check for shard channels); 0: len(mask_channels)
     mask_embed_dim: int = 64  # D_emb of the 1x1 convolution
 
 
@@ -54,15 +62,55 @@ class MaskBranch(nn.Module):
         return self.conv(pooled).flatten(2).transpose(1, 2)
 
 
-def load_segmenter(path: str) -> nn.Module:
-    """A frozen TorchScript segmentation network (a local file; never fetched)."""
-    if not os.path.isfile(path):
+class ImageSegmenter(nn.Module):
+    """A frozen ``shards/segmenter.py`` U-Net on the model's own input: the normalised pixels are
+    taken back to [0, 1] grey, segmented at the U-Net's input size and the logits of the chosen
+    channels resized back to the image (what ``rrg shards masks`` computes, inside the model)."""
+
+    def __init__(self, unet: nn.Module, config: dict, channels: list[str], mean, std):
+        super().__init__()
+        self.unet, self.config = unet, dict(config)
+        self.channels = list(channels) or list(config["channels"])
+        missing = [c for c in self.channels if c not in config["channels"]]
+        if missing:
+            raise ValueError(f"model.options.mask_channels {missing} are not outputs of the segmenter "
+                             f"({config['channels']})")
+        self.index = [list(config["channels"]).index(c) for c in self.channels]
+        self.input_size = int(config.get("input_size", 256))
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        grey = (pixel_values.float() * self.std + self.mean).mean(dim=1, keepdim=True).clamp(0, 1)
+        size = pixel_values.shape[-2:]
+        x = F.interpolate(grey, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        logits = self.unet(x)[:, self.index]
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+    def save(self, directory: str) -> None:
+        self.unet.save_pretrained(directory, list(self.config["channels"]), self.input_size)
+
+
+def load_segmenter(path: str, channels: list[str], mean, std) -> nn.Module:
+    """The frozen segmentation network of ``mask_source: model`` (local only; never fetched): a
+    directory in ``shards/segmenter.py``'s layout (config.json + model.safetensors), or a TorchScript
+    file mapping the model's normalised pixels to K mask logits."""
+    if os.path.isdir(path):
+        from shards.segmenter import UNet
+
+        unet, config = UNet.from_pretrained(path)
+        net = ImageSegmenter(unet, config, channels, mean, std)
+    elif os.path.isfile(path):
+        net = torch.jit.load(path, map_location="cpu")
+    else:
         raise FileNotFoundError(f"segmenter not found: {path} (model.options.segmenter)")
-    net = torch.jit.load(path, map_location="cpu")
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
     return net
+
+
+SEGMENTER_DIR = "segmenter"  # inside an export: the frozen directory segmenter (safetensors)
 
 
 class Radixpert(LlavaRad):
@@ -113,14 +161,17 @@ class Radixpert(LlavaRad):
         super().save_pretrained(directory, merge=merge)
         state = {k: v.detach().cpu().contiguous() for k, v in self.mask_branch.state_dict().items()}
         save_file(state, os.path.join(directory, "mask_branch.safetensors"))
-        if self.segmenter is not None:  # the frozen segmenter travels with the export
-            self.segmenter.save(os.path.join(directory, "segmenter.pt"))
+        if isinstance(self.segmenter, ImageSegmenter):  # the frozen segmenter travels with the export
+            self.segmenter.save(os.path.join(directory, SEGMENTER_DIR))
+        elif self.segmenter is not None:  # TorchScript is code: referenced (model.options.segmenter), not copied
+            print(f"rrg: export {directory}: the TorchScript segmenter {self.cfg.options.get('segmenter')} is "
+                  f"referenced, not copied (exports hold safetensors only): keep it at that path", flush=True)
 
     @classmethod
     def from_pretrained(cls, directory: str) -> "Radixpert":
         _, cfg, _ = read_model_json(directory)
-        if os.path.isfile(os.path.join(directory, "segmenter.pt")):
-            cfg.options = dict(cfg.options, segmenter=os.path.join(directory, "segmenter.pt"))
+        if os.path.isdir(os.path.join(directory, SEGMENTER_DIR)):
+            cfg.options = dict(cfg.options, segmenter=os.path.join(directory, SEGMENTER_DIR))
         model = super().from_pretrained(directory, cfg=cfg)
         model.mask_branch.load_state_dict(load_file(os.path.join(directory, "mask_branch.safetensors")))
         return model
@@ -166,6 +217,10 @@ class RadixpertFamily(LlavaRadFamily):
 
     @property
     def num_masks(self) -> int:
+        seg = self.opts.segmenter
+        if self.opts.mask_source == "model" and seg and os.path.isdir(seg) and not self.opts.mask_channels:
+            with open(os.path.join(seg, "config.json")) as f:  # every output of a directory segmenter
+                return len(json.load(f)["channels"])
         k = len(self.opts.mask_channels) or self.opts.num_masks
         if k < 1:
             raise ValueError("radixpert needs model.options.mask_channels (shard masks) or num_masks >= 1")
@@ -184,8 +239,9 @@ class RadixpertFamily(LlavaRadFamily):
         segmenter = None
         if opts.mask_source == "model":
             if not opts.segmenter:
-                raise ValueError("model.options.segmenter: mask_source 'model' needs a TorchScript segmenter file")
-            segmenter = load_segmenter(opts.segmenter)
+                raise ValueError("model.options.segmenter: mask_source 'model' needs a segmenter directory or "
+                                 "TorchScript file")
+            segmenter = load_segmenter(opts.segmenter, opts.mask_channels, *image_stats(self.cfg.vision))
         return Radixpert(self.cfg, vision, projector, lm, tok, MaskBranch(self.num_masks, opts.mask_embed_dim),
                          segmenter)
 
@@ -210,10 +266,17 @@ class RadixpertFamily(LlavaRadFamily):
 
         return partial(collate_mask_batch, pad_token_id=tok.pad_token_id)
 
+    def _zero_masks(self, batch: dict) -> torch.Tensor:
+        """Zeroed masks for ``batch``: given to the model, they also bypass a model-side segmenter."""
+        if "masks" in batch:
+            return torch.zeros_like(batch["masks"])
+        pix = batch["pixel_values"]
+        return torch.zeros(pix.shape[0], self.num_masks, *pix.shape[-2:], dtype=pix.dtype, device=pix.device)
+
     def ablate(self, batch: dict, kind: str) -> dict:
         if kind == "masks":
-            return {**batch, "masks": torch.zeros_like(batch["masks"])} if "masks" in batch else batch
+            return {**batch, "masks": self._zero_masks(batch)}
         if kind == "black":
             out = super().ablate(batch, "black")
-            return {**out, "masks": torch.zeros_like(out["masks"])} if "masks" in out else out
+            return {**out, "masks": self._zero_masks(out)}
         return super().ablate(batch, kind)

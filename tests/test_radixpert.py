@@ -143,3 +143,48 @@ def test_export_round_trip_and_cnn_encoder_and_model_masks(fam_tok_model, tmp_pa
     groups = apply_tuning(cnn, cnn_fam, TuningSpec("projector"))
     assert not any(p.requires_grad for p in cnn.segmenter.parameters())
     assert [g.name for g in groups] == ["mlp", "mask_conv"]
+
+
+def test_model_segmenter_directory_exports_as_safetensors_and_the_ablations_bypass_it(fam_tok_model, tmp_path):
+    """``mask_source: model`` with a segmenter directory (shards/segmenter.py's layout): the masks are
+    computed inside the model, both ablations replace them with zeros, and the export carries the
+    segmenter as safetensors (no pickle, no TorchScript) and reloads to the same logits."""
+    from safetensors.torch import load_file
+
+    from shards.segmenter import UNet
+
+    _, tok, _ = fam_tok_model
+    outputs = ["left_lung", "right_lung", "heart", "mediastinum", "diaphragm", "trachea", "spine"]
+    torch.manual_seed(1)
+    unet = UNet(1, len(outputs), width=4, depth=2)
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.normal_(0, 0.5)
+    unet.save_pretrained(str(tmp_path / "unet"), outputs, input_size=32)
+    fam = build_family(cfg(mask_source="model", segmenter=str(tmp_path / "unet"), mask_channels=["heart", "spine"]))
+    torch.manual_seed(0)
+    model = fam.build_model(tok).eval()
+    assert fam.num_masks == 2 and model.mask_branch.conv.in_channels == 2
+    with torch.no_grad():
+        for p in model.mask_branch.parameters():
+            p.normal_(0, 0.5)
+    batch = tensors(fam.collate(tok)([fam.sample_builder(tok, "eval")(s) for s in samples(2)]))
+    assert "masks" not in batch
+    with torch.no_grad():
+        own = model.segmenter(batch["pixel_values"])
+        assert own.shape == (2, 2, 32, 32) and float(own.std()) > 0
+        ref = model.image_features(batch["pixel_values"])
+        for kind in ("masks", "black"):
+            ablated = fam.ablate(batch, kind)
+            assert ablated["masks"].shape == (2, 2, 32, 32) and float(ablated["masks"].abs().sum()) == 0
+            feats = model.image_features(ablated["pixel_values"], ablated["masks"])
+            assert not torch.allclose(feats, ref), kind  # the zeroed masks, not the segmenter's, were used
+        logits = model(**batch).logits
+    fam.save_pretrained(model, str(tmp_path / "export"), merge=True)
+    files = [p for p in (tmp_path / "export").rglob("*") if p.is_file()]
+    assert not [p for p in files if p.suffix in (".pt", ".pth", ".bin", ".pkl")], files
+    seg = tmp_path / "export" / "segmenter" / "model.safetensors"
+    assert seg.is_file() and set(load_file(str(seg))) == set(unet.state_dict())
+    back = load_pretrained(str(tmp_path / "export")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(back(**batch).logits, logits, atol=1e-5, rtol=1e-5)
