@@ -18,6 +18,14 @@ from pathlib import Path
 from typing import Iterator
 
 LOCK_NAME = ".build.lock"
+EMPTY_LOCK_GRACE_S = 30.0  # a holder writes its pid microseconds after creating the lock
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 class BuildLockedError(RuntimeError):
@@ -71,6 +79,12 @@ def build_lock(out: str | os.PathLike, wait_s: float = 0.0, poll_s: float = 0.5)
         pid, host = holder.get("pid"), holder.get("host")
         if host == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
             print(f"rrg: removing a stale build lock {path} (pid {pid} on {host} is gone)", flush=True)
+            path.unlink(missing_ok=True)
+            continue
+        if not isinstance(pid, int) and _age(path) > EMPTY_LOCK_GRACE_S:
+            # created but never written (the holder died between the two): nobody can be building
+            print(f"rrg: removing an empty build lock {path} (no holder written for "
+                  f"{_age(path):.0f}s)", flush=True)
             path.unlink(missing_ok=True)
             continue
         if time.monotonic() >= deadline:

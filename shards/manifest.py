@@ -112,6 +112,29 @@ class Manifest:
         return path
 
 
+def _disagreeing(m: "Manifest", limit: int = 3) -> str:
+    """The listed shards whose file disagrees with its entry (missing, other size, other sha256), named."""
+    import hashlib
+
+    bad = []
+    for shard in m.shards:
+        f = m.root / shard.file
+        if not f.is_file():
+            bad.append(f"{shard.file} missing")
+        elif f.stat().st_size != shard.num_bytes:
+            bad.append(f"{shard.file} is {f.stat().st_size} bytes, listed {shard.num_bytes}")
+        else:
+            h = hashlib.sha256()
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+            if h.hexdigest() != shard.sha256:
+                bad.append(f"{shard.file} sha256 {h.hexdigest()[:12]}..., listed {shard.sha256[:12]}...")
+        if len(bad) > limit:
+            break
+    return ": " + "; ".join(bad[:limit]) + (" ..." if len(bad) > limit else "") if bad else ""
+
+
 def load_manifest(shards_dir: str | os.PathLike, cache: bool = True) -> Manifest:
     """The manifest at ``shards_dir``; an ``s3://`` (fsspec) URL is first synced into the local cache
     (shards streamed and sha256-verified, retried; see shards/storage.py), or with ``cache=False``
@@ -151,7 +174,8 @@ def load_manifest(shards_dir: str | os.PathLike, cache: bool = True) -> Manifest
     except (KeyError, TypeError) as err:
         raise ManifestError(f"manifest {path} is malformed ({err!r}): rebuild the shards") from None
     if m.compute_fingerprint() != m.fingerprint:
-        raise ManifestError(f"manifest {path}: fingerprint does not match its shard list (edited by hand?)")
+        raise ManifestError(f"manifest {path}: fingerprint does not match its shard list (edited by hand?)"
+                            f"{_disagreeing(m)}; rebuild the shards (`rrg shards build`), never reuse it as is")
     from shards.sidecars import SidecarError, load_assets, load_sidecars
 
     try:

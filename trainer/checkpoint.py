@@ -201,6 +201,14 @@ class CheckpointManager:
     def ensure_universal(self, point: ResumePoint) -> str:
         """Convert ``point`` to DeepSpeed's universal format once (rank 0); returns the tag to load."""
         target = point.path / UNIVERSAL_TAG
+        if self.rank == 0 and (target / "COMPLETE").is_file() and not self.trusted:
+            from trainer.safe_load import CheckpointTrustError, verify_checkpoint
+
+            try:  # a conversion that came with a copied checkpoint is not trusted: made here again
+                verify_checkpoint(target)
+            except CheckpointTrustError as err:
+                print(f"rrg: converting {point.path} to the universal format again ({err})", flush=True)
+                shutil.rmtree(target)
         if self.rank == 0 and not (target / "COMPLETE").is_file():
             tmp = point.path / f".tmp-{UNIVERSAL_TAG}"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -213,7 +221,9 @@ class CheckpointManager:
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"universal checkpoint conversion of {point.path} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-            _atomic_write(tmp / "COMPLETE", "universal")
+            from trainer.safe_load import write_complete
+
+            write_complete(tmp, UNIVERSAL_TAG, _atomic_write)  # hashed like every checkpoint rrg writes
             shutil.rmtree(target, ignore_errors=True)
             os.rename(tmp, target)
         self.barrier()

@@ -139,7 +139,8 @@ class Trainer:
         finite = self.finite
         if not logged:  # losses since the last log step are still pending on the device
             finite = not self._agree(not all(torch.isfinite(l).all() for _, l in self.state.step_losses))
-            finite = self.guard.observe(self.state.step, [1.0 if finite else float("nan")])
+            # and the last update's gradient norm: a finite loss with a NaN gradient leaves NaN weights
+            finite = self.guard.observe(self.state.step, [1.0 if finite else float("nan"), self.strategy.grad_norm()])
         if finite:
             self.save_checkpoint(self.state.step)
         else:

@@ -4,7 +4,9 @@ The loop hands the guard the loss / grad-norm values it already synchronised for
 logging (and, before a checkpoint, the pending step losses).  A checkpoint is
 never written from a non-finite state, so ``keep_last`` never rotates the good
 ones away; after ``train.max_nonfinite_steps`` consecutive non-finite checks the
-run stops with :class:`NonFiniteError` (one line, its own exit code).
+run stops with :class:`NonFiniteError` (one line, its own exit code).  Checks happen at
+log steps and checkpoint steps (the values are synchronised there anyway), so the limit
+counts checks: with ``logging.every_steps: 10`` a limit of 3 stops within ~30 steps.
 """
 from __future__ import annotations
 
