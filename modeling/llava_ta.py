@@ -17,12 +17,21 @@ Generation asks one sentence per selected topic and joins them in ontology order
 ``predicted`` (head probability >= ``threshold``, at least the top one), or ``oracle`` (the
 reference's topics from the ``topics`` overlay of the eval split: an *oracle input*, stamped
 into metrics.json).  Ablations: ``segment`` blanks S only, ``black`` blanks I and S.
+
+The ontology is the ``topic_ontology`` dataset asset, one object for the model and the sample
+builders: ``build_model(tok, assets)`` binds the shards' asset to the family (training, export);
+a family built from an export's config reads the export's copy (``<export>/assets``: evaluation,
+``rrg generate``); the built-in table only where neither exists (unit tests, ``rrg plan``).
+``model.options.region_channels`` maps regions to the mask channels of another segmenter.
+
+Training batches pack (``train.packing``, modeling/packing.py): each topic row is one packed
+segment carrying its k image placeholders, and its weight stays ``1 / num_rows`` of its study.
 """
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Callable, Iterable, Literal, Optional
 
@@ -32,8 +41,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from configs.schema import ConfigError
-from modeling.family import FAMILIES, GenConfig, Generation, ModelFamily, ParamGroup
-from modeling.llava_rad import LlavaRad, LlavaRadFamily, VLMOutput, export_family, splice_image_features, weighted_lm_loss
+from modeling.family import FAMILIES, MODEL_JSON, GenConfig, Generation, ModelFamily, ParamGroup
+from modeling.llava_rad import LlavaRad, LlavaRadFamily, VLMOutput, export_family, splice_image_features
 from modeling.tuning import TuningSpec, lora_parameters, wrap_lora
 from modeling.projector import build_projector
 from modeling.tokenizer import get_tokenizer
@@ -53,6 +62,9 @@ class TopicOptions:
     selection: Literal["all", "predicted", "oracle"] = "predicted"
     threshold: float = 0.5  # predicted selection: head probability (eval.family_options.threshold overrides)
     head_loss_weight: float = 1.0
+    # region -> mask channels, replacing the ontology's table for those regions: masks from a segmenter
+    # whose channels are named otherwise (`rrg shards masks` with CXAS: {vertebrae: [spine], ...})
+    region_channels: dict[str, list[str]] = field(default_factory=dict)
 
 
 class LlavaTA(LlavaRad):
@@ -68,21 +80,26 @@ class LlavaTA(LlavaRad):
     def head_logits(self, vision_feats: torch.Tensor) -> torch.Tensor:
         return self.topic_head(vision_feats.mean(1).float())
 
-    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                labels: torch.Tensor, sample_weight: torch.Tensor, topic_targets: torch.Tensor) -> VLMOutput:
-        bsz, k = pixel_values.shape[:2]
-        vis = self.vision(pixel_values.flatten(0, 1))  # (B * k, N, Hv): one shared encoder for I and S
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                labels: Optional[torch.Tensor] = None, sample_weight: Optional[torch.Tensor] = None,
+                topic_targets: Optional[torch.Tensor] = None, segment_ids: Optional[torch.Tensor] = None) -> VLMOutput:
+        """Topic rows (``pixel_values`` (R, k, C, H, W)); ``segment_ids`` instead of ``attention_mask``:
+        the rows packed into fewer LM rows (modeling/packing.py; per-row tensors in packed order)."""
+        if labels is None or topic_targets is None:
+            raise ValueError("llava_ta's forward trains on topic rows: labels and topic_targets are needed")
+        packed = segment_ids is not None
+        rows, k = pixel_values.shape[:2]
+        vis = self.vision(pixel_values.flatten(0, 1))  # (R * k, N, Hv): one shared encoder for I and S
         table = self.lm.get_input_embeddings()
         embeds = table(input_ids.masked_fill(input_ids == self.image_token_id, 0))
-        embeds, mask, labels = splice_image_features(embeds, input_ids, attention_mask, self.projector(vis),
-                                                     self.image_token_id, labels)
-        logits = self.lm(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
-        loss, weight_sum = weighted_lm_loss(logits, labels, sample_weight)
-        head = self.head_logits(vis.view(bsz, k, *vis.shape[1:])[:, 0])
+        embeds, mask, labels = splice_image_features(embeds, input_ids, segment_ids if packed else attention_mask,
+                                                     self.projector(vis), self.image_token_id, labels)
+        out = self.lm_forward(embeds, mask, labels, sample_weight, packed)
+        head = self.head_logits(vis.view(rows, k, *vis.shape[1:])[:, 0])
         bce = F.binary_cross_entropy_with_logits(head, topic_targets.float(), reduction="none").mean(1)
-        w = sample_weight.float()
-        loss = loss + self.opts.head_loss_weight * (bce * w).sum() / w.sum().clamp(min=1e-12)
-        return VLMOutput(loss=loss, logits=logits, weight_sum=weight_sum)
+        w = sample_weight.float() if sample_weight is not None else torch.ones_like(bce)
+        out.loss = out.loss + self.opts.head_loss_weight * (bce * w).sum() / w.sum().clamp(min=1e-12)
+        return out
 
     @torch.no_grad()
     def select_topics(self, global_image: torch.Tensor, selection: str,
@@ -107,6 +124,9 @@ class LlavaTA(LlavaRad):
         """Per study: [(topic, sentence)] in ontology order, and the selected topics."""
         selected = self.select_topics(batch["global_image"], selection, batch.get("oracle_topics"), threshold)
         segmented = "segments" in batch
+        if segmented and list(batch["segment_topics"]) != self.onto.names:
+            raise ValueError(f"eval rows carry S for topics {batch['segment_topics']}, the model's ontology has "
+                             f"{self.onto.names}: build the sample builder from the same ontology asset")
         jobs = [(i, t) for i, topics in enumerate(selected) for t in topics]
         texts: dict[tuple[int, str], str] = {}
         for start in range(0, len(jobs), chunk):
@@ -151,6 +171,19 @@ class LlavaTA(LlavaRad):
         return model
 
 
+def _export_ontology(cfg) -> Optional[Ontology]:
+    """The ontology an export carries, when ``cfg`` is an export's config (``export_family`` points
+    ``lm.path`` at ``<export>/lm``; ``<export>`` holds rrg_model.json and ``assets/topic_ontology``)."""
+    if not cfg.lm.path:
+        return None
+    root = os.path.dirname(os.path.normpath(cfg.lm.path))
+    path = os.path.join(root, "assets", ASSET_NAME, ASSET_FILE)
+    if not (os.path.isfile(os.path.join(root, MODEL_JSON)) and os.path.isfile(path)):
+        return None
+    with open(path) as fh:
+        return Ontology.from_json(json.load(fh))
+
+
 @FAMILIES.register("llava_ta")
 class LlavaTAFamily(ModelFamily):
     name = "llava_ta"
@@ -171,6 +204,26 @@ class LlavaTAFamily(ModelFamily):
         super().__init__(cfg)
         if not 0.0 < self.opts.threshold < 1.0:
             raise ConfigError("model.options.threshold", "must be within (0, 1)")
+        self._onto: Optional[Ontology] = None
+        self._with_options(Ontology())  # a bad region table fails when the family is built
+
+    def _with_options(self, onto: Ontology) -> Ontology:
+        try:
+            return onto.with_region_channels(self.opts.region_channels)
+        except ValueError as err:
+            raise ConfigError("model.options.region_channels", str(err)) from None
+
+    def ontology(self, assets: Optional[dict[str, Any]] = None) -> Ontology:
+        """The topic ontology of this family instance (see the module docstring), region table from options.
+
+        ``assets`` holding ``topic_ontology`` (an Asset or an Ontology) binds it; later calls return it."""
+        asset = (assets or {}).get(ASSET_NAME)
+        if asset is not None:
+            self._onto = self._with_options(asset if isinstance(asset, Ontology)
+                                            else Ontology.from_json(asset.read_json(ASSET_FILE)))
+        elif self._onto is None:
+            self._onto = self._with_options(_export_ontology(self.cfg) or Ontology())
+        return self._onto
 
     def tokenizer(self, train_texts: Optional[Iterable[str]] = None, save_dir: Optional[str] = None):
         lm = self.cfg.lm
@@ -178,7 +231,7 @@ class LlavaTAFamily(ModelFamily):
         texts = None
         if path is None and train_texts is not None:
             prompts = [(PROMPT_TA if self.segmented else PROMPT_T).format(image="", topic=t.phrase)
-                       for t in Ontology().topics]
+                       for t in self.ontology().topics]
             texts = [*prompts, *train_texts]
         return get_tokenizer(path, texts, lm.tokenizer_vocab_size, save_dir)
 
@@ -192,9 +245,7 @@ class LlavaTAFamily(ModelFamily):
     def build_model(self, tok, assets: Optional[dict[str, Any]] = None) -> LlavaTA:
         from modeling.attention import hf_attn_name
 
-        onto = (assets or {}).get(ASSET_NAME) or Ontology()
-        if not isinstance(onto, Ontology):  # a shards.sidecars.Asset
-            onto = Ontology.from_json(onto.read_json(ASSET_FILE))
+        onto = self.ontology(assets)  # the sample builders of this family use the same one
         attn = hf_attn_name(self.cfg.attn_implementation)
         vision = VisionEncoder(load_vision_model(self.cfg.vision, attn), self.cfg.vision.select_layer)
         lm = LlavaRadFamily.build_lm(self, tok, attn)  # its options are not ours: borrow the method
@@ -227,7 +278,7 @@ class LlavaTAFamily(ModelFamily):
         mean, std = image_stats(self.cfg.vision)
         pre = partial(preprocess_image, size=self.cfg.vision.image_size, channels=self.cfg.vision.channels,
                       mean=mean, std=std)
-        return TopicRowBuilder(tok, Ontology(), pre, self.cfg.max_text_len, self.segmented, self.opts.crop,
+        return TopicRowBuilder(tok, self.ontology(), pre, self.cfg.max_text_len, self.segmented, self.opts.crop,
                                train=mode == "train", oracle=mode != "train" and self._selection(gen) == "oracle",
                                whole_report=target == "report")
 
@@ -269,7 +320,8 @@ class LlavaTAFamily(ModelFamily):
                 continue
             text = " ".join(s for _, s in rows if s)
             out.append(Generation(batch["study_ids"][i], batch["references"][i], text,
-                                  trace=json.dumps([{"topic": t, "sentence": s} for t, s in rows]),
+                                  trace=json.dumps([{"topic": t, "sentence": s, "channels": model.onto.channels(t)}
+                                                    for t, s in rows]),  # channels: the report's overlay
                                   extra={"topics": selected[i], "selection": self._selection(gen)}))
         return out
 

@@ -4,7 +4,8 @@
 blanks (zeros) everything else; with ``crop`` it is then cut to the bounding box of that
 union (the vision preprocessing resizes it back to the encoder's size).  Region masks come
 from ``DecodedSample.masks`` by channel name through the ontology's region table
-(shards/topic_ontology.py), so any dataset whose masks name the CXAS channels works.
+(shards/topic_ontology.py; ``model.options.region_channels`` replaces it per region), so the
+demo's drawn masks and a segmenter's (``rrg shards masks``, e.g. CXAS channels) both work.
 
 A training study fans out into one row per annotated topic (the ``topics`` sidecar, in
 ontology order), each row weighted ``1 / num_rows`` so that the loss and the throughput
@@ -35,8 +36,9 @@ def region_mask(masks: Optional[np.ndarray], channels: list[str], wanted: list[s
         raise TopicDataError(f"study {key}: no masks, but LLaVA-TA's segmented image needs region masks")
     missing = [c for c in wanted if c not in channels]
     if missing:
-        raise TopicDataError(f"study {key}: mask channel(s) {missing} missing (has {channels}); "
-                             f"rebuild the shards with masks for every CXAS region")
+        raise TopicDataError(f"study {key}: mask channel(s) {missing} missing (has {channels}); map the "
+                             f"regions to these channels (model.options.region_channels) or give the shards "
+                             f"masks for every region")
     return np.any(masks[[channels.index(c) for c in wanted]], axis=0)
 
 
@@ -125,6 +127,7 @@ class TopicRowBuilder:
                     mask = region_mask(sample.masks, list(sample.mask_channels), list(chans), sample.key)
                     done[chans] = self.preprocess(segment_image(image, mask, self.crop))
             row["segments"] = torch.stack([done[tuple(self.onto.channels(t))] for t in self.onto.names])
+            row["segment_topics"] = self.onto.names  # which topic each S is (the model checks its own)
         if self.oracle:
             if sample.annotations.get("topics") is None:
                 raise TopicDataError(f"study {sample.key} ({sample.shard}): the oracle selection reads the eval split's "
@@ -146,6 +149,7 @@ def collate_topic_rows(items: list, pad_token_id: int) -> dict:
                                  "sample_weight": torch.tensor([float(it.get("sample_weight", 1.0)) for it in items])}
         if "segments" in items[0]:
             batch["segments"] = torch.stack([it["segments"] for it in items])
+            batch["segment_topics"] = items[0]["segment_topics"]
         if "oracle_topics" in items[0]:
             batch["oracle_topics"] = [it["oracle_topics"] for it in items]
         return batch

@@ -4,7 +4,9 @@ Topics are hierarchical by prefix: pathology topics ``disease-*`` (one per CheXp
 observation a sentence can be about), anatomy topics ``organ-*`` (normal/descriptive
 statements about a structure) and auxiliary topics ``aux-*`` (support devices, the global
 impression).  The list order is *the* order: the decomposer sorts a study's topic rows by it
-and inference joins per-topic sentences in it.
+and inference joins per-topic sentences in it.  One auxiliary topic is the ontology's *fallback*
+(``aux-other``, "other findings", all regions): a statement no other topic covers goes there,
+so every kept sentence of a report has exactly one topic.
 
 Every topic maps to one or more of the 7 CXAS regions; every region maps to the mask channels
 that draw it (``REGION_CHANNELS``; the demo phantoms draw all of them, see shards/demo.py).
@@ -21,7 +23,8 @@ REGIONS = ("lungs", "heart", "mediastinum", "diaphragm", "ribs", "vertebrae", "a
 REGION_CHANNELS = {"lungs": ("left_lung", "right_lung"), "heart": ("heart",), "mediastinum": ("mediastinum",),
                    "diaphragm": ("diaphragm",), "ribs": ("ribs",), "vertebrae": ("vertebrae",),
                    "abdomen": ("abdomen",)}
-ASSET_NAME, ASSET_FILE, ONTOLOGY_VERSION = "topic_ontology", "ontology.json", "1"
+ASSET_NAME, ASSET_FILE, ONTOLOGY_VERSION = "topic_ontology", "ontology.json", "2"
+FALLBACK = "aux-other"  # the topic of statements no other topic covers
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ def _t(name: str, phrase: str, regions: str, label: Optional[str] = None) -> Top
     return Topic(name, phrase, tuple(regions.split()), label)
 
 
-# report order: devices, heart + mediastinum, lungs, pleura, bones, below the diaphragm, impression
+# report order: devices, heart + mediastinum, lungs, pleura, bones, below the diaphragm, other, impression
 TOPICS: tuple[Topic, ...] = (
     _t("aux-support_devices", "support devices", "mediastinum lungs heart abdomen", "Support Devices"),
     _t("organ-heart", "heart", "heart"),
@@ -67,6 +70,7 @@ TOPICS: tuple[Topic, ...] = (
     _t("organ-bones", "bones", "ribs vertebrae"),
     _t("disease-fracture", "fracture", "ribs vertebrae", "Fracture"),
     _t("organ-diaphragm", "diaphragm and upper abdomen", "diaphragm abdomen"),
+    _t(FALLBACK, "other findings", " ".join(REGIONS)),
     _t("aux-impression", "overall impression", "lungs heart mediastinum"),
 )
 BY_NAME: dict[str, Topic] = {t.name: t for t in TOPICS}
@@ -78,9 +82,10 @@ class Ontology:
     """Topics in order + region table; built from the module constants or from an asset's JSON."""
 
     def __init__(self, topics: tuple[Topic, ...] = TOPICS,
-                 region_channels: Optional[dict[str, tuple[str, ...]]] = None):
+                 region_channels: Optional[dict[str, tuple[str, ...]]] = None, fallback: Optional[str] = FALLBACK):
         self.topics = tuple(topics)
         self.region_channels = {k: tuple(v) for k, v in (region_channels or REGION_CHANNELS).items()}
+        self.fallback = fallback if any(t.name == fallback for t in self.topics) else None
         self.by_name = {t.name: t for t in self.topics}
         self.order = {t.name: i for i, t in enumerate(self.topics)}
         for t in self.topics:
@@ -96,18 +101,32 @@ class Ontology:
         """Mask channels covering the topic's regions (in region-table order)."""
         return [c for r in self.by_name[topic].regions for c in self.region_channels[r]]
 
+    def with_region_channels(self, override: dict[str, list[str]]) -> "Ontology":
+        """The same topics, with the mask channels of some regions replaced (``model.options.region_channels``:
+        a segmenter whose channels are named otherwise, e.g. CXAS's ``spine`` for ``vertebrae``)."""
+        if not override:
+            return self
+        bad = sorted(set(override) - set(self.region_channels))
+        if bad:
+            raise ValueError(f"unknown region(s) {bad}; the regions are {sorted(self.region_channels)}")
+        empty = sorted(r for r, chans in override.items() if not chans)
+        if empty:
+            raise ValueError(f"region(s) {empty} mapped to no mask channel")
+        table = {**self.region_channels, **{r: tuple(c) for r, c in override.items()}}
+        return Ontology(self.topics, table, self.fallback)
+
     def sort(self, rows: list[dict]) -> list[dict]:
         return sorted(rows, key=lambda r: self.order[r["topic"]])
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": ONTOLOGY_VERSION, "regions": list(REGIONS),
+        return {"version": ONTOLOGY_VERSION, "regions": list(REGIONS), "fallback": self.fallback,
                 "region_channels": {k: list(v) for k, v in self.region_channels.items()},
                 "topics": [{**asdict(t), "regions": list(t.regions), "kind": t.kind} for t in self.topics]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Ontology":
         topics = tuple(Topic(d["name"], d["phrase"], tuple(d["regions"]), d.get("label")) for d in data["topics"])
-        return cls(topics, {k: tuple(v) for k, v in data["region_channels"].items()})
+        return cls(topics, {k: tuple(v) for k, v in data["region_channels"].items()}, data.get("fallback"))
 
 
 def write_ontology_asset(shards_dir: str, ontology: Optional[Ontology] = None):

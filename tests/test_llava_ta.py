@@ -202,3 +202,91 @@ def test_eval_family_options_threshold_overrides_the_predicted_selection_thresho
     assert all(len(t) == 1 for t in topics(1 - 1e-6))  # none passes: the head's top topic
     with pytest.raises(Exception, match="threshold"):
         topics(1.5)
+
+
+def _loss_and_grads(model, batch):
+    m = copy.deepcopy(model).train()
+    out = m(**{k: v for k, v in batch.items() if torch.is_tensor(v)})
+    out.loss.backward()
+    return out, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_packed_topic_rows_give_the_same_loss_and_grads(ta, impl):
+    """Packing (train.packing): the topic rows of 4 studies share fewer LM rows, each row with its 2 images."""
+    from modeling.packing import pack_batch
+    from modeling.tokenizer import image_token_id
+    from modeling.tuning import apply_tuning
+
+    fam, tok, base, samples = ta
+    model = copy.deepcopy(base)
+    model.cfg.attn_implementation = impl
+    apply_tuning(model, fam, TuningSpec("full", LoraConfig(), False))
+    batch = fam.collate(tok)([fam.sample_builder(tok, "train")(s) for s in samples])
+    n = model.vision.num_patches
+    rows = batch["input_ids"].shape[0]
+    lm = batch["attention_mask"].sum(1) + 2 * (n - 1)
+    packed = pack_batch(batch, int(lm.sum()) // 3 + int(lm.max()), image_token_id(tok), n)
+    assert 2 <= packed["input_ids"].shape[0] < rows and packed["pixel_values"].shape == batch["pixel_values"].shape
+    assert sorted(zip(packed["keys"], packed["topics"])) == sorted(zip(batch["keys"], batch["topics"]))
+    order = [list(zip(batch["keys"], batch["topics"])).index(kt) for kt in zip(packed["keys"], packed["topics"])]
+    assert torch.equal(packed["topic_targets"], batch["topic_targets"][order])
+    assert round(float(packed["sample_weight"].sum())) == len(samples)  # weights still count studies
+    o0, g0 = _loss_and_grads(model, batch)
+    o1, g1 = _loss_and_grads(model, packed)
+    torch.testing.assert_close(o1.weight_sum, o0.weight_sum)
+    torch.testing.assert_close(o1.loss, o0.loss, atol=1e-5, rtol=1e-5)
+    assert g0.keys() == g1.keys() and "topic_head.weight" in g0 and len(g0) > 10
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], atol=1e-5, rtol=1e-4, msg=name)
+    with torch.no_grad():  # isolation is real: rows that see each other give another loss
+        leaky = dict(packed, segment_ids=(packed["segment_ids"] > 0).long())
+        assert abs(float(model(**{k: v for k, v in leaky.items() if torch.is_tensor(v)}).loss) - float(o0.loss)) > 1e-4
+
+
+def test_step_meter_counts_studies_not_topic_rows(ta):
+    """samples_per_s counts studies: 4 studies fan out into ~24 rows weighted 1/n (packed or not)."""
+    from modeling.packing import pack_batch
+    from modeling.tokenizer import image_token_id
+    from trainer.loop import StepMeter
+
+    fam, tok, model, samples = ta
+    build = fam.sample_builder(tok, "train")
+    studies = [samples[i % 4] for i in range(16)]  # 16 studies of 6..8 rows, each row weighing 1/n
+    batch = fam.collate(tok)([build(s) for s in studies])
+    assert batch["input_ids"].shape[0] > 2 * len(studies)
+    packed = pack_batch(batch, 256, image_token_id(tok), model.vision.num_patches)
+    for b in (batch, packed):
+        meter = StepMeter()
+        meter.batch(b)
+        meter.batch(b)
+        assert meter.samples == 2 * len(studies)
+        assert meter.summary(1)["samples_per_s"] > 0 and meter.tokens < meter.padded_tokens
+
+
+def test_sample_builders_and_model_share_the_ontology_asset_and_its_export_copy(ta, tmp_path):
+    """The shards' topic_ontology asset (not the built-in table) orders rows, S and the head, in training and
+    after export; the eval rows name the topics of their S and the model refuses another ontology."""
+    from modeling.family import build_family, load_pretrained
+    from shards.topic_ontology import TOPICS
+
+    _, tok, _, samples = ta
+    onto = Ontology(tuple(reversed(TOPICS)))  # a dataset whose asset orders topics otherwise
+    fam = _family()
+    model = fam.build_model(tok, {"topic_ontology": onto}).eval()
+    rows = fam.sample_builder(tok, "train")(samples[0])
+    assert [r["topic"] for r in rows] == [r["topic"] for r in onto.sort(samples[0].annotations["topics"]["rows"])]
+    assert rows[0]["topic_targets"][onto.order[rows[0]["topic"]]] == 1.0 and model.onto.names == onto.names
+    gen = GenConfig(max_new_tokens=2, options={"selection": "all"})
+    batch = fam.collate(tok)([fam.sample_builder(tok, "eval", gen=gen)(s)[0] for s in samples[:2]])
+    assert batch["segment_topics"] == onto.names
+    fam.generate(model, tok, batch, gen)
+    with pytest.raises(ValueError, match="ontology"):  # S built from the built-in order
+        other = _family().sample_builder(tok, "eval", gen=gen)
+        fam.generate(model, tok, fam.collate(tok)([other(s)[0] for s in samples[:2]]), gen)
+    fam.save_pretrained(model, str(tmp_path / "export"))
+    loaded = load_pretrained(str(tmp_path / "export"))
+    fresh = build_family(loaded.cfg)  # what rrg eval does: a family from the export's config
+    assert loaded.onto.names == fresh.ontology().names == onto.names
+    ebatch = fresh.collate(tok)([fresh.sample_builder(loaded.tokenizer, "eval", gen=gen)(s)[0] for s in samples[:2]])
+    assert ebatch["segment_topics"] == onto.names

@@ -1,5 +1,6 @@
-"""LLaVA-TA exact resume: a run restarted from a checkpoint in the middle of stage 2 (mid-epoch) trains
-on the same topic rows, in the same order, with the same per-step losses as the uninterrupted run."""
+"""LLaVA-TA exact resume: a run restarted from a checkpoint in the middle of stage 2 (mid-epoch, topic rows
+packed as the demo packs them) trains on the same topic rows, in the same order, with the same per-step
+losses as the uninterrupted run."""
 from __future__ import annotations
 
 import json
@@ -32,7 +33,8 @@ def test_llava_ta_resumes_mid_epoch_inside_stage_two_with_the_same_topic_rows_an
     data = tmp_path / "shards"
     shutil.copytree(shards, data)
     annotate_topics(str(data), TopicsConfig(), pool=SerialPool())
-    common = [f"data.shards_dir={data}", "model.family=llava_ta", "train.packing.enabled=false", "model.options={selection: predicted}",
+    common = [f"data.shards_dir={data}", "model.family=llava_ta", "train.packing.enabled=true", "train.packing.max_len=256",
+              "model.options={selection: predicted}",
               "train.train_vision=false", STAGES, "train.lora.r=4", "checkpoint.every_steps=2",
               "checkpoint.keep_last=4", "logging.batch_rows=true"]
     full = tmp_path / "full"

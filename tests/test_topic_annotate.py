@@ -14,7 +14,7 @@ from shards.config import TopicsConfig
 from shards.manifest import load_manifest
 from shards.reader import iter_decoded
 from shards.topic_ontology import ASSET_FILE, ASSET_NAME, Ontology
-from trainer.topic_annotate import annotate_report, annotate_topics, parse_lm_answer
+from trainer.topic_annotate import annotate_report, annotate_topics, lm_answer, parse_lm_answer
 from trainer.topic_decompose import decompose
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,12 +57,15 @@ def test_annotate_topics_cli_on_ray_train_split_only(copy):
 
 
 def test_parse_lm_answer_exact_and_malformed():
-    good = "disease-pneumothorax: Pneumothorax is absent\n- organ-heart: Heart size is normal.\nnoise line"
-    assert parse_lm_answer(good) == [{"topic": "organ-heart", "sentence": "Heart size is normal."},
-                                     {"topic": "disease-pneumothorax", "sentence": "Pneumothorax is absent."}]
-    assert parse_lm_answer("the report is fine") is None  # no topic line
-    assert parse_lm_answer("disease-unicorn: A unicorn.") is None  # not in the ontology
-    assert parse_lm_answer("organ-heart: Normal.\norgan-heart: Enlarged.") is None  # a topic twice
+    good = "disease-pneumothorax: Pneumothorax is absent\n\n- organ-heart: Heart size is normal.\n"
+    assert parse_lm_answer(good) == ([{"topic": "organ-heart", "sentence": "Heart size is normal."},
+                                      {"topic": "disease-pneumothorax", "sentence": "Pneumothorax is absent."}], 0)
+    assert parse_lm_answer("the report is fine") == (None, 1)  # no topic line
+    assert parse_lm_answer("") == (None, 0)  # an empty answer
+    assert parse_lm_answer("disease-unicorn: A unicorn.") == (None, 1)  # not in the ontology
+    assert parse_lm_answer("organ-heart: Normal.\norgan-heart: Enlarged.") == (None, 1)  # a topic twice
+    # one valid line plus garbage is malformed too (README: not all `topic: sentence` lines over known topics)
+    assert parse_lm_answer("Here are the topics:\norgan-heart: Normal.\nthe rest is fine\n") == (None, 2)
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +89,7 @@ def test_hf_backend_random_lm_is_malformed_counted_and_falls_back(tiny_lm, copy)
     report = "No pleural effusion or pneumothorax. Mild cardiomegaly."
     entry = annotate_report(cfg, report)
     assert entry["backend"] == "rule-fallback" and entry["counts"]["malformed"] == 1
+    assert entry["counts"].get("malformed_lines", 0) == parse_lm_answer(lm_answer(cfg, report))[1]
     assert entry["rows"] == decompose(report)[0]
     summary = annotate_topics(copy, TopicsConfig(backend="hf", model_path=tiny_lm, max_new_tokens=4,
                                                  splits=["test"]), pool=SerialPool())
@@ -131,3 +135,15 @@ def test_topics_read_the_training_split_only(copy):
     assert m1.sidecars["topics"].shards == m0.sidecars["topics"].shards  # byte-identical overlay tars
     assert m1.assets[ASSET_NAME].meta["files"] == m0.assets[ASSET_NAME].meta["files"]
     assert before["rows_per_topic"] == after["rows_per_topic"]
+
+
+def test_summary_counts_drops_merges_and_fallback_topic_per_study(copy):
+    """The summary totals every count of the per-study entries and names studies that have each."""
+    summary = annotate_topics(copy, TopicsConfig(), pool=SerialPool())
+    entries = [ann for split, _, ann in _entries(copy).values() if split == "train"]
+    assert summary["rows"] == sum(len(a["rows"]) for a in entries)
+    assert summary["counts"]["sentences"] == sum(a["counts"]["sentences"] for a in entries)
+    for kind, n in summary["studies_with"].items():
+        assert n == sum(1 for a in entries if a["counts"].get(kind)) and summary["examples"][kind]
+    assert set(summary["dropped_sentences"]) <= {"comparison", "speculation", "cross_reference"}
+    assert "unassigned" not in summary["counts"] and "duplicate" not in summary["counts"]

@@ -8,14 +8,19 @@ with rows in ontology order.  Two backends:
 * ``rule`` (default, offline): trainer/topic_decompose.py;
 * ``hf``: any local Hugging Face causal-LM directory, prompted with ``data.topics.prompt``
   (``{report}``, ``{topics}``), greedy.  Its answer must be lines ``topic: sentence`` naming
-  ontology topics; an answer with no such line, an unknown topic or a repeated one is
-  *malformed*: counted, and the study falls back to the rule backend (``backend`` records which
-  one produced each study).  Past ``max_fallback_fraction`` the job stops with the count.
+  ontology topics (blank lines are ignored).  An answer with no such line, a line that is not
+  one (prose, a preamble), an unknown topic or a repeated one is *malformed*: the study falls
+  back to the rule backend (``backend`` records which one produced each study) and its counts
+  say ``malformed: 1`` and ``malformed_lines: n``.  Past ``max_fallback_fraction`` the job stops
+  with the count.
 
 Studies are processed on the task pool (Ray tasks from the CLI), one task per shard, through
 shards/sidecars.py ``build_sidecar``; provenance (producer, backend, model path, prompt hash,
 version, ``reads_splits``) goes into ``sidecar.json``, and a summary of counts is written
-beside it (``sidecars/topics.summary.json``).
+beside it (``sidecars/topics.summary.json``): totals of every count, how many studies have each
+(``studies_with``) and a few study keys per count (``examples``), so a user sees which reports
+lost sentences (comparison, speculation, cross-reference), merged a topic named twice, or needed
+the fallback topic.
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ from typing import Any, Optional
 from configs.atomic import atomic_write_json
 from shards.config import TopicsConfig
 from shards.topic_ontology import BY_NAME, ORDER, write_ontology_asset
-from trainer.topic_decompose import decompose
+from trainer.topic_decompose import DROPPED, decompose
 
 SIDECAR_NAME, VERSION = "topics", "1"
 _LINE = re.compile(r"^\s*[-*\d.)]*\s*([a-z]+-[a-z_]+)\s*:\s*(\S.*?)\s*$")
@@ -41,20 +46,26 @@ class TopicAnnotationError(RuntimeError):
     """Too many studies fell back to the rule backend, or the model directory is unusable."""
 
 
-def parse_lm_answer(text: str) -> Optional[list[dict[str, str]]]:
-    """Rows from an LM answer, in ontology order; None when malformed (see module docstring)."""
+def parse_lm_answer(text: str) -> tuple[Optional[list[dict[str, str]]], int]:
+    """(rows in ontology order, or None when the answer is malformed; number of lines that do not parse).
+
+    A non-blank line that is not ``topic: sentence`` over an ontology topic, or a topic named twice,
+    makes the whole answer malformed (see the module docstring): a partial answer would silently
+    lose the report's other sentences."""
     rows: dict[str, str] = {}
+    bad = 0
     for line in text.splitlines():
-        m = _LINE.match(line)
-        if not m:
+        if not line.strip():
             continue
-        topic, sentence = m.group(1), m.group(2)
-        if topic not in BY_NAME or topic in rows:
-            return None
-        rows[topic] = sentence if sentence.endswith(".") else sentence + "."
-    if not rows:
-        return None
-    return [{"topic": t, "sentence": rows[t]} for t in sorted(rows, key=ORDER.__getitem__)]
+        m = _LINE.match(line)
+        if not m or m.group(1) not in BY_NAME or m.group(1) in rows:
+            bad += 1
+            continue
+        sentence = m.group(2)
+        rows[m.group(1)] = sentence if sentence.endswith(".") else sentence + "."
+    if bad or not rows:
+        return None, bad
+    return [{"topic": t, "sentence": rows[t]} for t in sorted(rows, key=ORDER.__getitem__)], 0
 
 
 def _load_lm(path: str):
@@ -84,11 +95,12 @@ def lm_answer(cfg: TopicsConfig, report: str) -> str:
 def annotate_report(cfg: TopicsConfig, report: str) -> dict[str, Any]:
     """One study's overlay entry (rows, which backend made them, rule-backend drop counts)."""
     if cfg.backend == "hf":
-        rows = parse_lm_answer(lm_answer(cfg, report))
+        rows, bad_lines = parse_lm_answer(lm_answer(cfg, report))
         if rows is not None:
             return {"rows": rows, "backend": "hf", "counts": {}}
         rows, counts = decompose(report)
-        return {"rows": rows, "backend": "rule-fallback", "counts": {**counts, "malformed": 1}}
+        return {"rows": rows, "backend": "rule-fallback",
+                "counts": {**counts, "malformed": 1, **({"malformed_lines": bad_lines} if bad_lines else {})}}
     rows, counts = decompose(report)
     return {"rows": rows, "backend": "rule", "counts": dict(counts)}
 
@@ -99,13 +111,15 @@ def topic_members(sample, context: dict) -> dict[str, bytes]:
     return {f"{SIDECAR_NAME}.json": json.dumps(annotate_report(cfg, sample.report), sort_keys=True).encode()}
 
 
-def summarize(shards_dir: str) -> dict[str, Any]:
-    """Counts over the published sidecar (backends, drops, malformed answers, rows per topic)."""
+def summarize(shards_dir: str, examples: int = 5) -> dict[str, Any]:
+    """Counts over the published sidecar: backends, rows, every decomposer / parser count (totals, studies
+    with it, a few example study keys), rows per topic."""
     from shards.manifest import load_manifest
     from shards.reader import iter_decoded
 
     manifest = load_manifest(shards_dir)
-    studies, backends, counts, topics = 0, Counter(), Counter(), Counter()
+    studies, rows, backends, counts, topics = 0, 0, Counter(), Counter(), Counter()
+    studies_with, keys = Counter(), {}
     covered = set(manifest.sidecars[SIDECAR_NAME].shards)
     for info in manifest.shards:
         if info.file not in covered:
@@ -115,10 +129,18 @@ def summarize(shards_dir: str) -> dict[str, Any]:
             if entry is None:
                 continue
             studies += 1
+            rows += len(entry["rows"])
             backends[entry["backend"]] += 1
             counts.update(entry["counts"])
+            for k, v in entry["counts"].items():
+                if v and k != "sentences":
+                    studies_with[k] += 1
+                    if len(keys.setdefault(k, [])) < examples:
+                        keys[k].append(sample.key)
             topics.update(r["topic"] for r in entry["rows"])
-    return {"studies": studies, "backends": dict(backends), "counts": dict(counts),
+    return {"studies": studies, "rows": rows, "backends": dict(backends), "counts": dict(counts),
+            "dropped_sentences": {k: counts[k] for k in DROPPED if counts[k]},
+            "studies_with": dict(studies_with), "examples": keys,
             "rows_per_topic": {t: topics[t] for t in sorted(topics, key=ORDER.__getitem__)}}
 
 

@@ -20,11 +20,22 @@ afresh).  Per sentence, in this order:
    goes to its pathology topic; several positives are split at list boundaries, and a lung
    opacity named together with its diagnosis ("opacities consistent with edema") belongs to
    the diagnosis.  A statement without a pathology mention ("Heart size is normal.") goes to
-   the first anatomy/auxiliary topic whose keywords it contains, else it is dropped (counted).
-4. **Order.** One row per topic (a positive statement beats a standardised negative, else the
-   first one wins), sorted by the ontology order (shards/topic_ontology.py).
+   the first anatomy/auxiliary topic whose keywords it contains, else to the ontology's
+   fallback topic ``aux-other`` ("The patient is rotated."; counted as ``other``).  Nothing
+   that survives cleaning is dropped.
+4. **Merge.** A topic named again later in the report ("IMPRESSION: Mild cardiomegaly." after
+   "The heart is mildly enlarged.") keeps every distinct statement: they are joined, in report
+   order, into that topic's one row (counted as ``merged``; a statement identical to one already
+   there is counted as ``repeated`` and kept once).  A topic with only negatives keeps one
+   standardised negative.  A topic with a positive statement keeps a negative in its own words
+   when the negative names that topic alone ("Right pleural effusion. No left pleural
+   effusion."); a negated *list* that names a topic stated positively elsewhere is a contradiction
+   the standard sentence cannot carry: it is counted (``conflict``) and left out of that topic.
+5. **Order.** Rows are sorted by the ontology order (shards/topic_ontology.py).
 
-``decompose(report) -> (rows, counts)``; counts say what was dropped and why.
+``decompose(report) -> (rows, counts)``; counts: ``sentences`` seen; dropped whole sentences
+(``comparison``, ``speculation``, ``cross_reference`` such as "Findings as above."); and the
+``other`` / ``merged`` / ``repeated`` / ``conflict`` statements above.
 """
 from __future__ import annotations
 
@@ -32,11 +43,14 @@ import re
 from collections import Counter
 from typing import Optional
 
-from shards.topic_ontology import BY_LABEL, BY_NAME, ORDER
+from shards.topic_ontology import BY_LABEL, BY_NAME, FALLBACK, ORDER
 
 Row = dict[str, str]
+DROPPED = ("comparison", "speculation", "cross_reference")  # whole sentences left out by clean_sentence
 
 _HEADER = re.compile(r"\b(?:FINDINGS|IMPRESSION|HISTORY|INDICATION|COMPARISON|TECHNIQUE|CONCLUSION)\s*:\s*", re.I)
+_XREF = re.compile(r"^(?:(?:the )?(?:findings|impression) (?:are |is )?)?(?:as )?(?:(?:described|detailed|noted|"
+                   r"discussed) )?(?:above|below)$|^see (?:above|below|findings)$", re.I)
 _RECOMMEND = re.compile(r"\b(?:recommend\w*|clinical(?:ly)? correlat\w*|correlate clinically|follow[- ]?up|"
                         r"advised|could be (?:performed|obtained|considered)|if clinically)\b", re.I)
 _HEDGE_START = re.compile(r"^(?:possible|possibly|probable|probably|likely|questionable|suspected|suspicious|"
@@ -80,9 +94,10 @@ ANATOMY_KEYWORDS: list[tuple[str, re.Pattern]] = [(name, re.compile(rx, re.I)) f
     ("organ-heart", r"\bheart|\bcardiac|cardiomediastinal"),
     ("organ-mediastinum", r"mediastin|\bhil(?:um|ar|a)\b|\baort|\btrachea"),
     ("organ-pleura", r"\bpleura|costophrenic"),
-    ("organ-lungs", r"\blungs?\b|\bpulmonary|air ?space|parenchym|lung volumes"),
-    ("organ-bones", r"osseous|\bbon(?:e|es|y)\b|\bribs?\b|\bspine\b|vertebra|skelet|clavicle"),
-    ("organ-diaphragm", r"diaphragm|abdom|free air|\bbowel|\bstomach"),
+    ("organ-lungs", r"\blungs?\b|\bpulmonary|air ?space|parenchym|lung volumes|\b(?:upper|middle|lower) lobes?\b|"
+                    r"\blingula"),
+    ("organ-bones", r"osseous|\bbon(?:e|es|y)\b|\bribs?\b|\bspine\b|vertebra|skelet|clavicle|scoliosis|kyphosis"),
+    ("organ-diaphragm", r"diaphragm|abdom|free air|\bbowel|\bstomach|upper quadrant"),
     ("aux-impression", r"cardiopulmonary|intrathoracic|chest radiograph|acute (?:process|abnormality|findings?)|"
                        r"normal (?:study|chest|exam)"),
 ]]
@@ -102,8 +117,10 @@ def _tidy(text: str) -> str:
 
 
 def clean_sentence(sentence: str) -> tuple[Optional[str], Optional[str]]:
-    """(cleaned sentence, None) or (None, why dropped: "comparison" | "speculation")."""
+    """(cleaned sentence, None) or (None, why dropped: "comparison" | "speculation" | "cross_reference")."""
     s = sentence.strip().rstrip(".")
+    if _XREF.match(s):
+        return None, "cross_reference"
     if _RECOMMEND.search(s):
         return None, "speculation"
     if _HEDGE_START.search(s) or _HEDGE_POST.search(s):
@@ -151,29 +168,57 @@ def _positive_rows(text: str, positives: list[str]) -> list[Row]:
 
 
 def _segment_rows(seg: str, counts: Counter) -> list[Row]:
+    """Rows of one statement; a negative row keeps its own wording (``own``) and whether it names one topic."""
     mentions = _mentions(seg)
     positives = sorted((o for o, v in mentions.items() if v == 1.0), key=lambda o: ORDER[BY_LABEL[o].name])
     negatives = [o for o, v in mentions.items() if v == 0.0]
     if positives:
         return _positive_rows(seg, positives)
     if negatives and _NEG_WORD.search(seg):
-        return [{"topic": BY_LABEL[o].name, "sentence": BY_LABEL[o].absent_sentence(), "negative": "1"}
+        alone = "1" if len(negatives) == 1 else ""
+        return [{"topic": BY_LABEL[o].name, "sentence": BY_LABEL[o].absent_sentence(), "negative": "1",
+                 "own": _tidy(seg), "alone": alone}
                 for o in sorted(negatives, key=lambda o: ORDER[BY_LABEL[o].name])]
     uncertain = sorted((o for o, v in mentions.items() if v == -1.0), key=lambda o: ORDER[BY_LABEL[o].name])
     if uncertain:  # hedged wording was dropped by clean_sentence: this is uncertain by definition
         return [{"topic": BY_LABEL[uncertain[0]].name, "sentence": _tidy(seg)}]  # ("blunting of the angle")
     topic = _anatomy_topic(seg)
     if topic is None:
-        counts["unassigned"] += 1
-        return []
+        counts["other"] += 1
+        topic = FALLBACK
     return [{"topic": topic, "sentence": _tidy(seg)}]
 
 
+def _merge(statements: list[Row], counts: Counter) -> str:
+    """One topic's statements (report order) -> its row's sentence (see the module docstring, step 4)."""
+    if all(st.get("negative") for st in statements):
+        kept = [statements[0]["sentence"]]
+        counts["repeated"] += len(statements) - 1
+    else:
+        kept = []
+        for st in statements:
+            if not st.get("negative"):
+                kept.append(st["sentence"])
+            elif st.get("alone"):
+                kept.append(st["own"])
+            else:
+                counts["conflict"] += 1
+    out: list[str] = []
+    for sentence in kept:
+        if sentence.lower() in (o.lower() for o in out):
+            counts["repeated"] += 1
+        else:
+            out.append(sentence)
+    counts["merged"] += len(out) - 1
+    return " ".join(out)
+
+
 def decompose(report: str) -> tuple[list[Row], Counter]:
-    """The report's (topic, sentence) rows in ontology order, and counts of what was dropped."""
+    """The report's (topic, sentence) rows in ontology order, and counts (see the module docstring)."""
     counts: Counter = Counter()
-    rows: dict[str, Row] = {}
+    statements: dict[str, list[Row]] = {}
     for sentence in split_sentences(report):
+        counts["sentences"] += 1
         cleaned, why = clean_sentence(sentence)
         if cleaned is None:
             counts[why] += 1
@@ -182,13 +227,9 @@ def decompose(report: str) -> tuple[list[Row], Counter]:
             if not seg.strip(" ,"):
                 continue
             for row in _segment_rows(seg, counts):
-                old = rows.get(row["topic"])
-                if old is None or (old.get("negative") and not row.get("negative")):
-                    rows[row["topic"]] = row
-                else:
-                    counts["duplicate"] += 1
-    ordered = sorted(rows.values(), key=lambda r: ORDER[r["topic"]])
-    return [{"topic": r["topic"], "sentence": r["sentence"]} for r in ordered], counts
+                statements.setdefault(row["topic"], []).append(row)
+    rows = [{"topic": t, "sentence": _merge(statements[t], counts)} for t in sorted(statements, key=ORDER.__getitem__)]
+    return rows, Counter({k: v for k, v in counts.items() if v})
 
 
 def join_topics(rows: list[Row]) -> str:

@@ -3,7 +3,9 @@
 For a study card: one table row per topic that the reference or the generation has, in
 ontology order, showing the topic, a thumbnail of the image with the topic's regions overlaid
 (the same overlay as the card's image), the reference sentence (the rule decomposer on the raw
-reference) and the generated sentence for that topic.  ``study_card`` callers append
+reference) and the generated sentence for that topic.  The overlay uses the mask channels the
+model used for the topic (``channels`` in its trace rows: the export's ontology with
+``model.options.region_channels``), else the built-in region table.  ``study_card`` callers append
 ``topic_rows_html(sample)`` when a sample carries per-topic output (``trace`` / ``topic_rows``).
 """
 from __future__ import annotations
@@ -26,12 +28,14 @@ def topic_rows_html(sample: dict[str, Any], onto: Ontology | None = None) -> str
     onto = onto or Ontology()
     ref = {r["topic"]: r["sentence"] for r in decompose(sample.get("reference", ""))[0]}
     gen = generated_rows(sample)
+    used = _trace_channels(sample)
     image, masks, channels = sample.get("image"), sample.get("masks"), list(sample.get("mask_channels") or [])
     rows = []
-    for topic in [t for t in onto.names if t in ref or t in gen]:
+    names = onto.names + [t for t in gen if t not in onto.by_name]  # a model ontology's own topics too
+    for topic in [t for t in names if t in ref or t in gen]:
         cell = ""
-        wanted = onto.channels(topic)
-        if image is not None and masks is not None and all(c in channels for c in wanted):
+        wanted = used.get(topic) or (onto.channels(topic) if topic in onto.by_name else [])
+        if image is not None and masks is not None and wanted and all(c in channels for c in wanted):
             region = np.any(masks[[channels.index(c) for c in wanted]], axis=0)[None]
             cell = f'<img alt="{_esc(topic)} regions" src="{_png_data_uri(overlay_image(image, region))}">'
         r, g = ref.get(topic), gen.get(topic)
@@ -40,3 +44,12 @@ def topic_rows_html(sample: dict[str, Any], onto: Ontology | None = None) -> str
                     f'<td class="{"" if g else "miss"}">{_esc(g or "(not generated)")}</td></tr>')
     return (f'<style>{CSS}</style><table class="topics"><tr><th>topic</th><th>regions</th><th>reference</th>'
             f'<th>generated</th></tr>{"".join(rows)}</table>')
+
+
+def _trace_channels(sample: dict[str, Any]) -> dict[str, list[str]]:
+    import json
+
+    rows = sample.get("topic_rows")
+    if rows is None and sample.get("trace"):
+        rows = json.loads(sample["trace"])
+    return {r["topic"]: list(r["channels"]) for r in rows or [] if r.get("channels")}

@@ -11,6 +11,11 @@ the generated sentence for that topic ("" when the topic was not asked or came b
   topic's observation in the two sentences (positive vs not), as accuracy and F1 of positive;
 * ``topic_macro_*`` averages over topics, ``topic_micro_*`` over all pairs, and
   ``topic_recall`` = share of reference topics the model wrote a sentence for.
+
+The reference side is always the offline ``rule`` decomposer (deterministic, the same for every
+checkpoint and selection), also when the training overlay came from the ``hf`` backend; the
+metrics say so (``topic_reference_decomposer``), so topic-level figures from runs whose training
+topics came from different backends are compared on the same reference topics.
 """
 from __future__ import annotations
 
@@ -24,6 +29,8 @@ from trainer.evaluation import nlg
 from shards.labeling import label_report
 from trainer.evaluation.scoring import _prf
 from trainer.topic_decompose import decompose
+
+REFERENCE_DECOMPOSER = "rule"  # what splits the raw references into topics at scoring time
 
 
 def generated_rows(record: dict) -> dict[str, str]:
@@ -62,7 +69,8 @@ def topic_scores(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
                                       sum(a and not b for a, b in zip(ref_pos, hyp_pos)))[2]
         per[topic] = scores
     all_pairs = [p for ps in pairs.values() for p in ps]
-    out: dict[str, Any] = {"topic_n_pairs": len(all_pairs), "topic_recall": asked / len(all_pairs)}
+    out: dict[str, Any] = {"topic_reference_decomposer": REFERENCE_DECOMPOSER,
+                           "topic_n_pairs": len(all_pairs), "topic_recall": asked / len(all_pairs)}
     for key in ("bleu_4", "rouge_l", "label_accuracy", "label_f1"):
         vals = [s[key] for s in per.values() if key in s]
         if vals:
