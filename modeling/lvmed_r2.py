@@ -6,18 +6,22 @@ what changes is the text the LM learns and emits:
 * training rows learn one target field per stage (``report``, ``reasoning`` or ``reflection``) from
   the ``reasoning`` overlay of ``rrg annotate reasoning`` (shards/reasoning/); the prompt names the
   target (reflection rows ask the model to check its perception), and the tokens of a reflection
-  chain's corrupted span get label -100 (zero loss weight) unless ``include_corrupt_span``;
+  chain's corrupted span get label -100 (zero loss weight) unless ``include_corrupt_span``; a training
+  study without an overlay entry is an error (``TargetError``: run ``rrg annotate reasoning``), one whose
+  entry has no reflection variant (nothing to corrupt) keeps its reasoning row in the reflection stage;
+  rows pack like llava_rad's (``train.packing``: the -100 span travels with its study's labels);
 * each target has its own length budget (``max_len``): chains are several times longer than reports;
 * ``generate`` prompts for a chain with reflection on or off (``eval.family_options.reflection``),
   keeps the whole chain as the trace and scores the extracted final report; a chain without a
-  ``Final report:`` section falls back to its last paragraph, flagged for the evaluator to count.
+  ``Final report:`` section falls back to its last paragraph, flagged for the evaluator to count;
+  ``eval_variants`` scores reflection off and on in the same ``rrg eval`` (``reflection_off|on_*``).
 
 Eval-mode rows read only the image and the reference text (kept aside): no annotation is read, so
 editing a held-out report cannot change an eval batch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Callable, Iterable, Optional
 
@@ -26,10 +30,11 @@ from torch import nn
 
 from configs.schema import ConfigError
 from modeling.config import ModelConfig
-from modeling.family import FAMILIES, Generation, GenConfig
+from modeling.family import FAMILIES, Generation, GenConfig, TargetError
 from modeling.llava_rad import IGNORE, LlavaRad, LlavaRadFamily
 from modeling.templates import get_template
 from modeling.vision import image_stats, preprocess_image
+from shards.reasoning.annotate import SIDECAR as ANNOTATION  # the overlay `rrg annotate reasoning` writes
 from shards.reasoning.chain import TARGETS, extract_final_report, target_text
 
 
@@ -89,10 +94,25 @@ def target_tokens(tok, text: str, zero_spans: list[tuple[int, int]], chat_templa
     return ids + [tok.eos_token_id], labels + [tok.eos_token_id]
 
 
+def train_target(sample: Any, target: str) -> str:
+    """The target a training study really learns: ``target``, except that a study whose overlay entry has
+    no reflection variant (no described organ has another condition with a tree example to swap in: nothing
+    to corrupt) keeps its reasoning row in the reflection stage.  A study without an overlay entry is an
+    error (:class:`TargetError`), never a silent report row: that would turn the curriculum into direct SFT."""
+    if target == "report":
+        return target
+    entry = sample.annotations.get(ANNOTATION)
+    if not entry or not entry.get("reasoning"):
+        raise TargetError(f"study {sample.key} (shard {sample.shard}) has no '{ANNOTATION}' annotation for "
+                          f"target '{target}': run `rrg annotate reasoning CONFIG` on these shards first "
+                          f"(or train on target 'report')")
+    return "reasoning" if target == "reflection" and not entry.get("reflection") else target
+
+
 def build_lvmed_sample(sample: Any, tok, cfg: ModelConfig, opts: LvmedR2Options, mode: str, target: str,
                        mean: list[float], std: list[float], prompts: dict[str, list[int]]) -> list[dict]:
-    """DecodedSample -> one row.  Train: prompt + target (falls back to the report row when the study
-    has no chain).  Eval: the reasoning prompt only, the reference kept aside; no annotation is read."""
+    """DecodedSample -> one row.  Train: prompt + target (see :func:`train_target`).  Eval: the
+    reasoning prompt only, the reference kept aside; no annotation is read."""
     row: dict[str, Any] = {
         "pixel_values": preprocess_image(sample.images[0], cfg.vision.image_size, cfg.vision.channels, mean, std),
         "key": sample.key, "study_id": sample.record.get("study_id", sample.key)}
@@ -100,9 +120,8 @@ def build_lvmed_sample(sample: Any, tok, cfg: ModelConfig, opts: LvmedR2Options,
         row["input_ids"] = torch.tensor(prompts["reasoning"], dtype=torch.long)
         row["reference"] = sample.report
         return [row]
-    text, spans = target_text(sample.report, sample.annotations.get("reasoning"), target, opts.include_corrupt_span)
-    if text is None:
-        target, (text, spans) = "report", target_text(sample.report, None, "report")
+    target = train_target(sample, target)
+    text, spans = target_text(sample.report, sample.annotations.get(ANNOTATION), target, opts.include_corrupt_span)
     prompt = prompts[target]
     ids, labels = target_tokens(tok, text, spans, cfg.lm.chat_template)
     room = opts.max_len[target] - len(prompt)
@@ -173,17 +192,37 @@ class LvmedR2Family(LlavaRadFamily):
         prompt = torch.tensor(prompt_ids(tok, self.cfg, self.opts, target), dtype=torch.long)
         return prompt.to(batch["pixel_values"].device)[None].expand(batch["pixel_values"].shape[0], -1).contiguous()
 
+    @staticmethod
+    def _options(gen: GenConfig) -> tuple[bool, bool, list[bool]]:
+        """(chain, reflection, reflections) of ``eval.family_options``, checked."""
+        unknown = set(gen.options) - {"reflection", "chain", "reflections"}
+        if unknown:
+            raise ConfigError("eval.family_options",
+                              f"lvmed_r2 reads 'reflection', 'chain' and 'reflections', not {sorted(unknown)}")
+        chain, reflection = bool(gen.options.get("chain", True)), bool(gen.options.get("reflection", False))
+        if reflection and not chain:
+            raise ConfigError("eval.family_options.reflection", "reflection needs chain: true")
+        reflections = gen.options.get("reflections", [False, True] if chain else [])
+        if not isinstance(reflections, list) or not all(isinstance(r, bool) for r in reflections):
+            raise ConfigError("eval.family_options.reflections", f"a list of true/false, got {reflections!r}")
+        if reflections and not chain:
+            raise ConfigError("eval.family_options.reflections", "scoring reflection variants needs chain: true")
+        return chain, reflection, list(dict.fromkeys(reflections))
+
+    def eval_variants(self, gen: GenConfig) -> dict[str, GenConfig]:
+        """``reflection_off`` / ``reflection_on``: the chain generated with reflection off and on, scored in the
+        same ``rrg eval`` (``eval.family_options.reflections``, default both; the headline's setting reuses its
+        run), so one metrics.json holds reasoning vs reasoning + reflection."""
+        _, head, wanted = self._options(gen)
+        return {f"reflection_{'on' if r else 'off'}": gen if r == head else
+                replace(gen, options={**gen.options, "reflection": r}) for r in wanted}
+
     def generate(self, model: nn.Module, tok, batch: dict, gen: GenConfig) -> list[Generation]:
         """A chain per study (reflection prompt when ``gen.options['reflection']``); the final report is scored.
 
-        ``gen.options['chain'] = False`` asks for the report directly (the direct-SFT baseline)."""
-        unknown = set(gen.options) - {"reflection", "chain"}
-        if unknown:
-            raise ConfigError("eval.family_options", f"lvmed_r2 reads 'reflection' and 'chain', not {sorted(unknown)}")
-        reflection = bool(gen.options.get("reflection", False))
-        if not gen.options.get("chain", True):
-            if reflection:
-                raise ConfigError("eval.family_options.reflection", "reflection needs chain: true")
+        ``gen.options['chain'] = False`` asks for the report directly (no chain, no trace)."""
+        chain, reflection, _ = self._options(gen)
+        if not chain:
             ids = self._prompt_batch(tok, batch, "report")
             return super().generate(model, tok, {**batch, "input_ids": ids, "attention_mask": torch.ones_like(ids)}, gen)
         target = "reflection" if reflection else "reasoning"

@@ -6,6 +6,7 @@ import json
 import shutil
 import tarfile
 from pathlib import Path
+from typing import Optional
 
 from shards.manifest import file_sha256, load_manifest
 
@@ -42,16 +43,27 @@ def edit_reports(shards_dir: str, split: str, suffix: str) -> list[str]:
     return keys
 
 
-def tiny_causal_lm(directory: Path, texts: list[str]) -> str:
-    """A random-initialised Llama-style LM + byte-level BPE tokenizer saved in the real HF layout."""
+def tiny_causal_lm(directory: Path, texts: list[str], forced: Optional[str] = None) -> str:
+    """A random-initialised Llama-style LM + byte-level BPE tokenizer saved in the real HF layout.
+
+    ``forced``: the directory's ``generation_config.json`` gets a ``sequence_bias`` that makes greedy
+    decoding emit exactly ``forced`` then eos, whatever the prompt (constrained decoding, applied by
+    transformers' own ``generate``): the key of step i is the forced tokens 0..i, its bias 100 * (i + 1),
+    so the longest matching key wins over the random logits and over the always-on bias of token 0,
+    provided token 0 does not recur (checked)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from modeling.tokenizer import train_tokenizer
 
-    tok = train_tokenizer(texts, 300)
+    tok = train_tokenizer(texts + ([forced] * 8 if forced else []), 300)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                       num_attention_heads=2, num_key_value_heads=2, pad_token_id=tok.pad_token_id,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    LlamaForCausalLM(cfg).save_pretrained(directory)
+    model = LlamaForCausalLM(cfg)
+    if forced:
+        ids = tok(forced, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        assert ids.count(ids[0]) == 1, "the forced text's first token must not recur"
+        model.generation_config.sequence_bias = [[ids[: i + 1], 100.0 * (i + 1)] for i in range(len(ids))]
+    model.save_pretrained(directory)
     tok.save_pretrained(directory)
     return str(directory)

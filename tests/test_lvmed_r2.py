@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from configs.parallel import SerialPool
-from modeling.family import GenConfig, build_family
+from modeling.family import GenConfig, TargetError, build_family
 from modeling.llava_rad import IGNORE, weighted_lm_loss
 from shards.config import DataConfig
 from shards.reader import make_loader
@@ -66,16 +66,92 @@ def test_corrupted_span_carries_zero_loss_weight_by_default(fam_tok):
     assert torch.equal(row2["input_ids"], ids) and int((row2["labels"] == IGNORE).sum()) < int((labels == IGNORE).sum())
 
 
-def test_targets_prompts_and_report_fallback(fam_tok):
+def test_targets_prompts_and_missing_annotation_is_an_error(fam_tok):
     fam, tok, ann = fam_tok
     rows = {t: fam.sample_builder(tok, "train", t)(_sample(ann))[0] for t in ("report", "reasoning", "reflection")}
     assert len(rows["report"]["input_ids"]) < len(rows["reasoning"]["input_ids"]) // 3
     assert "check each perception" in tok.decode(rows["reflection"]["input_ids"][:90])
     assert all(int((r["labels"] == IGNORE).sum()) >= 1 for r in rows.values())
-    no_chain = fam.sample_builder(tok, "train", "reasoning")(_sample(None))[0]
-    assert torch.equal(no_chain["input_ids"], rows["report"]["input_ids"])  # a study without a chain learns its report
+    # a study without an overlay entry is an error naming it and the command, never a silent report row
+    for target in ("reasoning", "reflection"):
+        with pytest.raises(TargetError, match=r"study s1 \(shard train-000000.tar\).*rrg annotate reasoning"):
+            fam.sample_builder(tok, "train", target)(_sample(None))
+    assert torch.equal(fam.sample_builder(tok, "train", "report")(_sample(None))[0]["input_ids"],
+                       rows["report"]["input_ids"])  # the report target needs no annotation
+    # an entry without a reflection variant (nothing to corrupt) keeps its reasoning row in the reflection stage
+    plain = {**ann, "reflection": None, "corrupt_span": None, "corruption": None}
+    row = fam.sample_builder(tok, "train", "reflection")(_sample(plain))[0]
+    assert torch.equal(row["input_ids"], rows["reasoning"]["input_ids"])
+    assert torch.equal(row["labels"], rows["reasoning"]["labels"])
     with pytest.raises(Exception, match="topics"):
         fam.sample_builder(tok, "train", "topics")
+
+
+def test_packed_reflection_rows_match_unpacked_and_keep_the_span_out(fam_tok):
+    """train.packing on lvmed_r2 (the llava_rad path): packed vs unpacked reflection/reasoning rows give the
+    same loss and gradients, every study's labels (the corrupted span at -100 included) survive packing,
+    and the LM's logits at the span's positions get no gradient in the packed rows either."""
+    from modeling.llava_rad import lm_logits, packed_loss
+    from modeling.packing import pack_batch
+    from modeling.tokenizer import image_token_id
+    from modeling.tuning import LoraConfig, TuningSpec, apply_tuning
+
+    def loss_and_grads(model, batch):
+        m = copy_mod.deepcopy(model).train()
+        out = m(**{k: v for k, v in batch.items() if torch.is_tensor(v)})
+        out.loss.backward()
+        return out.loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}, out
+
+    fam, tok, _ = fam_tok
+    reports = [REPORT, *OTHERS]
+    tree = build_tree(sentence_counts(reports), 2)
+    samples, targets = [], []
+    for i in range(6):
+        report = reports[i % 3]
+        ann = template_chain(report, tree, i, f"s{i}")
+        s = _sample(ann, f"s{i}")
+        s.record["report"]["text"] = report
+        samples.append(s)
+        targets.append("reasoning" if i == 5 else "reflection")
+    assert sum(bool(s.annotations["reasoning"]["reflection"]) for s in samples[:5]) >= 3
+    rows = [fam.sample_builder(tok, "train", t)(s)[0] for s, t in zip(samples, targets)]
+    batch = fam.collate(tok)(rows)
+    batch["sample_weight"] = torch.tensor([1.0, 0.5, 1.0, 2.0, 1.0, 0.0])  # a refilled slot weighs 0
+    torch.manual_seed(0)
+    model = fam.build_model(tok)
+    apply_tuning(model, fam, TuningSpec("lora", LoraConfig(r=4, alpha=8, dropout=0.0)))
+    n_img = model.vision.num_patches
+    lm_len = batch["attention_mask"].sum(1) + n_img - 1
+    packed = pack_batch(batch, int(lm_len.sum()) // 2 + int(lm_len.max()) // 2, image_token_id(tok), n_img)
+    assert 2 <= packed["input_ids"].shape[0] < 6
+    # each study's row, span zeros included, is a segment of a packed row, unchanged
+    seg = packed["segment_ids"]
+    order = [batch["keys"].index(k) for k in packed["keys"]]
+    segments = [(r, int(j)) for r in range(seg.shape[0]) for j in seg[r].unique().tolist() if j > 0]
+    assert len(segments) == 6
+    for (r, j), i in zip(segments, order):
+        n = int(batch["attention_mask"][i].sum())
+        assert torch.equal(packed["labels"][r][seg[r] == j], batch["labels"][i, :n])
+        assert torch.equal(packed["input_ids"][r][seg[r] == j], batch["input_ids"][i, :n])
+    l0, g0, o0 = loss_and_grads(model, batch)
+    l1, g1, o1 = loss_and_grads(model, packed)
+    torch.testing.assert_close(o1.weight_sum, o0.weight_sum)
+    torch.testing.assert_close(l1, l0, atol=1e-5, rtol=1e-5)
+    assert g0.keys() == g1.keys() and any("lora" in k for k in g0)
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], atol=1e-5, rtol=1e-4, msg=name)
+    # logits-level: in the packed rows, a position whose next label is -100 (the span among them) has zero grad
+    model.eval()
+    embeds, mask, labels = model.embed(packed["pixel_values"], packed["input_ids"], seg, packed["labels"])
+    logits = lm_logits(model.lm, embeds, mask, packed=True).detach().requires_grad_()
+    loss, _ = packed_loss(logits, labels, mask, True, packed["sample_weight"])
+    loss.backward()
+    grad = logits.grad.abs().sum(-1)[:, :-1]
+    assert float(grad[labels[:, 1:] == IGNORE].sum()) == 0.0
+    for r, s, t in zip(rows, samples, targets):  # the span: -100 past the prompt, only in reflection rows
+        past_prompt = r["labels"][int((r["labels"] != IGNORE).nonzero()[0]):]
+        spanned = t == "reflection" and bool(s.annotations["reasoning"]["corrupt_span"])
+        assert (int((past_prompt == IGNORE).sum()) >= 3) is spanned
 
 
 def _eval_batches(fam, tok, shards_dir):
@@ -114,10 +190,20 @@ def test_generate_reflection_switch_trace_and_export_roundtrip(fam_tok, tmp_path
         assert [g.id for g in gens] == ["a", "b"] and all(g.extra["reflection"] is r for g in gens)
         for g in gens:
             assert (g.generated, g.extra["final_report_fallback"]) == extract_final_report(g.trace)
-    direct = fam.generate(model, tok, batch, GenConfig(max_new_tokens=3, options={"chain": False}))
-    assert all(g.trace is None and len(tok(g.generated)["input_ids"]) <= 3 for g in direct)  # the SFT baseline
+    direct = fam.generate(model, tok, batch, GenConfig(max_new_tokens=3, options={"chain": False, "reflections": []}))
+    assert all(g.trace is None and len(tok(g.generated)["input_ids"]) <= 3 for g in direct)  # a report, no chain
     with pytest.raises(Exception, match="family_options"):
         fam.generate(model, tok, batch, GenConfig(options={"reflect": True}))
+    # one `rrg eval` scores both settings: the headline's reuses its run (variant == gen), the other flips it
+    head = GenConfig(max_new_tokens=1, options={"reflection": False})
+    variants = fam.eval_variants(head)
+    assert list(variants) == ["reflection_off", "reflection_on"] and variants["reflection_off"] is head
+    assert variants["reflection_on"].options == {"reflection": True}
+    assert list(fam.eval_variants(GenConfig(options={"reflection": True, "reflections": [True]}))) == ["reflection_on"]
+    assert fam.eval_variants(GenConfig(options={"chain": False})) == {}
+    for bad in ({"reflections": "yes"}, {"chain": False, "reflections": [True]}, {"chain": False, "reflection": True}):
+        with pytest.raises(Exception, match="family_options"):
+            fam.eval_variants(GenConfig(options=bad))
     groups = fam.trainable_groups(model, "lora")
     assert [g.name for g in groups] == ["projector", "lora"] and groups[1].params
     with torch.no_grad():
@@ -140,6 +226,24 @@ def test_trace_is_collapsible_in_the_report_and_fallbacks_are_counted():
     html = study_card(recs[0])
     assert '<details class="trace"><summary>full trace</summary><pre>Final report:\ng &lt;b&gt;</pre></details>' in html
     assert "last paragraph scored" in study_card(recs[1]) and "<details" not in study_card(recs[2])
+
+
+def test_demo_config_defines_the_matching_direct_sft_run():
+    """configs/lvmed_r2_sft.yaml = configs/lvmed_r2_demo.yaml with the base family trained on the reports:
+    same shards, model sizes, packing, LoRA, eval and step budget; lvmed_r2's typed sections not inherited."""
+    demo, sft = load_config(ROOT / "configs" / "lvmed_r2_demo.yaml"), load_config(ROOT / "configs" / "lvmed_r2_sft.yaml")
+    assert (demo.model.family, sft.model.family) == ("lvmed_r2", "llava_rad")
+    assert sft.model.options == {} and sft.eval.family_options == {}
+    assert demo.data == sft.data and demo.train.lora == sft.train.lora and demo.train.packing == sft.train.packing
+    assert (demo.model.vision, demo.model.lm, demo.model.projector) == (sft.model.vision, sft.model.lm, sft.model.projector)
+    assert sft.model.max_text_len == demo.model.options["max_len"]["report"]
+    assert demo.train.max_steps == sft.train.max_steps
+    d, s = demo.train.resolved_stages(), sft.train.resolved_stages()
+    assert d[0] == s[0]  # the shared LM warm-up
+    assert [x.target for x in d[1:]] == ["reasoning", "reflection"] and [x.target for x in s[1:]] == ["report"]
+    assert {x.tuning for x in d[1:] + s[1:]} == {"lora"}
+    assert {k: v for k, v in vars(demo.eval).items() if k != "family_options"} == \
+        {k: v for k, v in vars(sft.eval).items() if k != "family_options"}
 
 
 def _stage_end_digest(ckpt: Path, output_dir: Path) -> str:

@@ -120,6 +120,45 @@ def test_local_lm_backend_malformed_output_falls_back_counted(shards, tmp_path):
     assert saved["malformed_lm_output"] == n
 
 
+FORCED = ("Knowledge:\n- Lungs: The lungs may show consolidation.\nPerception:\n- Lungs (normal): The lungs are clear.\n"
+          "Fine-grained report:\nLungs: The lungs are clear.\nFinal report:\nFINDINGS: The lungs are clear.\n"
+          "IMPRESSION: No acute process.")
+
+
+def test_local_lm_backend_keeps_a_parseable_chain(shards, tmp_path):
+    """The success path: a tiny random LM whose own generation config constrains greedy decoding to a
+    well-formed chain (tests/reasoningkit.py ``forced``).  Its output is prompted, parsed and kept as the
+    study's chain (backend hf_lm, final report from the chain), the reflection variant still comes from
+    the template rule, and nothing is counted malformed."""
+    from trainer.reasoning_lm import lm_members
+
+    copy = shard_copy(shards, tmp_path)
+    lm = tiny_causal_lm(tmp_path / "lm", [REPORT, *OTHERS] * 4, forced=FORCED)
+    cfg = ReasoningConfig(backend="hf_lm", lm_path=lm, max_new_tokens=200)
+    summary = annotate_reasoning(copy, cfg, SerialPool(), make_members=lm_members)
+    n = load_manifest(copy).splits["train"]
+    assert summary["entries"] == summary["backend_hf_lm"] == n and summary["malformed_lm_output"] == 0
+    train = _annotations(copy, "train")
+    assert len(train) == n
+    for a in train.values():
+        assert a["backend"] == "hf_lm" and not a.get("malformed") and a["reasoning"] == FORCED
+        assert a["final_report"] == parse_chain(FORCED)["final report"] == FORCED.split("Final report:\n")[1]
+    reflected = [a for a in train.values() if a["reflection"]]
+    assert reflected and all("Reflection:" in a["reflection"][a["corrupt_span"][1]:] for a in reflected)
+    assert all(a is None for a in _annotations(copy, "test").values())
+
+
+def test_annotation_follows_the_configured_train_split(shards, tmp_path):
+    """``data.train_split`` (here another split name) is what the tree reads and the overlay covers."""
+    copy = shard_copy(shards, tmp_path)
+    summary = annotate_reasoning(copy, ReasoningConfig(), SerialPool(), split="validate")
+    m = load_manifest(copy)
+    assert summary["entries"] == m.splits["validate"] > 0 and summary["splits"] == ["validate"]
+    assert m.sidecars["reasoning"].reads_splits == ["validate"]
+    assert all(a and parse_chain(a["reasoning"]) for a in _annotations(copy, "validate").values())
+    assert all(a is None for a in _annotations(copy, "train").values())
+
+
 @pytest.mark.slow
 def test_cli_annotates_training_studies_only_on_ray(shards, tmp_path):
     copy = shard_copy(shards, tmp_path)

@@ -248,11 +248,18 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml
 
 def _merge_base(base: dict, child: dict) -> dict:
     """``base:`` merge, except that a file naming another ``data.source.adapter`` than its base does not
-    inherit the base's adapter args (``base: demo.yaml`` must not hand ``num_studies`` to a DICOM adapter)."""
+    inherit the base's adapter args (``base: demo.yaml`` must not hand ``num_studies`` to a DICOM adapter),
+    and one naming another ``model.family`` does not inherit the base's family-typed sections
+    (``model.options``, ``eval.family_options``): a baseline run of another family on the same data."""
     adapter = ((child.get("data") or {}).get("source") or {}).get("adapter")
     source = (base.get("data") or {}).get("source") or {}
     if adapter is not None and adapter != source.get("adapter") and "args" in source:
         base = {**base, "data": {**base["data"], "source": {k: v for k, v in source.items() if k != "args"}}}
+    family = (child.get("model") or {}).get("family")
+    if family is not None and family != (base.get("model") or {}).get("family"):
+        for section, key in (("model", "options"), ("eval", "family_options")):
+            if key in (base.get(section) or {}):
+                base = {**base, section: {k: v for k, v in base[section].items() if k != key}}
     return deep_merge(base, child)
 
 

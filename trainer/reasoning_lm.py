@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
-from shards.reasoning.annotate import SIDECAR
+from shards.reasoning.annotate import SIDECAR, in_split
 from shards.reasoning.chain import parse_chain, perception_lines, template_chain
 
 _LOADED: dict[str, Any] = {}
@@ -45,7 +45,7 @@ def lm_chain(report: str, context: dict) -> Optional[str]:
 
 def lm_members(sample, context: dict) -> Optional[dict[str, bytes]]:
     """Sidecar members of one study with the local-LM backend (template fallback when malformed)."""
-    if sample.record.get("split", "train") != "train":
+    if not in_split(sample, context):
         return None
     entry = template_chain(sample.report, context["tree"], context["seed"], sample.key)
     chain = lm_chain(sample.report, context)

@@ -1,11 +1,12 @@
 """``rrg annotate reasoning``: the perception-tree asset and the ``reasoning`` overlay (training split only).
 
-Two passes, both one task per training shard on the given pool:
+Two passes, both one task per training shard on the given pool (the training split is
+``data.train_split``, handed in as ``split``):
 
 1. count (organ, condition, sentence) over the training reports -> the ``perception_tree``
-   asset (tree.json + the shipped ontology.json; ``reads_splits=["train"]``);
+   asset (tree.json + the shipped ontology.json; ``reads_splits=[split]``);
 2. per training study, the four-module chain and its reflection variant -> the ``reasoning``
-   sidecar (``<key>.reasoning.json``), built with ``splits=["train"]`` so validation and test
+   sidecar (``<key>.reasoning.json``), built with ``splits=[split]`` so validation and test
    studies never get an entry.  The backend is a module-level member function: the template one
    here, or the local causal-LM one (trainer/reasoning_lm.py, chosen by the CLI).
 
@@ -82,9 +83,14 @@ def build_perception_tree(shards_dir: str, cfg: ReasoningConfig, pool=None, spli
                        version=VERSION, reads_splits=[split], meta={"max_examples": cfg.max_examples})
 
 
+def in_split(sample, context: dict) -> bool:
+    """Whether a study belongs to the split annotated (``data.train_split``, passed as ``context["split"]``)."""
+    return sample.record.get("split", context["split"]) == context["split"]
+
+
 def template_members(sample, context: dict) -> Optional[dict[str, bytes]]:
     """Sidecar members of one study with the offline template backend."""
-    if sample.record.get("split", "train") != "train":
+    if not in_split(sample, context):
         return None  # belt and braces: the sidecar is built over training shards only
     entry = template_chain(sample.report, context["tree"], context["seed"], sample.key)
     entry["backend"] = "template"
@@ -113,7 +119,7 @@ def annotate_reasoning(shards_dir: str, cfg: ReasoningConfig, pool=None, make_me
 
     root = str(Path(shards_dir).resolve())
     tree_asset = build_perception_tree(root, cfg, pool, split)
-    context = {"tree": tree_asset.read_json("tree.json"), "seed": cfg.seed, "backend": cfg.backend,
+    context = {"tree": tree_asset.read_json("tree.json"), "seed": cfg.seed, "backend": cfg.backend, "split": split,
                "lm_path": cfg.lm_path, "prompt": cfg.prompt, "max_new_tokens": cfg.max_new_tokens}
     producer = {"name": "rrg annotate reasoning", "backend": cfg.backend, "seed": cfg.seed,
                 "lm_path": cfg.lm_path, "tree_asset": tree_asset.digest()}

@@ -169,7 +169,8 @@ def target_text(report: str, annotation: Optional[dict], target: str,
     """(text to learn, character spans at zero loss weight) for one study and target field.
 
     ``report`` needs no annotation; ``reasoning``/``reflection`` return (None, []) when the study
-    has no such entry (the builder then falls back to its report row).  The corrupted span of a
+    has no such entry (the lvmed_r2 builder raises for a study without an overlay entry, and trains
+    an entry without a reflection variant on its reasoning chain).  The corrupted span of a
     reflection chain is excluded unless ``include_corrupt``.
     """
     if target not in TARGETS:

@@ -9,7 +9,8 @@ Outputs in ``--out`` (default ``<output_dir>/eval/<split>-<checkpoint>``):
   ``baseline_label_prior_<key>`` and ``baseline_retrieval_<key>`` (same split, same scorer),
   ``ablation_<name>_<key>`` and ``ablation_<name>_drop_<key>`` (model minus ablated);
 * ``<variant>_<key>`` for each of the family's ``eval_variants`` (e.g. LLaVA-TA's
-  ``selection_all|predicted|oracle``, each with ``<variant>_oracle_inputs``) and the family's
+  ``selection_all|predicted|oracle``, LVMed-R2's ``reflection_off|on``, each with ``<variant>_oracle_inputs``
+  and ``<variant>_family_options``; ``family_options`` is the headline run's ``eval.family_options``) and the family's
   ``extra_scores`` hooks (trainer/eval_hooks.py, e.g. topic-level scores), in the same run;
 * ``report.html`` — metric table with intervals and baselines, per-label F1 chart, studies.
 
@@ -179,6 +180,7 @@ def run_eval(cfg, *, pool, checkpoint: Optional[str] = None, model_dir: Optional
     baselines = _baselines(cfg, runs["model"], cfg.eval.bootstrap, labeler)
     flat = dict(metrics)
     flat["family"] = family.name
+    flat["family_options"] = dict(cfg.eval.family_options)  # the generation switches of the headline run
     flat.update(fallback_counts(runs["model"]))
     flat["oracle_inputs"] = oracle  # fields beyond the image the model read at evaluation ([] = none)
     if oracle:
@@ -219,10 +221,11 @@ def _score_variants(cfg, family, runs: dict, labeler, out_dir: Path, flat: dict)
         vm = score(runs[vname], bootstrap=cfg.eval.bootstrap, labeler=labeler, meteor=cfg.eval.meteor,
                    meteor_language=cfg.eval.meteor_language)
         vm.update({k: v for k, v in extra_scores(family, runs[vname]).items() if not isinstance(v, dict)})
+        vm.update(fallback_counts(runs[vname]))
         _write_jsonl(out_dir / f"predictions_{vname}.jsonl", runs[vname])
-        flat.update({f"{vname}_{k}": v for k, v in vm.items()
-                     if isinstance(v, (int, float)) and not k.endswith(("_ci_low", "_ci_high"))})
+        flat.update({f"{vname}_{k}": v for k, v in vm.items() if isinstance(v, (int, float))})  # CIs too
         flat[f"{vname}_oracle_inputs"] = family.oracle_inputs(variant)
+        flat[f"{vname}_family_options"] = dict(variant.options)
         out[vname] = vm
     return out
 
