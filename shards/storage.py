@@ -73,7 +73,12 @@ def _fs(url: str):
     import fsspec
 
     # no listing cache: another process (a worker, the next job) may have written since the last look
-    return fsspec.core.url_to_fs(url, use_listings_cache=False)
+    kwargs: dict = {"use_listings_cache": False}
+    if url.split("://", 1)[0] in ("s3", "s3a"):
+        # fsspec reuses a filesystem made with the same arguments, and an s3 one keeps the endpoint it
+        # first connected to: name the endpoint, so a changed AWS_ENDPOINT_URL gets its own client
+        kwargs["endpoint_url"] = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    return fsspec.core.url_to_fs(url, **kwargs)
 
 
 def _open(fs, path: str, mode: str):

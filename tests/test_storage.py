@@ -325,6 +325,16 @@ def test_resume_none_over_remote_checkpoints_is_refused_or_cleared(s3, tmp_path,
     assert not (tmp_path / "d" / "checkpoints").exists()
 
 
+def test_a_changed_endpoint_gets_its_own_client(s3, monkeypatch):
+    """One process, one server after another (a test module after another, a job moving to another
+    store): the second is reached, not the first one's closed endpoint (fsspec keeps filesystems)."""
+    monkeypatch.setattr(storage, "BASE_DELAY_S", 0.01)
+    for word in ("first", "second"):
+        with moto_server():  # a fresh port each time; the first server is stopped before the second starts
+            storage.write_text(f"{s3}/endpoint-check", word)
+            assert storage.read_text(f"{s3}/endpoint-check") == word
+
+
 @pytest.mark.parametrize("backend", ["ray", "torchrun"])
 def test_output_dir_url_is_refused_before_anything_is_made(tmp_path, backend):
     proc = subprocess.run([sys.executable, "-m", "launcher.cli", "train", TINY, "output_dir=s3://rrg/runs/x",
