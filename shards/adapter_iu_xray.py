@@ -3,31 +3,74 @@
 Each XML report holds ``AbstractText`` sections (COMPARISON, INDICATION,
 FINDINGS, IMPRESSION) and one ``parentImage id=...`` per image.  IU X-ray has
 no patient ids and no official split: every report is its own patient (its
-``uId``), so the writer's patient-hash split applies.  It gives no view
-positions either: views keep the XML order (``position: UNKNOWN``).  No
-CheXpert labels ship with it (``labels`` stay empty).
+``uId``), so the writer's patient-hash split applies.  No CheXpert labels ship
+with it (``labels`` stay empty).
 
-Skips (counted): missing PNGs (``view_missing_image``; ``missing_image`` when
-none is left), reports with neither FINDINGS nor IMPRESSION (``empty_report``),
-reports without images (``no_image``).  A file that is not well-formed XML is
-an :class:`AdapterError` naming it.
+View positions: the Open-i XML has none per image.  Its ``parentImage``
+``caption`` describes the examination ("Xray Chest PA and Lateral", the same on
+every image of a report), so it is used only when it names exactly one view
+(``PA``, ``AP``, ``frontal`` -> that; ``lateral`` -> ``LATERAL``).  The optional
+``projections`` file (``uid, filename, projection`` with ``Frontal`` /
+``Lateral``, as in the Kaggle redistribution's ``indiana_projections.csv``;
+its ``1_IM-0001-4001.dcm.png`` names are matched to the ``CXR1_1_IM-0001-4001``
+ids by report number and ``IM-`` part)
+gives ``FRONTAL`` / ``LATERAL`` for every image it lists and wins over captions.
+Anything else is ``UNKNOWN``.  Views are ordered frontal, then unknown, then
+lateral, each group in XML order: so without positions view 0 is the report's
+first ``parentImage`` (in Open-i usually, but not always, the frontal one),
+and a study whose images are all known laterals is skipped (``no_frontal``).
+
+Skips (counted): missing PNGs (``view_missing_image``, counted for kept reports;
+``missing_image`` when none is left), views past ``max_views``
+(``view_over_max_views``), reports with neither FINDINGS nor IMPRESSION
+(``empty_report``), reports without images (``no_image``), lateral-only reports
+(``no_frontal``).  A file that is not well-formed XML, or a malformed
+projections row, is an :class:`AdapterError` naming it.
 """
 from __future__ import annotations
 
 import glob
 import os
+import re
 import xml.etree.ElementTree as ET
 from typing import Optional
 
-from shards.adapter_kit import Adapter, AdapterError
+from shards.adapter_kit import Adapter, AdapterError, cap_views, find_dir, find_file, read_csv
 from shards.adapters import ADAPTERS
 from shards.records import Study, View
 
 SECTIONS = ("COMPARISON", "INDICATION", "FINDINGS", "IMPRESSION")
+_RANK = {"PA": 0, "AP": 0, "FRONTAL": 0, "UNKNOWN": 1, "LATERAL": 2}
+_FRONTAL_WORDS = {"PA": "PA", "AP": "AP", "FRONTAL": "FRONTAL"}
+_LATERAL_WORDS = {"LATERAL", "LAT", "LL", "RL"}
 
 
-def parse_report(path: str) -> tuple[str, dict[str, str], list[str]]:
-    """(uId, {section: text}, parentImage ids) of one Open-i XML file."""
+def caption_position(caption: str) -> str:
+    """A caption naming exactly one view -> its position; none or both -> UNKNOWN."""
+    words = set(re.findall(r"[A-Z]+", caption.upper()))
+    frontal = {_FRONTAL_WORDS[w] for w in words if w in _FRONTAL_WORDS}
+    lateral = bool(words & _LATERAL_WORDS)
+    if len(frontal) == 1 and not lateral:
+        return frontal.pop()
+    if lateral and not frontal:
+        return "LATERAL"
+    return "UNKNOWN"
+
+
+_IMAGE_NAME = re.compile(r"^(?:CXR)?(\d+)(?:_\d+)?_(IM-[0-9-]+)", re.IGNORECASE)
+
+
+def image_key(name: str) -> str:
+    """Open-i id ``CXR1_1_IM-0001-4001`` and Kaggle file ``1_IM-0001-4001.dcm.png`` -> ``1_IM-0001-4001``."""
+    base = os.path.basename(name.strip())
+    m = _IMAGE_NAME.match(base)
+    if m:
+        return f"{m.group(1)}_{m.group(2).upper()}"
+    return re.sub(r"(\.dcm)?\.(png|jpg)$", "", base, flags=re.IGNORECASE)
+
+
+def parse_report(path: str) -> tuple[str, dict[str, str], list[tuple[str, str]]]:
+    """(uId, {section: text}, [(parentImage id, caption position)]) of one Open-i XML file."""
     try:
         tree = ET.parse(path)
     except ET.ParseError as err:
@@ -41,42 +84,67 @@ def parse_report(path: str) -> tuple[str, dict[str, str], list[str]]:
         label = (node.get("Label") or "").upper()
         if label in SECTIONS:
             sections[label] = " ".join("".join(node.itertext()).split())
-    images = [n.get("id") for n in root.iter("parentImage") if n.get("id")]
+    images = [(n.get("id"), caption_position(n.findtext("caption") or ""))
+              for n in root.iter("parentImage") if n.get("id")]
     return uid.get("id"), sections, images
 
 
 @ADAPTERS.register("iu_xray")
 class IuXrayAdapter(Adapter):
     def __init__(self, root: str, seed: int = 0, reports_dir: str = "ecgen-radiology",
-                 images_dir: str = "NLMCXR_png", max_views: int = 2, check_files: bool = True):
+                 images_dir: str = "NLMCXR_png", projections: Optional[str] = None, max_views: int = 2,
+                 check_files: bool = True):
         self.root = os.path.abspath(root)
-        self.reports_dir = os.path.join(self.root, reports_dir)
-        self.images_dir = os.path.join(self.root, images_dir)
+        self.reports_dir = find_dir(self.root, reports_dir, "iu_xray: reports_dir")
+        self.images_dir = find_dir(self.root, images_dir, "iu_xray: images_dir")
+        self.projections_path = find_file(self.root, projections, projections,
+                                          what="iu_xray: projections") if projections else None
         self.max_views, self.check_files = int(max_views), bool(check_files)
-        if not os.path.isdir(self.reports_dir):
-            raise AdapterError(f"iu_xray: no such folder {self.reports_dir}")
         self._index = self._plan()
 
+    def _projections(self) -> dict[str, str]:
+        if self.projections_path is None:
+            return {}
+        out: dict[str, str] = {}
+        for rowno, row in read_csv(self.projections_path, ("filename", "projection")):
+            proj = row["projection"].strip().upper()
+            if proj not in ("FRONTAL", "LATERAL") or not row["filename"].strip():
+                raise AdapterError(f"{self.projections_path}, row {rowno}: projection must be Frontal or Lateral "
+                                   f"with a filename, got {row['projection']!r} / {row['filename']!r}")
+            out[image_key(row["filename"])] = proj
+        return out
+
     def _plan(self) -> list[tuple]:
+        projections = self._projections()
         index = []
         for path in sorted(glob.glob(os.path.join(self.reports_dir, "*.xml"))):
             uid, sections, images = parse_report(path)
             if not images:
                 self.skips().add("no_image", path)
                 continue
+            views = sorted(((projections.get(image_key(i), pos), i) for i, pos in images),
+                           key=lambda v: _RANK[v[0]])
+            dropped: list[tuple[str, str]] = []
             if self.check_files:
-                present = [i for i in images if os.path.isfile(os.path.join(self.images_dir, f"{i}.png"))]
-                for i in images:
-                    if i not in present:
-                        self.skips().add("view_missing_image", os.path.join(self.images_dir, f"{i}.png"))
+                present = []
+                for v in views:
+                    if os.path.isfile(os.path.join(self.images_dir, f"{v[1]}.png")):
+                        present.append(v)
+                    else:
+                        dropped.append(("view_missing_image", os.path.join(self.images_dir, f"{v[1]}.png")))
                 if not present:
-                    self.skips().add("missing_image", f"{path}: none of {images} on disk")
+                    self.skips().add("missing_image", f"{path}: none of {[i for i, _ in images]} on disk")
                     continue
-                images = present
+                views = present
+            if views[0][0] == "LATERAL":
+                self.skips().add("no_frontal", f"{path}: every image is a lateral")
+                continue
             if not sections.get("FINDINGS") and not sections.get("IMPRESSION"):
                 self.skips().add("empty_report", f"{path}: neither FINDINGS nor IMPRESSION")
                 continue
-            index.append((uid, path, tuple(images[:self.max_views])))
+            kept = cap_views(views, self.max_views, dropped, path)
+            self.commit_views(dropped)
+            index.append((uid, path, kept))
         if not index and not self.skips().counts:
             raise AdapterError(f"iu_xray: no reports in {self.reports_dir}")
         return index
@@ -85,11 +153,11 @@ class IuXrayAdapter(Adapter):
         return [(uid, None) for uid, _, _ in self._index]
 
     def load(self, index: int) -> Study:
-        uid, path, images = self._index[index]
+        uid, path, views = self._index[index]
         _, sections, _ = parse_report(path)
         return Study(study_id=uid, patient_id=uid, split=None,
-                     views=[View(path=os.path.join(self.images_dir, f"{i}.png"), position="UNKNOWN") for i in images],
+                     views=[View(path=os.path.join(self.images_dir, f"{i}.png"), position=p) for p, i in views],
                      findings=sections.get("FINDINGS", ""), impression=sections.get("IMPRESSION", ""),
-                     meta={"dataset": "iu_xray", "image_ids": list(images), "indication": sections.get("INDICATION", ""),
-                           "comparison": sections.get("COMPARISON", ""),
+                     meta={"dataset": "iu_xray", "image_ids": [i for _, i in views],
+                           "indication": sections.get("INDICATION", ""), "comparison": sections.get("COMPARISON", ""),
                            "sections": "sections" if sections.get("FINDINGS") else "impression_only"})

@@ -5,10 +5,14 @@ image paths are relative to ``images_dir`` (default ``<root>/images``).  The
 split is the file's own (val -> validate).  The patient is ``subject_id`` when
 given (MIMIC), else the study ``id`` (IU: one report per patient); a patient
 in two splits is refused by the writer.  The report is R2Gen's cleaned
-findings text; views keep the file's order (``position: UNKNOWN``).
+findings text (``findings``; R2Gen keeps no impression).  The file gives no view
+positions: views keep its ``image_path`` order (``position: UNKNOWN``), so view 0
+is the first path, as in R2Gen's own loaders.
 
-Skips (counted): missing images (``view_missing_image`` / ``missing_image``),
-empty reports (``empty_report``), a study id listed twice (``row_duplicate``).
+Skips (counted): missing images (``view_missing_image`` for kept studies,
+``missing_image`` when none is left), views past ``max_views``
+(``view_over_max_views``), empty reports (``empty_report``), a study id listed
+twice (``row_duplicate``).
 A record lacking ``id``, ``report`` or ``image_path`` is an :class:`AdapterError`
 naming the file, split list and position.
 """
@@ -18,7 +22,8 @@ import json
 import os
 from typing import Optional
 
-from shards.adapter_kit import Adapter, AdapterError, find_file, norm_split
+from shards.adapter_kit import (CHECK_BATCH, Adapter, AdapterError, FileCheck, cap_views, find_dir, find_file,
+                                norm_split)
 from shards.adapters import ADAPTERS
 from shards.records import Study, View
 
@@ -26,11 +31,11 @@ from shards.records import Study, View
 @ADAPTERS.register("r2gen_json")
 class R2GenJsonAdapter(Adapter):
     def __init__(self, root: str, seed: int = 0, annotation: Optional[str] = None, images_dir: str = "images",
-                 max_views: int = 2, check_files: bool = True):
+                 max_views: int = 2, check_files: bool = True, check_threads: int = 8):
         self.root = os.path.abspath(root)
-        self.path = find_file(self.root, "annotation.json", annotation)
-        self.images_dir = os.path.join(self.root, images_dir)
-        self.max_views, self.check_files = int(max_views), bool(check_files)
+        self.path = find_file(self.root, "annotation.json", annotation, what="r2gen_json: annotation")
+        self.images_dir = find_dir(self.root, images_dir, "r2gen_json: images_dir")
+        self.max_views, self.check_files, self.check_threads = int(max_views), bool(check_files), int(check_threads)
         self._index = self._plan()
 
     def _plan(self) -> list[tuple]:
@@ -41,7 +46,7 @@ class R2GenJsonAdapter(Adapter):
             raise AdapterError(f"{self.path}: not valid JSON ({err})") from None
         if not isinstance(data, dict):
             raise AdapterError(f"{self.path}: expected {{train|val|test: [...]}}")
-        index, seen = [], set()
+        todo, seen = [], set()
         for key, records in data.items():
             split = norm_split(key, f"{self.path}, key '{key}'")
             for pos, rec in enumerate(records):
@@ -54,18 +59,23 @@ class R2GenJsonAdapter(Adapter):
                     self.skips().add("row_duplicate", f"{where} (id {sid})")
                     continue
                 seen.add(sid)
-                item = self._plan_record(rec, sid, split, where)
-                if item is not None:
-                    index.append(item)
+                todo.append((rec, sid, split, where))
+        index = []
+        with FileCheck(self.check_threads) as check:
+            for start in range(0, len(todo), CHECK_BATCH):
+                batch = todo[start:start + CHECK_BATCH]
+                exists = check([os.path.join(self.images_dir, str(p)) for rec, *_ in batch for p in rec["image_path"]]
+                               ) if self.check_files else {}
+                index.extend(item for args in batch if (item := self._plan_record(*args, exists)) is not None)
         return index
 
-    def _plan_record(self, rec: dict, sid: str, split: str, where: str) -> Optional[tuple]:
+    def _plan_record(self, rec: dict, sid: str, split: str, where: str, exists: dict[str, bool]) -> Optional[tuple]:
         images = [str(p) for p in rec["image_path"]]
+        dropped: list[tuple[str, str]] = []
         if self.check_files:
-            present = [p for p in images if os.path.isfile(os.path.join(self.images_dir, p))]
-            for p in images:
-                if p not in present:
-                    self.skips().add("view_missing_image", f"{where}: {os.path.join(self.images_dir, p)}")
+            present = [p for p in images if exists[os.path.join(self.images_dir, p)]]
+            dropped += [("view_missing_image", f"{where}: {os.path.join(self.images_dir, p)}")
+                        for p in images if p not in present]
             if not present:
                 self.skips().add("missing_image", f"{where}: none of {images} on disk")
                 return None
@@ -74,8 +84,10 @@ class R2GenJsonAdapter(Adapter):
         if not report:
             self.skips().add("empty_report", where)
             return None
+        kept = cap_views([("UNKNOWN", p) for p in images], self.max_views, dropped, where)
+        self.commit_views(dropped)
         patient = str(rec.get("subject_id") or sid)
-        return sid, patient, split, tuple(images[:self.max_views]), report, rec.get("study_id")
+        return sid, patient, split, tuple(p for _, p in kept), report, rec.get("study_id")
 
     def entries(self) -> list[tuple[str, Optional[str]]]:
         return [(item[1], item[2]) for item in self._index]

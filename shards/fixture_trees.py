@@ -76,20 +76,28 @@ MIMIC_REPORTS = {
 }
 
 
+MIMIC_DATES = {1: ("21800105", "093000.000"), 2: ("21800102", "101500.125")}  # s2 before s1 (ids say otherwise)
+
+
 def make_mimic(root: str | os.PathLike, malformed: bool = False, size: tuple[int, int] = (60, 48)) -> Path:
     """MIMIC-CXR-JPG 2.0.0 layout; study s5000000N of the plan below (kept unless said):
 
-    1 p10000001 PA+LATERAL, FINDINGS+IMPRESSION, train   | 2 p10000001 AP only, IMPRESSION only, train
-    3 p10000002 LATERAL only -> no_frontal (validate)    | 4 p10000002 PA missing on disk + AP -> AP only, validate
+    1 p10000001 PA+LATERAL+XTABLE LATERAL, FINDINGS+IMPRESSION, train -> PA, LATERAL (view_other_position)
+    2 p10000001 AP only, IMPRESSION only, train; dated before study 1 -> p10000001's study_order 0
+    3 p10000002 LATERAL only -> no_frontal (validate)    | 4 p10000002 PA missing on disk + AP (blank Rows/Columns)
+                                                             -> AP only (view_missing_image), validate
     5 p10000003 PA missing on disk -> missing_image      | 6 p10000003 no headings (last paragraph), test,
                                                              its metadata row duplicated -> row_duplicate
     7 p10000004 report missing -> missing_report         | 8 p10000004 LATERAL, AP, PA listed -> PA, AP; train
+                                                             (LATERAL: view_over_max_views)
     9 p10000005 not in the split file -> not_in_split    | 10 p10000006 corrupt JPEG -> unreadable_image
+    StudyDate/StudyTime: MIMIC_DATES for studies 1 and 2, else 218001NN 120000.000.
     metadata and chexpert CSVs gzipped, split plain; ``malformed`` appends a row with subject_id 'p1x'.
     """
     root = Path(root)
     h, w = size
-    plan = {1: (1, [("PA", True), ("LATERAL", True)], "train"), 2: (1, [("AP", True)], "train"),
+    plan = {1: (1, [("PA", True), ("LATERAL", True), ("XTABLE LATERAL", True)], "train"),
+            2: (1, [("AP", True)], "train"),
             3: (2, [("LATERAL", True)], "validate"), 4: (2, [("PA", False), ("AP", True)], "validate"),
             5: (3, [("PA", False)], "test"), 6: (3, [("PA", True)], "test"),
             7: (4, [("PA", True)], "train"), 8: (4, [("LATERAL", True), ("AP", True), ("PA", True)], "train"),
@@ -98,9 +106,11 @@ def make_mimic(root: str | os.PathLike, malformed: bool = False, size: tuple[int
     for n, (p, views, split) in plan.items():
         subject, study = f"1000000{p}", f"500000{n:02d}"
         folder = root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}"
+        date, clock = MIMIC_DATES.get(n, (f"218001{n:02d}", "120000.000"))
         for v, (pos, present) in enumerate(views):
-            dicom = f"d{n:02d}{v}{pos.lower()}-0000-aaaa"
-            meta.append([dicom, subject, study, "CHEST (PA AND LAT)", pos, h, w, "21800101", "120000.000",
+            dicom = f"d{n:02d}{v}{pos.lower().replace(' ', '')}-0000-aaaa"
+            shape = ["", ""] if (n, pos) == (4, "AP") else [h, w]
+            meta.append([dicom, subject, study, "CHEST (PA AND LAT)", pos, *shape, date, clock,
                          "CHEST (PA AND LAT)", "postero-anterior", "Erect"])
             if split is not None:
                 split_rows.append([dicom, study, subject, split])
@@ -121,7 +131,8 @@ def make_mimic(root: str | os.PathLike, malformed: bool = False, size: tuple[int
             labels[CHEXPERT_LABELS.index("No Finding")] = "1.0"
             labels[CHEXPERT_LABELS.index("Pneumothorax")] = "0.0"
         label_rows.append([subject, study, *labels])
-    meta.insert(8, list(meta[7]))  # study 6's PA row twice (meta rows: 1a 1b 2 3 4a 4b 5 6 -> dup of 6)
+    six = next(i for i, r in enumerate(meta) if r[2] == "50000006")
+    meta.insert(six + 1, list(meta[six]))  # study 6's PA row twice: data row 10 is the duplicate
     if malformed:
         meta.append(["dbad", "p1x", "50000099", "CHEST", "PA", h, w, "21800101", "1", "", "", ""])
     write_csv(root / "mimic-cxr-2.0.0-metadata.csv", MIMIC_META, meta, gz=True)
@@ -131,8 +142,9 @@ def make_mimic(root: str | os.PathLike, malformed: bool = False, size: tuple[int
     return root
 
 
-def make_mimic_scale(root: str | os.PathLike, num_rows: int, seed: int = 0) -> Path:
-    """Metadata/split/label CSVs only (no images or reports): ``num_rows`` images, ~1.66 per study."""
+def make_mimic_scale(root: str | os.PathLike, num_rows: int, seed: int = 0, files: bool = False) -> Path:
+    """Metadata/split/label CSVs: ``num_rows`` images, ~1.66 per study; ``files``: plus an empty file per
+    image and report in the real layout (for planning with ``check_files: true``), else no files."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     per_study = rng.choice([1, 2, 3], size=num_rows, p=[0.45, 0.45, 0.10])
@@ -143,10 +155,16 @@ def make_mimic_scale(root: str | os.PathLike, num_rows: int, seed: int = 0) -> P
         study += 1
         subject = str(10000000 + study // 3)
         split = ("train", "train", "train", "train", "validate", "test")[int(subject) % 6]
+        folder = root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}"
+        if files:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder.parent / f"s{study}.txt").touch()
         for v in range(min(int(per_study[row]), num_rows - row)):
             dicom = f"{study:08x}-{v:04x}-{row:08x}"
             meta.append([dicom, subject, study, "CHEST", views[v], 3056, 2544, "21800101", "1", "", "", ""])
             split_rows.append([dicom, study, subject, split])
+            if files:
+                (folder / f"{dicom}.jpg").touch()
             row += 1
         label_rows.append([subject, study] + ["1.0" if rng.random() < 0.1 else "" for _ in CHEXPERT_LABELS])
     write_csv(root / "mimic-cxr-2.0.0-metadata.csv", MIMIC_META, meta, gz=True)

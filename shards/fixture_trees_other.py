@@ -32,8 +32,12 @@ def make_padchest(root: str | os.PathLike, malformed: bool = False, extra: int =
     s4 pat_B PA missing on disk -> missing_image     | s5 pat_C PA in known_unreadable + AP -> AP only
     s6 pat_C PA corrupt PNG -> unreadable_image      | s7 pat_D PA row duplicated -> row_duplicate; support devices
     s8 pat_D empty Report -> empty_report            | s9 pat_E Labels NaN -> no_labels
+    s10 pat_F PA + corrupt L -> PA only (view_unreadable_image, found by the shard task)
+    s11 pat_F corrupt PA + L -> unreadable_image (a lateral never becomes view 0)
+    s12 pat_G PA, L, COSTAL, AP -> PA, AP (L: view_over_max_views, COSTAL: view_other_position)
     ``extra`` more clean studies e1.. (patients pat_e1..) with Spanish reports; ``malformed`` adds an
-    unterminated Labels literal.  The known unreadable id is ``s5_pa.png`` (file ``known_unreadable.txt``).
+    unterminated Labels literal.  The known unreadable id is ``s5_pa.png``, listed in
+    ``known_unreadable.txt`` (a file of the user's: the download has none).
     """
     root = Path(root)
     rows = []
@@ -62,6 +66,14 @@ def make_padchest(root: str | os.PathLike, malformed: bool = False, extra: int =
     rows.append(list(rows[-1]))
     add("s8", "pat_D", "s8_pa.png", "PA", "", ["normal"])
     add("s9", "pat_E", "s9_pa.png", "PA", SPANISH[6], "nan")
+    add("s10", "pat_F", "s10_pa.png", "PA", SPANISH[7], SPANISH_LABELS[7], bits=16)
+    add("s10", "pat_F", "s10_l.png", "L", SPANISH[7], SPANISH_LABELS[7], present=False)
+    corrupt(root / "0" / "s10_l.png")
+    add("s11", "pat_F", "s11_pa.png", "PA", SPANISH[1], SPANISH_LABELS[1], present=False)
+    corrupt(root / "0" / "s11_pa.png")
+    add("s11", "pat_F", "s11_l.png", "L", SPANISH[1], SPANISH_LABELS[1])
+    for image, proj in (("s12_pa.png", "PA"), ("s12_l.png", "L"), ("s12_costal.png", "COSTAL"), ("s12_ap.png", "AP")):
+        add("s12", "pat_G", image, proj, SPANISH[6], SPANISH_LABELS[6], folder="2")
     for i in range(extra):
         add(f"e{i + 1}", f"pat_e{i + 1}", f"e{i + 1}_pa.png", "PA", SPANISH[i % 8], SPANISH_LABELS[i % 8],
             bits=16 if i % 2 else 8, folder=str(i % 3))
@@ -83,16 +95,21 @@ CXP_COLUMNS = ["path_to_image", "path_to_dcm", "frontal_lateral", "ap_pa", "deid
 def make_chexpert_plus(root: str | os.PathLike, malformed: bool = False, size: int = 48) -> Path:
     """CheXpert Plus layout (CSV gzipped; images as PNG although the CSV says .jpg, except study 3's JPEG):
 
-    train/patient00001/study1: Frontal PA + Lateral, findings+impression, CheXbert labels  -> PA, LATERAL
+    train/patient00001/study1: Frontal PA + 2 Laterals, findings+impression, CheXbert labels -> PA, LATERAL
+                               (the second lateral: view_over_max_views)
     train/patient00001/study2: Frontal AP, impression only                                 -> AP
     train/patient00002/study1: Lateral only -> no_frontal | valid/patient00003/study1: JPEG on disk, valid -> validate
     train/patient00004/study1: image missing -> missing_image | train/patient00005/study1: no sections, report only
     the first row is duplicated -> row_duplicate; ``malformed`` adds a row with a missing field.
+    chexbert_labels/{report,findings,impression}_fixed.json: labels for studies 1 (all three) and
+    patient00001/study2 (report, impression), plus a report line for an image the CSV does not list.
     """
     root = Path(root)
     spec = [("train/patient00001/study1/view1_frontal.jpg", "Frontal", "PA", "patient00001", "Heart is enlarged.",
              "Cardiomegaly.", "", "png"),
             ("train/patient00001/study1/view2_lateral.jpg", "Lateral", "", "patient00001", "Heart is enlarged.",
+             "Cardiomegaly.", "", "png"),
+            ("train/patient00001/study1/view3_lateral.jpg", "Lateral", "", "patient00001", "Heart is enlarged.",
              "Cardiomegaly.", "", "png"),
             ("train/patient00001/study2/view1_frontal.jpg", "Frontal", "AP", "patient00001", "",
              "No acute process.", "", "png"),
@@ -119,40 +136,69 @@ def make_chexpert_plus(root: str | os.PathLike, malformed: bool = False, size: i
     write_csv(root / "df_chexpert_plus_240401.csv", CXP_COLUMNS, rows, gz=True)
     (root / "chexbert_labels").mkdir(exist_ok=True)
     lab = {n: None for n in CHEXPERT_LABELS}
-    with open(root / "chexbert_labels" / "report_fixed.json", "w") as f:
-        f.write(json.dumps({"path_to_image": spec[0][0], **lab, "Cardiomegaly": 1.0, "Edema": 0.0}) + "\n")
-        f.write(json.dumps({"path_to_image": spec[2][0], **lab, "No Finding": 1.0}) + "\n")
+    files = {"report": [(spec[0][0], {"Cardiomegaly": 1.0, "Edema": 0.0}), (spec[3][0], {"No Finding": 1.0}),
+                        ("train/patient09999/study1/view1_frontal.jpg", {"Edema": 1.0})],  # not in the CSV
+             "findings": [(spec[0][0], {"Cardiomegaly": 1})],
+             "impression": [(spec[0][0], {"Cardiomegaly": 1, "Pleural Effusion": -1}), (spec[3][0], {"No Finding": 1})]}
+    for section, lines in files.items():
+        with open(root / "chexbert_labels" / f"{section}_fixed.json", "w") as f:
+            for path, values in lines:
+                f.write(json.dumps({"path_to_image": path, **lab, **values}) + "\n")
     return root
 
 
-def _iu_xml(uid: str, sections: dict[str, str], images: list[str]) -> str:
+def _iu_xml(uid: str, sections: dict[str, str], images: list[str], captions: list[str]) -> str:
     texts = "".join(f'<AbstractText Label="{k}">{v}</AbstractText>' for k, v in sections.items())
-    imgs = "".join(f'<parentImage id="{i}"><figureId>F{n + 1}</figureId><caption>Xray Chest PA and Lateral'
-                   f'</caption></parentImage>' for n, i in enumerate(images))
+    imgs = "".join(f'<parentImage id="{i}"><figureId>F{n + 1}</figureId><caption>{c}</caption><panel type="single">'
+                   f'<url>/hadoop/storage/radiology/extract/{i}.jpg</url></panel></parentImage>'
+                   for n, (i, c) in enumerate(zip(images, captions)))
     return (f'<?xml version="1.0" encoding="utf-8"?><eCitation><meta type="rr"/><uId id="{uid}"/>'
             f'<pmcId id="{uid[3:]}"/><MedlineCitation Owner="Indiana University" Status="supplied"><Article '
             f'PubModel="Electronic"><Abstract>{texts}</Abstract></Article></MedlineCitation>{imgs}</eCitation>')
 
 
+IU_FULL = {"COMPARISON": "None.", "INDICATION": "Cough.", "FINDINGS": "The lungs are clear.",
+           "IMPRESSION": "No acute disease."}
+IU_EXAM = "Xray Chest PA and Lateral"  # Open-i's caption: the examination, the same on every image
+
+
+def iu_image_id(n: int, k: int) -> str:
+    return f"CXR{n}_1_IM-000{n}-{1001 + k}"
+
+
 def make_iu_xray(root: str | os.PathLike, malformed: bool = False, size: int = 48) -> Path:
-    """Open-i layout: CXR1 two views, full report | CXR2 no FINDINGS (impression only) | CXR3 one of two
-    images missing -> first only | CXR4 both images missing -> missing_image | CXR5 empty FINDINGS and
-    IMPRESSION -> empty_report; ``malformed`` adds a truncated XML file."""
+    """Open-i layout (images ``iu_image_id(n, k)``; captions the examination unless said):
+
+    CXR1 two views, full report -> both, position UNKNOWN in XML order
+    CXR2 no FINDINGS (impression only)   | CXR3 one of two images missing -> the first only (view_missing_image)
+    CXR4 both images missing -> missing_image | CXR5 empty FINDINGS and IMPRESSION -> empty_report
+    CXR6 captions Lateral, PA, Lateral -> PA, LATERAL (the second lateral: view_over_max_views)
+    CXR7 one image captioned Lateral -> no_frontal | CXR8 no parentImage -> no_image
+    ``indiana_projections.csv`` (Kaggle redistribution's names): CXR1's first image Lateral, its second
+    Frontal, so with ``projections:`` CXR1 is FRONTAL (image 2), LATERAL (image 1).
+    ``malformed`` adds a truncated XML file.
+    """
     root = Path(root)
     rep, img = root / "ecgen-radiology", root / "NLMCXR_png"
     rep.mkdir(parents=True, exist_ok=True)
-    full = {"COMPARISON": "None.", "INDICATION": "Cough.", "FINDINGS": "The lungs are clear.",
-            "IMPRESSION": "No acute disease."}
-    spec = {1: (full, [True, True]), 2: ({"INDICATION": "Pain.", "FINDINGS": "", "IMPRESSION": "Normal chest."},
-                                         [True]),
-            3: ({**full, "FINDINGS": "Mild cardiomegaly."}, [True, False]), 4: (full, [False, False]),
-            5: ({"INDICATION": "x", "FINDINGS": "", "IMPRESSION": ""}, [True])}
-    for n, (sections, present) in spec.items():
-        ids = [f"CXR{n}_1_IM-000{n}-{1001 + k}" for k in range(len(present))]
-        (rep / f"{n}.xml").write_text(_iu_xml(f"CXR{n}", sections, ids))
-        for i, ok in zip(ids, present):
+    spec = {1: (IU_FULL, [True, True], None),
+            2: ({"INDICATION": "Pain.", "FINDINGS": "", "IMPRESSION": "Normal chest."}, [True], None),
+            3: ({**IU_FULL, "FINDINGS": "Mild cardiomegaly."}, [True, False], None),
+            4: (IU_FULL, [False, False], None),
+            5: ({"INDICATION": "x", "FINDINGS": "", "IMPRESSION": ""}, [True], None),
+            6: ({**IU_FULL, "FINDINGS": "Small right effusion.", "IMPRESSION": "Effusion."}, [True, True, True],
+                ["Lateral", "PA", "Lateral"]),
+            7: ({**IU_FULL, "FINDINGS": "Lateral only."}, [True], ["Lateral"]),
+            8: (IU_FULL, [], None)}
+    for n, (sections, present, captions) in spec.items():
+        ids = [iu_image_id(n, k) for k in range(len(present))]
+        (rep / f"{n}.xml").write_text(_iu_xml(f"CXR{n}", sections, ids, captions or [IU_EXAM] * len(ids)))
+        for k, (i, ok) in enumerate(zip(ids, present)):
             if ok:
-                write_png(img / f"{i}.png", size, size, seed=n, bits=8)
+                write_png(img / f"{i}.png", size, size - 4 * k, seed=n * 10 + k, bits=8)
+    write_csv(root / "indiana_projections.csv", ["uid", "filename", "projection"],
+              [[1, "1_IM-0001-1001.dcm.png", "Lateral"], [1, "1_IM-0001-1002.dcm.png", "Frontal"],
+               [2, "2_IM-0002-1001.dcm.png", "Frontal"]])
     if malformed:
         (rep / "9.xml").write_text("<eCitation><uId id='CXR9'/>")
     return root
@@ -161,13 +207,16 @@ def make_iu_xray(root: str | os.PathLike, malformed: bool = False, size: int = 4
 def make_r2gen(root: str | os.PathLike, malformed: bool = False, size: int = 48) -> Path:
     """R2Gen annotation.json (MIMIC variant with subject ids): m1 (subject 1, train, 2 images), m2 (subject 1,
     train), m3 (subject 2, val -> validate, one image missing), m4 (subject 3, test, images missing ->
-    missing_image), m5 (subject 4, test, empty report -> empty_report), m1 again in test -> row_duplicate;
+    missing_image), m5 (subject 4, test, empty report -> empty_report), m1 again in test -> row_duplicate,
+    m6 (subject 5, train, three images -> the first two, view_over_max_views);
     ``malformed`` adds a record without image_path."""
     root = Path(root)
     data = {"train": [{"id": "m1", "study_id": 101, "subject_id": 1, "report": "the heart is normal . lungs clear .",
                        "image_path": ["p1/s101/a.jpg", "p1/s101/b.jpg"], "split": "train"},
                       {"id": "m2", "study_id": 102, "subject_id": 1, "report": "no effusion .",
-                       "image_path": ["p1/s102/a.jpg"], "split": "train"}],
+                       "image_path": ["p1/s102/a.jpg"], "split": "train"},
+                      {"id": "m6", "study_id": 106, "subject_id": 5, "report": "stable cardiomegaly .",
+                       "image_path": ["p5/s106/a.jpg", "p5/s106/b.jpg", "p5/s106/c.jpg"], "split": "train"}],
             "val": [{"id": "m3", "study_id": 103, "subject_id": 2, "report": "small effusion .",
                      "image_path": ["p2/s103/a.jpg", "p2/s103/missing.jpg"], "split": "val"}],
             "test": [{"id": "m4", "study_id": 104, "subject_id": 3, "report": "clear .",
@@ -176,8 +225,9 @@ def make_r2gen(root: str | os.PathLike, malformed: bool = False, size: int = 48)
                       "split": "test"},
                      {"id": "m1", "study_id": 101, "subject_id": 1, "report": "dup", "image_path": ["p1/s101/a.jpg"],
                       "split": "test"}]}
-    for i, rel in enumerate(["p1/s101/a.jpg", "p1/s101/b.jpg", "p1/s102/a.jpg", "p2/s103/a.jpg", "p4/s105/a.jpg"]):
-        write_jpeg(root / "images" / rel, size, size, seed=i)
+    for i, rel in enumerate(["p1/s101/a.jpg", "p1/s101/b.jpg", "p1/s102/a.jpg", "p2/s103/a.jpg", "p4/s105/a.jpg",
+                             "p5/s106/a.jpg", "p5/s106/b.jpg", "p5/s106/c.jpg"]):
+        write_jpeg(root / "images" / rel, size, size - 4 * (ord(rel[-5]) - ord("a")), seed=i)
     if malformed:
         data["test"].append({"id": "m9", "report": "x"})
     (root / "annotation.json").write_text(json.dumps(data))

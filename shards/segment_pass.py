@@ -61,12 +61,16 @@ def _segmenter(cfg: MasksConfig) -> Any:
 def study_members(sample: Any, cfg: MasksConfig) -> dict[str, bytes]:
     """One study's sidecar members (runs inside the pool task)."""
     segmenter = _segmenter(cfg)
-    probs = segmenter(sample.images[0])
+    return mask_members(segmenter(sample.images[0]), segmenter.channels, cfg)
+
+
+def mask_members(probs: np.ndarray, channels: list[str], cfg: MasksConfig) -> dict[str, bytes]:
+    """Probabilities (C, H, W) in [0, 1] -> the sidecar members stored for one study."""
     masks = probs >= cfg.threshold
     data = encode_masks(masks)
     name = cfg.name
     meta = {"masks_member": f"{name}.masks.bin", "encoding": ENCODING, "shape": list(masks.shape),
-            "channels": list(segmenter.channels), "num_bytes": len(data), "view": 0}
+            "channels": list(channels), "num_bytes": len(data), "view": 0}
     out = {f"{name}.json": json.dumps(meta).encode(), f"{name}.masks.bin": data}
     if cfg.soft:
         from safetensors.numpy import save

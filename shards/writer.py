@@ -19,6 +19,10 @@ examples naming file and row; past ``build.max_skip_fraction`` the build stops.
 A single view the writer cannot use (a DICOM with no pixel data or a transfer
 syntax no installed decoder reads: ``shards.dicom.DicomSkip``) is counted as
 ``view_<reason>``; a study left with no usable view is counted as ``no_usable_view``.
+An image file that does not decode is left out as ``view_unreadable_image``; the
+study is skipped as ``unreadable_image`` when no view, or no frontal view 0, is left.
+Each sidecar also records its task's start, wall and CPU seconds (``rrg bench build``
+reads them; they are not part of the manifest or its fingerprint).
 
 Re-running is safe: ``build.json`` (written first) pins the adapter and
 preprocess settings, and a different config pointed at the same directory is
@@ -156,6 +160,10 @@ def plan_shards(splits: list[str], samples_per_shard: int) -> list[dict[str, Any
 
 
 # ----------------------------------------------------------------------------- pass 2: one study
+def _frontal(position: Optional[str]) -> bool:
+    return str(position or "").upper() in ("PA", "AP", "FRONTAL")
+
+
 def _study_masks(study: Study, height: int, width: int) -> tuple[Optional[np.ndarray], list[str]]:
     """bool (C, height, width) aligned with the stored view 0, from arrays or mask image files."""
     if study.masks is not None:
@@ -175,13 +183,18 @@ def pack_study(study: Study, index: int, split: str, key: str, build: BuildConfi
     """A Study -> one webdataset sample (member ext -> bytes) and its mask byte count.
 
     An unusable DICOM view is appended to ``skipped`` and left out; a study left with
-    no view raises the last DicomSkip.
+    no view raises the last DicomSkip.  An image file that cannot be decoded (PIL's
+    OSError) is left out too, counted as ``view_unreadable_image`` (appended to
+    ``skipped`` only if the study is kept); when no view is left, or the frontal
+    view 0 was the unreadable one and what remains is not frontal (a lateral must
+    never become view 0), the study raises OSError (``unreadable_image``).
     """
     sample: dict[str, Any] = {"__key__": key}
     views = []
     if not study.views:
         raise ValueError(f"study {study.study_id} has no views")
     last_skip: Optional[DicomSkip] = None
+    unreadable: list[DicomSkip] = []
     for view in study.views:
         try:
             data, ext, image, facts = encode_view(view.image if view.image is not None else view.path, build)
@@ -190,12 +203,21 @@ def pack_study(study: Study, index: int, split: str, key: str, build: BuildConfi
             if skipped is not None:
                 skipped.append(skip)
             continue
+        except OSError as err:
+            if view.image is not None:
+                raise
+            unreadable.append(DicomSkip(str(view.path), "unreadable_image", f"{view.position}: {err}"))
+            continue
         i = len(views)
         sample[f"view{i}.{ext}"] = data
         views.append({"member": f"view{i}.{ext}", "position": view.position, "height": image.shape[0],
                       "width": image.shape[1], "channels": 1 if image.ndim == 2 else 3, **facts})
+    if unreadable and (not views or (_frontal(study.views[0].position) and not _frontal(views[0]["position"]))):
+        raise OSError("; ".join(map(str, unreadable)) + ("" if not views else " (its frontal view: no frontal left)"))
     if not views:
         raise last_skip
+    if skipped is not None:
+        skipped.extend(unreadable)
     masks, channels = _study_masks(study, views[0]["height"], views[0]["width"])
     mask_meta, mask_bytes = None, 0
     if masks is not None:
@@ -252,6 +274,7 @@ def write_shard(adapter: Any, shard: dict[str, Any], out_dir: str, build: BuildC
     """Build one shard (runs as a Ray task): tar under a temp name, fsync, rename, sidecar."""
     from webdataset import TarWriter
 
+    started, cpu0 = time.time(), time.process_time()
     out = Path(out_dir)
     final = out / shard["file"]
     tmp = out / f"{shard['file']}{_TMP_MARK}{os.getpid()}"
@@ -294,7 +317,8 @@ def write_shard(adapter: Any, shard: dict[str, Any], out_dir: str, build: BuildC
             tmp.unlink()
     info = asdict(ShardInfo(file=shard["file"], split=shard["split"], num_samples=written,
                             num_bytes=final.stat().st_size, sha256=file_sha256(final)))
-    info.update(mask_bytes=mask_total, skipped=skipped.to_json(), plan=_digest(shard["indices"]), settings=settings_digest)
+    info.update(mask_bytes=mask_total, skipped=skipped.to_json(), plan=_digest(shard["indices"]), settings=settings_digest,
+                task={"start": started, "wall_s": time.time() - started, "cpu_s": time.process_time() - cpu0})
     _atomic_write_json(_sidecar(out, shard["file"]), info)
     return info
 
