@@ -35,9 +35,9 @@ class RGCNConv(nn.Module):
         return torch.einsum("rb,bio->rio", self.comp, self.bases)
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_type: torch.Tensor) -> torch.Tensor:
+        # no shortcut when there are no edges: the bases then still get a (zero) gradient, so every data-parallel
+        # rank reduces the same set of gradients even when a rank's batch has only empty subgraphs
         out = self.root(x)
-        if edge_index.numel() == 0:
-            return out
         src, dst, rel = edge_index[0].long(), edge_index[1].long(), edge_type.long()
         per_basis = torch.einsum("ni,bio->nbo", x, self.bases)  # (N, B, out): each node through each basis
         msg = torch.einsum("eb,ebo->eo", self.comp[rel], per_basis[src])  # W_rel h_src, basis-combined

@@ -1,10 +1,19 @@
 """R2GenKG (arXiv 2508.03426) on rrg's family contract: image + vision-token bank + per-study KG subgraphs -> LM.
 
-vision encoder (any HF tower) -> Q-Former (14 learnable queries) -> cross-attention to the
-disease-aware vision-token bank (asset ``kg_bank``) -> bidirectional V2KG/KG2V cross-attention with
-the study's subgraph tokens (R-GCN with basis decomposition per scale over the ``kg`` asset's node
-features, scales fused by self-attention) -> ``kg_queries`` pooled KG tokens -> projection to the LM
-hidden size; the visual queries and the pooled KG tokens replace the prompt's ``<image>`` placeholder.
+As in the paper, the LM reads three things: the image, the knowledge graph and the disease-aware
+vision tokens.  Vision encoder (any HF tower) -> its patch grid, projected to ``dim`` -> bidirectional
+V2KG/KG2V cross-attention with the study's subgraph tokens (R-GCN with basis decomposition per scale
+over the ``kg`` asset's node features, scales fused by self-attention): the image features and the
+knowledge interact -> a Q-Former (14 learnable queries) reads the fused grid -> cross-attention
+retrieves from the disease-aware vision-token bank (asset ``kg_bank``) -> ``kg_queries`` pooled KG
+tokens.  The fused patch grid (``lm_patches``), the queries and the pooled KG tokens, projected to the
+LM hidden size, replace the prompt's ``<image>`` placeholder.  Without the patch grid (``lm_patches:
+false``) the LM sees only 14 + ``kg_queries`` tokens, each an attention average over the whole image:
+on the demo that bottleneck lost the per-study findings and the LM learned the text prior alone.
+
+Packing (``train.packing``, modeling/packing.py): every tensor above is per study, so a packed batch
+(``segment_ids``, studies permuted to row-major packed order) gives each study the same features as
+an unpacked one; the LM then sees block-diagonal attention and per-study position ids.
 
 Batch tensors (all per study along dim 0, so ``shuffle`` moves them with the image):
 ``kg<i>_nodes`` (B, n) global node ids, -1 padded; ``kg<i>_edges`` (B, 3, e) local src, local dst,
@@ -31,8 +40,8 @@ from configs.schema import ConfigError, to_dict
 from modeling.attention import hf_attn_name
 from modeling.family import FAMILIES, MODEL_JSON, ModelFamily, ParamGroup, read_model_json
 from modeling.kg_modules import BiCrossAttention, CrossAttention, QFormer, RGCNEncoder, ScaleFusion, pad_by_graph
-from modeling.llava_rad import (LlavaRadFamily, VLMOutput, build_prompt_sample, collate_prompt_batch, prompt_ids, rows_of,
-                                splice_image_features, weighted_lm_loss)
+from modeling.llava_rad import (LlavaRadFamily, VLMOutput, build_prompt_sample, collate_prompt_batch, lm_logits,
+                                packed_loss, prompt_ids, rows_of, splice_image_features)
 from modeling.templates import get_template
 from modeling.tokenizer import get_tokenizer, image_token_id
 from modeling.tuning import TuningSpec, is_peft, lm_state_dict_for_export
@@ -51,12 +60,16 @@ class R2GenKGOptions:
     num_bases: int = 2
     kg_queries: int = 4  # pooled KG tokens handed to the LM beside the visual queries
     heads: int = 4
+    lm_patches: bool = True  # the LM also reads the KG-fused patch grid (the paper's image features)
+    kg_dropout: float = 0.0  # training only: this fraction of studies gets an empty subgraph (modality dropout)
 
     def validate(self, key: str) -> None:
         if min(self.num_scales, self.dim, self.num_queries, self.rgcn_layers, self.num_bases, self.kg_queries) < 1:
             raise ConfigError(key, "every r2genkg option must be >= 1")
         if self.dim % self.heads:
             raise ConfigError(f"{key}.dim", f"must be divisible by heads={self.heads}")
+        if not 0.0 <= self.kg_dropout < 1.0:
+            raise ConfigError(f"{key}.kg_dropout", f"must be within [0, 1), got {self.kg_dropout}")
 
 
 def kg_batch_keys(num_scales: int) -> tuple[str, ...]:
@@ -74,7 +87,8 @@ class R2GenKG(nn.Module):
         self.asset_roots = dict(asset_roots)  # exported beside the model
         self.image_token_id = image_token_id(tokenizer)
         self.pad_token_id, self.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-        self.qformer = QFormer(d, vision.hidden_size, opts.num_queries, opts.qformer_layers, opts.heads)
+        self.patch_proj = nn.Linear(vision.hidden_size, d)
+        self.qformer = QFormer(d, d, opts.num_queries, opts.qformer_layers, opts.heads)
         self.register_buffer("bank_tokens", bank.float(), persistent=True)
         self.bank_proj = nn.Linear(bank.shape[1], d)
         self.bank_attn = CrossAttention(d, opts.heads)
@@ -114,19 +128,33 @@ class R2GenKG(nn.Module):
         return self.fusion(per_scale)
 
     def image_features(self, pixel_values: torch.Tensor, bank_gate: torch.Tensor, kg: dict[str, torch.Tensor]):
-        """(B, num_queries + kg_queries, lm_hidden): visual queries and pooled KG tokens."""
-        vis = self.qformer(self.vision(pixel_values))
+        """(B, [patches +] num_queries + kg_queries, lm_hidden): the KG-fused patch grid (``lm_patches``),
+        the disease-aware queries and the pooled KG tokens, in that order."""
+        patches = self.patch_proj(self.vision(pixel_values))  # (B, P, d): the image's vision tokens
+        kg_tok, kg_mask = self.subgraph_tokens(kg)  # (B, 1 + nodes of every scale, d), a null token first
+        patches, kg_tok = self.bidirectional(patches, kg_tok, kg_mask)  # V2KG, then KG2V
+        vis = self.qformer(patches)  # (B, num_queries, d)
         bank = self.bank_proj(self.bank_tokens).unsqueeze(0).expand(vis.shape[0], -1, -1)
-        vis = vis + bank_gate.to(vis.dtype)[:, None, None] * (self.bank_attn(vis, bank) - vis)
-        kg_tok, kg_mask = self.subgraph_tokens(kg)
-        vis, kg_tok = self.bidirectional(vis, kg_tok, kg_mask)
+        vis = vis + bank_gate.to(vis.dtype)[:, None, None] * (self.bank_attn(vis, bank) - vis)  # disease-aware
         pooled = self.kg_pool(self.kg_pool_queries.expand(vis.shape[0], -1, -1), kg_tok, kg_mask)
-        return self.projector(self.out_norm(torch.cat([vis, pooled], 1)))
+        parts = [patches, vis, pooled] if self.opts.lm_patches else [vis, pooled]
+        return self.projector(self.out_norm(torch.cat(parts, 1)))
 
     def _kg(self, kg: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch's subgraphs; in training, ``kg_dropout`` of the studies get an empty one.
+
+        The subgraph is retrieved by image similarity from the training reports, an easy cue: without
+        dropout the LM learned to read it and little of the image itself.  Dropping it for some studies
+        (as nn.Dropout does, from torch's generator) makes the image carry the findings too.
+        """
         if set(kg) != set(self.kg_keys):
             raise TypeError(f"r2genkg expects batch keys {sorted(self.kg_keys)}, got {sorted(kg)}")
-        return kg
+        p = self.opts.kg_dropout
+        if not (self.training and p > 0):
+            return kg
+        first = kg[self.kg_keys[0]]
+        drop = torch.rand(first.shape[0], device=first.device) < p
+        return {k: v.masked_fill(drop.view(-1, *[1] * (v.ndim - 1)), -1) for k, v in kg.items()}
 
     def embed(self, pixel_values, input_ids, attention_mask, bank_gate, kg, labels=None):
         table = self.lm.get_input_embeddings()
@@ -134,12 +162,18 @@ class R2GenKG(nn.Module):
         feats = self.image_features(pixel_values, bank_gate, self._kg(kg))
         return splice_image_features(embeds, input_ids, attention_mask, feats, self.image_token_id, labels)
 
-    def forward(self, pixel_values, input_ids, attention_mask, bank_gate, labels=None, sample_weight=None, **kg):
-        embeds, mask, labels = self.embed(pixel_values, input_ids, attention_mask, bank_gate, kg, labels)
-        logits = self.lm(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
+    def forward(self, pixel_values, input_ids, attention_mask=None, bank_gate=None, labels=None, sample_weight=None,
+                segment_ids=None, **kg):
+        """``segment_ids`` instead of ``attention_mask``: a packed batch (modeling/packing.py)."""
+        packed = segment_ids is not None
+        if bank_gate is None:
+            bank_gate = torch.ones(pixel_values.shape[0], device=pixel_values.device)
+        embeds, mask, labels = self.embed(pixel_values, input_ids, segment_ids if packed else attention_mask,
+                                          bank_gate, kg, labels)
+        logits = lm_logits(self.lm, embeds, mask, packed, self.cfg.attn_implementation)
         if labels is None:
             return VLMOutput(logits=logits)
-        loss, weight_sum = weighted_lm_loss(logits, labels, sample_weight)
+        loss, weight_sum = packed_loss(logits, labels, mask, packed, sample_weight)
         return VLMOutput(loss=loss, logits=logits, weight_sum=weight_sum)
 
     @torch.no_grad()
@@ -151,8 +185,8 @@ class R2GenKG(nn.Module):
                                 pad_token_id=self.pad_token_id, eos_token_id=self.eos_token_id)
 
     def new_modules(self) -> list[nn.Module]:
-        return [self.qformer, self.bank_proj, self.bank_attn, self.kg_encoder, self.fusion, self.bidirectional,
-                self.kg_pool, self.out_norm, self.projector]
+        return [self.patch_proj, self.qformer, self.bank_proj, self.bank_attn, self.kg_encoder, self.fusion,
+                self.bidirectional, self.kg_pool, self.out_norm, self.projector]
 
 
 # ---- samples ------------------------------------------------------------------------------
@@ -224,8 +258,17 @@ class R2GenKGFamily(ModelFamily):
     Options = R2GenKGOptions
     asset_names = (KG_ASSET, BANK_ASSET)
     def image_tokens(self, patches: int) -> int:
-        """The LM sees the Q-Former's queries and the pooled KG tokens, not the patches."""
-        return self.opts.num_queries + self.opts.kg_queries
+        """The LM sees the patch grid (``lm_patches``), the Q-Former's queries and the pooled KG tokens."""
+        return (self.grid_tokens(patches) if self.opts.lm_patches else 0) + self.opts.num_queries + self.opts.kg_queries
+
+    def grid_tokens(self, patches: int) -> int:
+        """Tokens of the tower's last feature map: a Swin's (the paper's encoder) last stage is 2^(stages - 1)
+        times coarser per side than its patch embedding (224 px, patch 4, 4 stages: 7 x 7); a ViT's: ``patches``."""
+        hf = self.cfg.vision.hf_config.get("vision_config", self.cfg.vision.hf_config)
+        if "depths" in hf and "embed_dim" in hf:
+            side = self.cfg.vision.image_size // int(hf.get("patch_size", 4)) // 2 ** (len(hf["depths"]) - 1)
+            return side * side
+        return patches
 
     def planning_assets(self, kg_nodes: int = 2477, feature_dim: int = 768, bank_dim: int = 2048) -> dict:
         """Shape-only KG and bank (default: M3KG's 2,477 entities, BERT-size features) for ``rrg plan``."""

@@ -229,7 +229,8 @@ def test_r2genkg_generate_on_demo_pngs_retrieves_like_kg_attach_and_equals_eval(
     for sid, sample in made.items():
         got, want = sample.tensors["kg"], stored[sid].tensors["kg"]
         assert sorted(got) == sorted(want) and all(np.array_equal(got[k], want[k]) for k in want), sid
-        assert len(got["s0_node_ids"]) > 0
+    # normal neighbours vote for no entity, so some subgraphs may be empty, but not all of them
+    assert any(len(s.tensors["kg"]["s0_node_ids"]) > 0 for s in made.values())
     assert len({tuple(s.tensors["kg"]["neighbours"]) for s in made.values()}) > 1  # retrieval depends on the image
     # an export without its KG asset: one line naming it
     broken = tmp_path / "no_kg"

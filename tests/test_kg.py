@@ -1,6 +1,7 @@
 """rrg kg build / attach: train-only KG and bank assets, per-study subgraph sidecar, leak-freedom, bad input."""
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -68,20 +69,25 @@ def test_build_and_attach_via_cli_cover_every_split_never_self(kg_shards, capsys
     assert kg["node_features"].shape[0] == len(nodes) and set(kg["edge_type"].tolist()) == {0, 1, 2}
     bank = load(m.assets["kg_bank"].read_bytes("bank.safetensors"))
     assert bank["tokens"].shape[0] == 14 and np.abs(bank["tokens"]).sum() > 0
-    seen = 0
+    seen, empty = 0, 0
+    entities_of = np.diff(kg["entity_ptr"])
     for shard in m.shards:
         for s in iter_decoded(m, shard):
             t = s.tensors["kg"]
             assert s.key not in [kg["keys"][i] for i in t["neighbours"]]
             pid = s.record["patient_id"]
             assert pid not in [kg["patients"][i] for i in t["neighbours"]]
+            assert len(t["neighbours"]) == 5  # the k nearest, entity-free (normal) studies included
+            # an empty subgraph exactly when every neighbour is entity-free: they vote for no entity
+            assert (len(t["s0_node_ids"]) == 0) == (entities_of[t["neighbours"]].sum() == 0)
+            empty += len(t["s0_node_ids"]) == 0
             for i, scale in enumerate(SCALES):
                 ids = t[f"s{i}_node_ids"]
-                assert 0 < len(ids) <= scale and len(set(ids.tolist())) == len(ids)
+                assert len(ids) <= scale and len(set(ids.tolist())) == len(ids)
                 assert t[f"s{i}_edge_index"].max(initial=-1) < len(ids) and t[f"s{i}_edge_type"].max(initial=0) < 3
             assert t["s0_node_ids"].tolist() == t["s2_node_ids"][: len(t["s0_node_ids"])].tolist()
             seen += 1
-    assert seen == sum(m.splits.values())
+    assert seen == sum(m.splits.values()) and 0 < empty < seen
     from shards.inspect import inspect_shards
 
     png = inspect_shards(str(kg_shards), out_png=str(kg_shards.parent / "inspect.png"), split="test")
@@ -160,19 +166,48 @@ def test_subgraph_at_300_nodes_fits_20kb_and_is_capped():
     assert t["s0_edge_index"].shape[1] <= 4 * 300
 
 
+def _set_patients(root: Path, split: str, patient: str) -> None:
+    """Give every study of ``split`` the same patient id (a site exporting one placeholder id)."""
+    m = load_manifest(root)
+    for info in m.split_shards(split):
+        path = root / info.file
+        with tarfile.open(path) as tf:
+            members = [(ti, tf.extractfile(ti).read()) for ti in tf]
+        with tarfile.open(path, "w") as tf:
+            for ti, data in members:
+                if ti.name.endswith(".json"):
+                    rec = json.loads(data)
+                    rec["patient_id"] = patient
+                    data = json.dumps(rec).encode()
+                ti.size = len(data)
+                tf.addfile(ti, io.BytesIO(data))
+        info.sha256, info.num_bytes = file_sha256(path), path.stat().st_size
+    m.write()
+
+
 def test_bad_input_names_the_study_and_loses_nothing(kg_shards, tmp_path, capsys):
+    from launcher.cli import main
+    from trainer.kg.attach import ranked_nodes
+
     kg = load_kg(kg_shards)
     ctx = make_context(kg, KGConfig(scales=SCALES))
-    # no neighbour: every training study but itself is entity-free
+    # every training study entity-free (normal): the neighbours vote for nothing, the subgraph is empty
     ctx["ent_ptr"] = np.zeros_like(ctx["ent_ptr"])
-    with pytest.raises(KGError, match="study demo-xyz: no training study with entities"):
-        neighbours("demo-xyz", "", ctx["emb"][0], ctx)
+    nbrs = neighbours("demo-xyz", "", ctx["emb"][0], ctx)
+    assert len(nbrs) == 5 and ranked_nodes(nbrs, ctx, 16) == []
+    assert all(v.size == 0 for v in subgraph_tensors([], ctx).values())
     # entity-free training reports above the limit: build fails naming one, nothing written
     root = tmp_path / "s"
     shutil.copytree(kg_shards, root)
     before = _files(root)
     with pytest.raises(KGError, match=r"training reports have no entity .* e\.g\. study demo-\d+"):
         build_kg(_data_cfg(root, max_entity_free_fraction=0.0), log=lambda *_: None)
+    assert _files(root) == before
+    # below the limit the build prints how many and names them (every one in summary.json)
+    logged = []
+    build_kg(_data_cfg(root), log=logged.append)
+    free = json.loads((root / "assets" / "kg" / "summary.json").read_text())["entity_free_reports"]
+    assert free and any(f"{len(free)}/" in line and free[0] in line and "summary.json" in line for line in logged)
     # corrupt sidecar: attach refuses naming the tar; sidecar and assets are left as they were
     tar = next((root / "sidecars" / "kg").glob("validate-*.tar"))
     data = bytearray(tar.read_bytes())
@@ -180,12 +215,28 @@ def test_bad_input_names_the_study_and_loses_nothing(kg_shards, tmp_path, capsys
     tar.write_bytes(bytes(data))
     with pytest.raises(KGError, match=f"sidecar 'kg' tar .*{tar.name} is missing or corrupt"):
         check_existing(root)
-    from launcher.cli import main
-
     assert main(["kg", "attach", str(ROOT / "configs" / "tiny.yaml"), f"data.shards_dir={root}"]) == 3
     assert "is missing or corrupt" in capsys.readouterr().err
     after = _files(root)
     assert all(after[k] == before[k] for k in before if k != f"sidecars/kg/{tar.name}")
+
+
+@pytest.mark.slow
+def test_attach_cli_study_without_neighbours_is_named_and_nothing_is_lost(kg_shards, tmp_path):
+    """Every training study of one patient: a study has no training neighbour of another patient."""
+    root = tmp_path / "one_patient"
+    shutil.copytree(kg_shards, root)
+    _set_patients(root, "train", "ANON")
+    build_kg(_data_cfg(root), log=lambda *_: None)
+    before = _files(root)
+    over = [f"data.shards_dir={root}", f"data.kg.scales={json.dumps(SCALES)}", "cluster.ray_temp_dir=/tmp/rr-kg"]
+    proc = subprocess.run([sys.executable, "-m", "launcher.cli", "kg", "attach", str(ROOT / "configs" / "tiny.yaml"),
+                           *over], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert re.search(r"study demo-\d+: no neighbour to retrieve a subgraph from: every training study is this "
+                     r"study or its patient's \(ANON\)", proc.stderr), proc.stderr[-2000:]
+    assert _files(root) == before  # the earlier sidecar is untouched: a new one is published only whole
+    assert not [p for p in (root / "sidecars").iterdir() if p.name.startswith(".")]  # no temp dir left behind
 
 
 # ---------------------------------------------------------------------------------- the family

@@ -145,8 +145,12 @@ def build_kg(data_cfg, pool=None, log=print) -> dict[str, Any]:
                                                           "features": cfg.features},
                 version=VERSION, reads_splits=[split], meta={k: summary[k] for k in ("nodes", "edges", "studies")})
     log(f"kg: {len(nodes)} nodes {summary['nodes_by_type']}, {edge_count.size} edges {summary['edges_by_relation']} "
-        f"from {len(rows['keys'])} '{split}' reports ({len(free)} entity-free, "
-        f"{summary['extractor_fallbacks']} extractor fallbacks)")
+        f"from {len(rows['keys'])} '{split}' reports ({summary['extractor_fallbacks']} extractor fallbacks)")
+    if free:  # normal reports state no present finding; each is named in summary.json
+        log(f"kg: {len(free)}/{len(rows['keys'])} training reports have no entity (limit "
+            f"data.kg.max_entity_free_fraction={cfg.max_entity_free_fraction}): they add nothing to the graph and "
+            f"stay in the retrieval index, where they vote for no entity; all listed in summary.json "
+            f"'entity_free_reports', e.g. {', '.join(free[:3])} ({rows['reports'][rows['keys'].index(free[0])][:60]!r})")
     if cfg.bank:
         from trainer.kg.bank import build_bank
 
