@@ -44,3 +44,8 @@ bench: install
 	$(VENV)/bin/rrg bench train configs/demo.yaml
 	$(VENV)/bin/rrg bench checkpoint configs/demo.yaml
 	$(VENV)/bin/rrg bench eval configs/demo.yaml
+	$(VENV)/bin/rrg bench build configs/demo.yaml
+# kg attach on the Ray pool vs one process per core: the R2GenKG demo shards and KG (made when missing)
+	$(VENV)/bin/rrg demo-data configs/r2genkg_demo.yaml
+	test -f data/r2genkg_demo/shards/assets/kg/asset.json || $(VENV)/bin/rrg kg build configs/r2genkg_demo.yaml
+	$(VENV)/bin/rrg bench kg configs/r2genkg_demo.yaml

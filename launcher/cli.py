@@ -85,8 +85,24 @@ def cmd_bench_loader(args):
 def cmd_bench_train(args):
     from trainer.bench import bench_train
 
+    from trainer.engine_bench import BigRun
+
     bench_train(_load(args), steps=args.steps, repeats=args.repeats, stages=tuple(args.stages), big=not args.no_100m,
-                big_steps=args.steps_100m)
+                big_run=BigRun(micro_batch=args.batch_100m, text_len=args.text_len_100m, steps=args.steps_100m),
+                profile=tuple(args.profile))
+
+
+def cmd_bench_gpu(args):
+    import torch
+
+    if not torch.cuda.is_available():
+        print("rrg: bench gpu needs a CUDA GPU (torch.cuda.is_available() is False on this machine)", file=sys.stderr)
+        raise SystemExit(2)
+    from trainer.gpu_bench import bench_gpu
+
+    bench_gpu(_load(args), cases=tuple(args.case), lm=args.lm, lora_lm=args.lora_lm, micro_batch=args.micro_batch,
+              seq_len=args.seq_len, steps=args.steps, warmup=args.warmup, zero_stage=args.zero,
+              peak_tflops=args.peak_tflops)
 
 
 def cmd_bench_packing(args):
@@ -111,7 +127,8 @@ def cmd_bench_build(args):
     from shards.bench_build import bench_build
 
     cfg = _load(args)
-    bench_build(cfg, _pool(cfg), studies=args.studies, rows=args.rows, work_dir=args.dir)
+    bench_build(cfg, _pool(cfg), studies=args.studies, rows=args.rows, work_dir=args.dir, repeats=args.repeats,
+                check_files=not args.no_check_files)
 
 
 def cmd_shards_masks(args):
@@ -189,7 +206,7 @@ def cmd_annotate_topics(args):
 
     s = annotate_topics(cfg.data.shards_dir, cfg.data.topics, pool=_pool(cfg))
     print(f"topics: {s['studies']} studies ({', '.join(s['splits'])}), backends {s['backends']}, "
-          f"dropped {s['counts']}, sidecar {s['sidecar']}")
+          f"sentence counts {s['counts']}, sidecar {s['sidecar']}")
 
 
 def cmd_plan(args):
@@ -377,12 +394,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--stages", type=int, nargs="+", default=[0, 1, 2, 3], help="ZeRO stages to compare")
     p.add_argument("--no-100m", action="store_true", help="skip the ~100M-parameter, 2-rank measurement")
-    p.add_argument("--steps-100m", type=int, default=4)
+    p.add_argument("--steps-100m", type=int, default=3, help="timed steps per loop and ZeRO stage (~100M run)")
+    p.add_argument("--batch-100m", type=int, default=2, help="micro-batch of the ~100M run")
+    p.add_argument("--text-len-100m", type=int, default=32, help="text tokens per row of the ~100M run (+ image tokens)")
+    p.add_argument("--profile", type=int, nargs="*", default=[2, 3], metavar="ZERO",
+                   help="ZeRO stages to profile function by function (cProfile) on the config model")
     p.set_defaults(func=cmd_bench_train)
+    p = bench.add_parser("gpu", help="tokens/s and MFU on one CUDA GPU: full fine-tuning (~1-3B LM + ViT-L), LoRA 7B")
+    _add_config_args(p)
+    p.add_argument("--case", nargs="+", choices=["full", "lora"], default=["full", "lora"])
+    p.add_argument("--lm", default=None, help="LM preset of the full case (default: the largest that fits)")
+    p.add_argument("--lora-lm", default="llama-7b", help="LM preset of the LoRA case")
+    p.add_argument("--micro-batch", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=2048, help="LM positions per row (576 image tokens included)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps (after --warmup)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--zero", type=int, choices=[2, 3], default=2, help="ZeRO stage")
+    p.add_argument("--peak-tflops", type=float, default=None, help="peak dense bf16 TFLOP/s (default: by device name)")
+    p.set_defaults(func=cmd_bench_gpu)
     p = bench.add_parser("build", help="shard build rate vs one core x cores; 377k-row planning time and memory")
     _add_config_args(p)
-    p.add_argument("--studies", type=int, default=24, help="full-size synthetic MIMIC studies to build")
+    p.add_argument("--studies", type=int, default=32, help="full-size synthetic MIMIC studies to build")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved reference/build rounds (medians printed)")
     p.add_argument("--rows", type=int, default=377_110, help="metadata rows to plan (0: skip)")
+    p.add_argument("--no-check-files", action="store_true",
+                   help="plan only from the CSVs (skip the check_files: true run over a tree of empty files)")
     p.add_argument("--dir", default=None, help="scratch directory (default: the system temp dir)")
     p.set_defaults(func=cmd_bench_build)
 
