@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,12 +18,7 @@ from pathlib import Path
 from trainer.config import RunConfig
 from trainer.prepare import EXIT_PREEMPTED, install_stop_handlers
 from trainer.runguard import FATAL, raise_recorded_fatal
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from trainer.strategy import free_port
 
 
 def torchrun_command(config_path: str | None, overrides: list[str], nproc: int, port: int) -> list[str]:

@@ -45,6 +45,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
+from configs.digest import PREFIX, hasher_for
+
 T = TypeVar("T")
 CHUNK = 1 << 20
 ATTEMPTS = 5
@@ -133,14 +135,16 @@ def fetch(url: str, dest: Path, sha256: Optional[str] = None) -> Path:
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
 
     def once() -> Path:
-        h = hashlib.sha256()
+        h = hasher_for(sha256)  # plain sha256, or the piece digest checkpoints record
         try:
             with _open(fs, path, "rb") as src, open(tmp, "wb") as out:
                 while chunk := src.read(CHUNK):
                     h.update(chunk)
                     out.write(chunk)
             if sha256 and h.hexdigest() != sha256:
-                raise ChecksumMismatch(f"{url}: sha256 {h.hexdigest()[:12]} differs from the expected {sha256[:12]}")
+                got = h.hexdigest().removeprefix(PREFIX)
+                raise ChecksumMismatch(f"{url}: sha256 {got[:12]} differs from the expected "
+                                       f"{sha256.removeprefix(PREFIX)[:12]}")
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

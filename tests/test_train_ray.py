@@ -89,7 +89,7 @@ CRASH_SCRIPT = textwrap.dedent("""
     st = DeepSpeedStrategy(TrainConfig(zero_stage=2, max_steps=10), world_size=1, rank=0, use_gpu=False)
     torch.manual_seed(0)
     st.setup(M())
-    ck = CheckpointManager(sys.argv[1], rank=0, world_size=1, keep_last=2)
+    ck = CheckpointManager(sys.argv[1], rank=0, world_size=1, keep_last=int(sys.argv[4]))
     mode = sys.argv[3]
     if mode == "save":
         st.backward_and_step(st.forward({"x": torch.ones(2, 64)}).loss)
@@ -100,28 +100,68 @@ CRASH_SCRIPT = textwrap.dedent("""
             print("WRITING", flush=True)
             time.sleep(60)
         ck.save(2, write_shards=slow_write, meta={}, client={})
+    elif mode == "prune":  # killed while the background thread removes the pruned step 1
+        import shutil, trainer.checkpoint as tc
+        def slow_rmtree(path, *a, **k):
+            if os.path.basename(path).startswith(".trash-") and os.path.exists(path):
+                print("PRUNING", flush=True)
+                time.sleep(60)
+            shutil.rmtree(path, *a, **k)
+        tc.shutil = SimpleNamespace(rmtree=slow_rmtree)
+        for step in (1, 2):
+            st.backward_and_step(st.forward({"x": torch.ones(2, 64)}).loss)
+            ck.save(step, write_shards=st.save, meta={"w": float(st.engine.module.a.weight.sum())}, client={})
+        time.sleep(60)
     else:
         point = ck.resolve("auto")
         st.load(str(point.path), DS_TAG)
         print("LOADED", point.step, float(st.engine.module.a.weight.sum()) == point.meta["w"], flush=True)
+        ck.save(point.step + 1, write_shards=st.save, meta={}, client={})
+        ck.wait()
+        print("LEFT", sorted(os.listdir(sys.argv[1])), flush=True)
 """)
 
 
-def test_crash_during_save_keeps_previous_checkpoint(tmp_path):
+def _crash_run(script, ckdir, mode: str, keep: int, kill_at: str) -> None:
+    """Run the script's ``mode`` and SIGKILL it when it prints ``kill_at``."""
     from tests.trainkit import free_port
 
+    proc = subprocess.Popen([sys.executable, str(script), str(ckdir), str(free_port()), mode, str(keep)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith(kill_at):
+            proc.kill()
+            break
+    proc.wait(timeout=60)
+
+
+def _crash_load(script, ckdir, keep: int) -> str:
+    from tests.trainkit import free_port
+
+    out = subprocess.run([sys.executable, str(script), str(ckdir), str(free_port()), "load", str(keep)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=180)
+    return out.stdout + out.stderr
+
+
+def test_crash_during_save_keeps_previous_checkpoint(tmp_path):
     script = tmp_path / "crash.py"
     script.write_text(CRASH_SCRIPT)
     ckdir = tmp_path / "ck"
-    proc = subprocess.Popen([sys.executable, str(script), str(ckdir), str(free_port()), "save"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in proc.stdout:
-        if line.startswith("WRITING"):
-            proc.kill()  # SIGKILL while step 2's shards sit in the temporary directory
-            break
-    proc.wait(timeout=60)
+    _crash_run(script, ckdir, "save", 2, kill_at="WRITING")  # SIGKILL while step 2's shards sit in the temp dir
     assert (ckdir / ".tmp-step_0000002").is_dir(), "the interrupted save left no trace to test against"
     assert (ckdir / "latest").read_text().strip() == "step_0000001"
-    out = subprocess.run([sys.executable, str(script), str(ckdir), str(free_port()), "load"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=180)
-    assert "LOADED 1 True" in out.stdout, out.stdout + out.stderr
+    out = _crash_load(script, ckdir, 2)
+    assert "LOADED 1 True" in out, out
+    assert "LEFT ['latest', 'step_0000001', 'step_0000002']" in out, out  # the torn temp dir was cleaned
+
+
+def test_kill_during_background_prune_leaves_the_new_checkpoint_loadable(tmp_path):
+    """Old checkpoints are removed by a thread while training goes on; SIGKILL in the middle of it."""
+    script = tmp_path / "crash.py"
+    script.write_text(CRASH_SCRIPT)
+    ckdir = tmp_path / "ck"
+    _crash_run(script, ckdir, "prune", 1, kill_at="PRUNING")
+    assert sorted(p.name for p in ckdir.iterdir()) == [".trash-step_0000001", "latest", "step_0000002"]
+    out = _crash_load(script, ckdir, 1)
+    assert "LOADED 2 True" in out, out  # the published checkpoint, hash-verified
+    assert "LEFT ['latest', 'step_0000003']" in out, out  # the next save's pruning removed the trash

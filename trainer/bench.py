@@ -24,15 +24,11 @@ import torch
 
 from trainer.config import RunConfig
 from trainer.loop import to_device
-from trainer.strategy import DeepSpeedStrategy
+from trainer.strategy import DeepSpeedStrategy, single_process_env
 
 
 def _single_process_group() -> None:
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(29400 + os.getpid() % 500))
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
-    os.environ.setdefault("LOCAL_RANK", "0")
+    single_process_env()
     DeepSpeedStrategy.init_distributed(False)
 
 

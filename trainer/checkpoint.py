@@ -10,13 +10,20 @@ Layout under ``checkpoint_dir``::
         meta.json               global step, world size, ZeRO stage, tuning, manifest fingerprint,
                                 W&B run id, resolved config
         COMPLETE                written last, before the rename: the checkpoint is valid iff it exists;
-                                it lists every file's sha256, checked before loading (trainer/safe_load.py)
+                                it lists every file's digest (sha256 over 64 MiB pieces, every file
+                                fsynced first), checked before loading (trainer/safe_load.py)
         universal/              made on demand when resuming with another world size
     .tmp-step_000300/           a save in progress (or one a crash interrupted); ignored and cleaned
+    .trash-step_000100/         an old checkpoint being pruned (or one a crash left); ignored and cleaned
 
 A save writes everything into ``.tmp-step_N``, waits for every rank, writes
 ``COMPLETE``, renames the directory to ``step_N`` and only then points ``latest``
 at it, so a crash at any moment leaves the previous checkpoint loadable.
+Checkpoints beyond ``keep_last`` are pruned by a background thread while training goes on:
+each is first renamed to ``.trash-step_N`` (atomic: it is no longer a checkpoint anyone would
+load) and then removed; the next save waits for that thread.
+torch.save's zip CRC32 is not computed (``COMPLETE``'s digests cover every byte; loading does
+not need it), which makes writing DeepSpeed's files about a third faster.
 Nothing here is a pickle except DeepSpeed's own files, and those are loaded with
 ``weights_only=True`` and an allow-list (trainer/safe_load.py).
 """
@@ -28,6 +35,7 @@ import random
 import shutil
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -51,6 +59,17 @@ def step_name(step: int) -> str:
 
 def _atomic_write(path: Path, text: str) -> None:
     atomic_write_text(path, text)  # a failed write leaves no temp file behind
+
+
+class _no_zip_crc32:
+    """torch.save skips the zip records' CRC32 inside (restored after)."""
+
+    def __enter__(self) -> None:
+        self._was = torch.serialization.get_crc32_options()
+        torch.serialization.set_crc32_options(False)
+
+    def __exit__(self, *exc) -> None:
+        torch.serialization.set_crc32_options(self._was)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -114,6 +133,7 @@ class CheckpointManager:
         self.trusted = trusted  # --trust-checkpoint: skip hash checks (full pickle when loading)
         self.rank, self.world_size, self.keep_last = rank, world_size, keep_last
         self.barrier = barrier
+        self._pruner: Optional[threading.Thread] = None
 
     # -- finding -------------------------------------------------------------------------
     def complete_checkpoints(self) -> list[Path]:
@@ -155,6 +175,7 @@ class CheckpointManager:
     def save(self, step: int, *, write_shards: Callable[[str, str], None], meta: dict[str, Any],
              client: dict[str, Any]) -> Path:
         """Collective: every rank calls with its own ``client`` state.  Returns the published path."""
+        self.wait()  # the previous save's pruning is over (it also frees the space counted below)
         name = step_name(step)
         tmp = self.root / f".tmp-{name}"
         final = self.root / name
@@ -170,7 +191,8 @@ class CheckpointManager:
                 shutil.rmtree(tmp)
             (tmp / "client").mkdir(parents=True)
         self.barrier()
-        write_shards(str(tmp), DS_TAG)
+        with _no_zip_crc32():
+            write_shards(str(tmp), DS_TAG)
         rng_meta, rng_tensors = rng_state()
         client_dir = tmp / "client"
         _atomic_write(client_dir / f"rank_{self.rank:05d}.json", json.dumps({**client, "rng": rng_meta}))
@@ -185,16 +207,25 @@ class CheckpointManager:
             os.rename(tmp, final)
             _fsync_dir(self.root)
             _atomic_write(self.root / "latest", name)
-            self._prune(keep=final)
+            self._pruner = threading.Thread(target=self._prune, args=(final,), name="rrg-prune", daemon=True)
+            self._pruner.start()
         self.barrier()
         return final
+
+    def wait(self) -> None:
+        """Return once the background pruning of the last save is over."""
+        if self._pruner is not None:
+            self._pruner.join()
+            self._pruner = None
 
     def _prune(self, keep: Path) -> None:
         done = self.complete_checkpoints()
         for old in done[: max(0, len(done) - self.keep_last)]:
             if old != keep:
-                shutil.rmtree(old, ignore_errors=True)
-        for stale in self.root.glob(".tmp-*"):
+                trash = old.with_name(f".trash-{old.name}")
+                shutil.rmtree(trash, ignore_errors=True)
+                os.rename(old, trash)  # from here on it is not a checkpoint; a crash leaves only trash
+        for stale in [*self.root.glob(".trash-*"), *self.root.glob(".tmp-*")]:
             shutil.rmtree(stale, ignore_errors=True)
 
     # -- world-size changes -----------------------------------------------------------------

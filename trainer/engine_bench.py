@@ -40,7 +40,8 @@ from typing import Callable
 
 import torch
 
-from trainer.strategy import DeepSpeedStrategy, build_ds_config, cosine_with_warmup, torch_adamw_kwargs
+from trainer.strategy import (DeepSpeedStrategy, build_ds_config, cosine_with_warmup, free_port,
+                              torch_adamw_kwargs)
 
 STAGES = (0, 1, 2, 3)
 PHASES = ("forward", "backward", "step")
@@ -243,7 +244,7 @@ def bench_100m(cfg, stages=STAGES, big: BigRun | None = None) -> tuple[int, dict
     big = big or BigRun()
     fd, out = tempfile.mkstemp(prefix="rrg-bench-100m-", suffix=".json")
     os.close(fd)
-    port = 29600 + os.getpid() % 300
+    port = free_port()  # not this process's own group's port, nor anyone else's
     try:
         mp.spawn(_rank_main, args=(sized_100m(cfg), tuple(stages), big, port, out), nprocs=2, join=True)
         with open(out) as fh:

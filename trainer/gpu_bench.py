@@ -419,13 +419,11 @@ def bench_gpu(cfg, cases=("full", "lora"), lm: Optional[str] = None, lora_lm: st
               peak_tflops: Optional[float] = None) -> list[CaseResult]:
     """Run the cases on GPU 0 and print them; the caller has checked that CUDA is available."""
     os.environ["DS_ACCELERATOR"] = "cuda"  # before DeepSpeed is imported: this process trains on the GPU
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 400))
-    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
-        os.environ.setdefault(key, value)
     import gc
 
-    from trainer.strategy import DeepSpeedStrategy
+    from trainer.strategy import DeepSpeedStrategy, single_process_env
+
+    single_process_env()
 
     torch.cuda.set_device(0)
     DeepSpeedStrategy.init_distributed(True)

@@ -4,8 +4,10 @@ Why: DeepSpeed loads its ``*model_states.pt`` / ``*optim_states.pt`` with pickle
 enabled, so a checkpoint copied from a colleague or a hub could run any command.  rrg
 therefore
 
-- records the sha256 of every file of a checkpoint in its ``COMPLETE`` marker
-  (:func:`write_complete`) and checks them before loading (:func:`verify_checkpoint`);
+- records the digest of every file of a checkpoint in its ``COMPLETE`` marker
+  (:func:`write_complete`) and checks them before loading (:func:`verify_checkpoint`): sha256
+  over 64 MiB pieces, hashed on every core (configs/digest.py; plain sha256 from older rrg is
+  still checked);
 - loads every torch file, DeepSpeed's included, through ``torch.load(weights_only=True)``
   with an explicit allow-list of the few DeepSpeed classes its states hold
   (:func:`safe_torch_load`).  Anything else in a file is refused with one line.
@@ -16,13 +18,13 @@ loaded with full pickle, which can run arbitrary code from it.
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
 import json
 import os
 import pickle
 from pathlib import Path
 from typing import Iterator
+
+from configs.digest import PREFIX, file_digests, matches
 
 COMPLETE = "COMPLETE"
 FORMAT = "rrg-checkpoint/1"
@@ -32,14 +34,6 @@ TRUST_HINT = ("pass --trust-checkpoint only if you trust where it came from "
 
 class CheckpointTrustError(ValueError):
     """A checkpoint that rrg will not load without ``--trust-checkpoint``."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(functools.partial(f.read, 1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _files(root: Path) -> dict[str, Path]:
@@ -53,8 +47,13 @@ def _files(root: Path) -> dict[str, Path]:
 
 
 def write_complete(root: Path, name: str, write) -> None:
-    """Write ``root/COMPLETE``: the format tag, the checkpoint name and every file's sha256."""
-    files = {rel: _sha256(p) for rel, p in _files(root).items()}
+    """Write ``root/COMPLETE``: the format tag, the checkpoint name and every file's digest.
+
+    Every file is fsynced first, so a marker never lists data that is still only in the page cache.
+    """
+    files = _files(root)
+    digests = file_digests(files.values(), sync=True)
+    files = {rel: digests[p] for rel, p in files.items()}
     write(root / COMPLETE, json.dumps({"format": FORMAT, "name": name, "sha256": files}, indent=0))
 
 
@@ -71,10 +70,12 @@ def verify_checkpoint(root: str | os.PathLike) -> None:
     present = _files(root)
     for rel in sorted(set(present) - set(recorded)):
         raise CheckpointTrustError(f"{root}: file {rel} is not in the checkpoint's hash list; {TRUST_HINT}")
+    for rel in sorted(set(recorded) - set(present)):
+        raise CheckpointTrustError(f"{root}: file {rel} listed in {COMPLETE} is missing")
+    pieces = file_digests(present[rel] for rel, d in recorded.items() if str(d).startswith(PREFIX))
     for rel, digest in sorted(recorded.items()):
-        if rel not in present:
-            raise CheckpointTrustError(f"{root}: file {rel} listed in {COMPLETE} is missing")
-        if _sha256(present[rel]) != digest:
+        ok = pieces[present[rel]] == digest if present[rel] in pieces else matches(present[rel], str(digest))
+        if not ok:
             raise CheckpointTrustError(f"{root}: file {rel} does not match its recorded sha256; {TRUST_HINT}")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import socket
 from typing import Any, Iterator, Optional
 
 import torch
@@ -93,6 +94,21 @@ def build_ds_config(train: TrainConfig, world_size: int, *, load_universal: bool
     if train.activation_checkpointing:
         cfg["activation_checkpointing"] = {"partition_activations": False, "contiguous_memory_optimization": False}
     return deep_merge(cfg, train.deepspeed_overrides)
+
+
+def free_port() -> int:
+    """A TCP port on the loopback that nothing listens on now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def single_process_env() -> None:
+    """A one-rank process group's rendezvous on a free loopback port (benches; no launcher)."""
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(free_port())
+    for key, value in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+        os.environ.setdefault(key, value)
 
 
 def cosine_with_warmup(step: int, *, warmup: int, total: int, min_ratio: float) -> float:

@@ -270,6 +270,7 @@ class TrainingRun:
                                       Path(cfg.output_dir) / "export", rank=self.rank,
                                       spec=self.stages[self.stage_index].spec(cfg.train.lora))
         final_eval_loss = None if state.preempted else self.eval_loss()
+        self.checkpoints.wait()  # the last save's pruning, running in the background, is over
         result = {"step": state.step, "preempted": state.preempted, "final_eval_loss": final_eval_loss,
                   "stage": self.stages[self.stage_index].name,
                   "checkpoint": str(self.checkpoints.latest() or ""), "export": str(export_dir or ""),
