@@ -12,6 +12,8 @@ Outputs in ``--out`` (default ``<output_dir>/eval/<split>-<checkpoint>``):
   ``selection_all|predicted|oracle``, LVMed-R2's ``reflection_off|on``, each with ``<variant>_oracle_inputs``
   and ``<variant>_family_options``; ``family_options`` is the headline run's ``eval.family_options``) and the family's
   ``extra_scores`` hooks (trainer/eval_hooks.py, e.g. topic-level scores), in the same run;
+* ``timings.json`` — wall seconds per phase (shards + export, generation, scoring, baselines,
+  ablations + variants, report), also printed as the last summary line;
 * ``report.html`` — metric table with intervals and baselines, per-label F1 chart, studies.
 
 Baselines: *label prior* draws each study's labels from the training split's label
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -38,6 +41,19 @@ __all__ = ["run_eval", "score_predictions_file", "InTrainingEvaluator"]
 
 HEADLINE = ("ce_macro_f1_5", "ce_micro_f1_5", "ce_macro_f1_14", "bleu_1", "bleu_4", "rouge_l", "cider", "meteor")
 THUMB = 32
+
+
+class _Laps:
+    """Wall seconds per phase of an evaluation (``lap(name)`` closes the phase; kept in timings.json)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._t, 2)
+        self._t = now
 
 
 def _resolve_model(cfg, checkpoint: Optional[str], model_dir: Optional[str], out: Optional[str]) -> tuple[Path, Path]:
@@ -148,9 +164,11 @@ def run_eval(cfg, *, pool, checkpoint: Optional[str] = None, model_dir: Optional
     from trainer.prepare import ensure_shards, worker_env
     from trainer.evaluation.report_html import write_report
 
+    lap = _Laps()
     ensure_shards(cfg, pool)
     cfg.data.shards_dir = str(Path(cfg.data.shards_dir).resolve())
     model, out_dir = _resolve_model(cfg, checkpoint, model_dir, out)
+    lap("shards + model export")
     out_dir.mkdir(parents=True, exist_ok=True)
     name = out_dir.name
 
@@ -172,12 +190,15 @@ def run_eval(cfg, *, pool, checkpoint: Optional[str] = None, model_dir: Optional
     ids = [r["id"] for r in runs["model"]]
     if len(set(ids)) != len(ids):
         raise RuntimeError("evaluation produced duplicate studies")
+    lap("generation")
 
     labeler = make_eval_labeler(cfg)
     metrics = score(runs["model"], bootstrap=cfg.eval.bootstrap, labeler=labeler, meteor=cfg.eval.meteor,
                   meteor_language=cfg.eval.meteor_language)
     _write_jsonl(out_dir / "predictions.jsonl", runs["model"])
+    lap("scoring")
     baselines = _baselines(cfg, runs["model"], cfg.eval.bootstrap, labeler)
+    lap("baselines")
     flat = dict(metrics)
     flat["family"] = family.name
     flat["family_options"] = dict(cfg.eval.family_options)  # the generation switches of the headline run
@@ -201,12 +222,16 @@ def run_eval(cfg, *, pool, checkpoint: Optional[str] = None, model_dir: Optional
                     flat[f"ablation_{aname}_drop_{k}"] = metrics[k] - v
     flat.update(extra_scores(family, runs["model"]))
     variant_metrics = _score_variants(cfg, family, runs, labeler, out_dir, flat)
+    lap("ablations + variants")
     (out_dir / "metrics.json").write_text(json.dumps(flat, indent=1, sort_keys=True))
     samples = [{**s, "card_html": card_html(family, s)} for s in _report_samples(cfg, runs["model"])]
     report = write_report(out_dir, metrics=metrics, baselines=baselines, ablations=ablation_metrics,
                           samples=samples, variants=variant_metrics,
                           title=f"rrg evaluation: {cfg.name}, {cfg.eval.split} split, {name}")
     _print_summary(metrics, baselines, {**ablation_metrics, **variant_metrics})
+    lap("report")
+    (out_dir / "timings.json").write_text(json.dumps(lap.seconds, indent=1))
+    print("rrg: eval time: " + ", ".join(f"{k} {v:.1f} s" for k, v in lap.seconds.items()), flush=True)
     print(f"rrg: predictions: {out_dir / 'predictions.jsonl'}\nrrg: metrics: {out_dir / 'metrics.json'}\n"
           f"rrg: report: {report}", flush=True)
     return flat
