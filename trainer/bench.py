@@ -49,12 +49,13 @@ def config_model_and_batches(cfg: RunConfig, n: int):
     manifest = ensure_shards(cfg)
     family = build_family(cfg.model)
     tok_dir = Path(cfg.output_dir) / "tokenizer"
-    if not (tok_dir.is_dir() and any(tok_dir.iterdir())):
-        tok_dir = Path(tempfile.mkdtemp(prefix="rrg-bench-tok-"))
-        family.tokenizer(family.tokenizer_texts(iter_verified_records(
-            manifest, cfg.data.train_split, cfg.data.verify, cfg.data.max_skip_fraction)),
-                         save_dir=str(tok_dir))
-    tok = family.tokenizer(None, save_dir=str(tok_dir))
+    with tempfile.TemporaryDirectory(prefix="rrg-bench-tok-") as scratch:  # removed after loading
+        if not (tok_dir.is_dir() and any(tok_dir.iterdir())):
+            tok_dir = Path(scratch)
+            family.tokenizer(family.tokenizer_texts(iter_verified_records(
+                manifest, cfg.data.train_split, cfg.data.verify, cfg.data.max_skip_fraction)),
+                             save_dir=str(tok_dir))
+        tok = family.tokenizer(None, save_dir=str(tok_dir))
     stage = cfg.train.resolved_stages()[0]
     torch.manual_seed(cfg.seed)
     base = family.build_model(tok, manifest.assets)

@@ -43,14 +43,20 @@ def sized_100m(cfg):
     return cfg
 
 
+def scratch_tokenizer(family):
+    """The family's tokenizer trained on a few report-like texts (in a temp dir, removed after)."""
+    texts = [f"FINDINGS: study {i}. The heart size is normal. No pleural effusion or pneumothorax." for i in range(64)]
+    with tempfile.TemporaryDirectory(prefix="rrg-bench-tok-") as scratch:
+        return family.tokenizer(texts, save_dir=scratch)
+
+
 def build_model(cfg) -> torch.nn.Module:
     """``cfg``'s family model (tuning applied) with a tokenizer trained on a few report-like texts."""
     from modeling.family import build_family
     from modeling.tuning import apply_tuning
 
     family = build_family(cfg.model)
-    texts = [f"FINDINGS: study {i}. The heart size is normal. No pleural effusion or pneumothorax." for i in range(64)]
-    tok = family.tokenizer(texts, save_dir=tempfile.mkdtemp(prefix="rrg-bench-tok-"))
+    tok = scratch_tokenizer(family)
     torch.manual_seed(cfg.seed)
     model = family.build_model(tok)
     apply_tuning(model, family, cfg.train.resolved_stages()[0].spec(cfg.train.lora))

@@ -45,7 +45,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -273,8 +272,9 @@ def case_config(cfg, case: Case, precision: str):
 
 
 def _tokenizer(family):
-    texts = [f"FINDINGS: study {i}. The heart size is normal. No pleural effusion or pneumothorax." for i in range(64)]
-    return family.tokenizer(texts, save_dir=tempfile.mkdtemp(prefix="rrg-gpu-bench-tok-"))
+    from trainer.ckpt_bench import scratch_tokenizer
+
+    return scratch_tokenizer(family)
 
 
 def random_batch(model, rows: int, seq_len: int, device, dtype, seed: int) -> dict[str, torch.Tensor]:

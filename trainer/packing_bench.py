@@ -68,11 +68,12 @@ def config_lengths(cfg, batches: int) -> list[int]:
     manifest = ensure_shards(cfg)
     family = build_family(cfg.model)
     tok_dir = Path(cfg.output_dir) / "tokenizer"
-    if not (tok_dir.is_dir() and any(tok_dir.iterdir())):
-        tok_dir = Path(tempfile.mkdtemp(prefix="rrg-bench-tok-"))
-        family.tokenizer(family.tokenizer_texts(iter_json_records(manifest, cfg.data.train_split)),
-                         save_dir=str(tok_dir))
-    tok = family.tokenizer(None, save_dir=str(tok_dir))
+    with tempfile.TemporaryDirectory(prefix="rrg-bench-tok-") as scratch:  # removed after loading
+        if not (tok_dir.is_dir() and any(tok_dir.iterdir())):
+            tok_dir = Path(scratch)
+            family.tokenizer(family.tokenizer_texts(iter_json_records(manifest, cfg.data.train_split)),
+                             save_dir=str(tok_dir))
+        tok = family.tokenizer(None, save_dir=str(tok_dir))
     stage = cfg.train.resolved_stages()[0]
     loader = make_loader(cfg.data, cfg.data.train_split, rank=0, world_size=1, batch_size=cfg.train.micro_batch_size,
                          seed=cfg.seed, builder=family.sample_builder(tok, "train", stage.target),
