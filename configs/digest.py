@@ -98,12 +98,15 @@ def file_digest(path: str | os.PathLike) -> str:
     return file_digests([path])[Path(path)]
 
 
-def matches(path: str | os.PathLike, expected: str) -> bool:
-    """Whether ``path`` has digest ``expected`` (a piece digest, or a plain sha256 hex)."""
-    if expected.startswith(PREFIX):
-        return file_digest(path) == expected
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The plain sha256 hex of a file (shards, sidecars, assets; checkpoints of older rrg)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(_BLOCK):
+        while block := f.read(chunk):
             h.update(block)
-    return h.hexdigest() == expected
+    return h.hexdigest()
+
+
+def matches(path: str | os.PathLike, expected: str) -> bool:
+    """Whether ``path`` has digest ``expected`` (a piece digest, or a plain sha256 hex)."""
+    return (file_digest(path) if expected.startswith(PREFIX) else file_sha256(path)) == expected

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from configs.digest import file_sha256  # noqa: F401  (shards, sidecars and tests import it from here)
 from shards.records import FORMAT_VERSION
 
 MANIFEST_NAME = "manifest.json"
@@ -183,14 +184,6 @@ def load_manifest(shards_dir: str | os.PathLike, cache: bool = True) -> Manifest
     except SidecarError as err:
         raise ManifestError(str(err)) from None
     return m
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def iter_json_records(manifest: Manifest, split: str):
