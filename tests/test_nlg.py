@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from trainer.evaluation import nlg
@@ -168,11 +169,17 @@ def test_meteor_equals_toolkit(reference):
         got, per = scorer.score(refs, hyps)
         stats = scorer.stats(refs, hyps)
         sub, _ = scorer.aggregate([stats[i] for i in (1, 1, 2)])
+        # the bootstrap's pipelined path: every resample's answer is the one-at-a-time answer, exactly
+        rng = np.random.default_rng(3)
+        resamples = [rng.integers(0, len(stats), len(stats)) for _ in range(40)]
+        piped = scorer.aggregate_many([[stats[i] for i in ix] for ix in resamples])
+        one_by_one = [scorer.aggregate([stats[i] for i in ix])[0] for ix in resamples]
     finally:
         scorer.close()
     assert got == pytest.approx(want, abs=1e-6) and 0.05 < got < 0.6
     assert per == pytest.approx(list(want_per), abs=1e-6)
     assert 0 <= sub <= 1 and sub != pytest.approx(got)
+    assert piped == one_by_one and len(set(piped)) > 1
 
 
 def test_nlg_scores_perfect_and_keys():

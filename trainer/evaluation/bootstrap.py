@@ -160,8 +160,8 @@ def metric_dists(n: int, resamples: int, *, bleu: Sequence, rouge: Sequence[floa
                  cubes: dict[str, np.ndarray], meteor=None, seed: int = 0) -> dict[str, np.ndarray]:
     """Every bootstrap distribution ``score`` reports, keyed as in metrics.json.
 
-    ``cubes``: label-set suffix -> (study, label, tp/fp/fn); ``meteor``: a function of a resample's
-    indices (the jar aggregates), or None.
+    ``cubes``: label-set suffix -> (study, label, tp/fp/fn); ``meteor``: a function of every resample's
+    indices (rows of ``idx``) returning one score per resample (the jar aggregates), or None.
     """
     idx = resample_indices(n, resamples, seed)
     m = counts_of(idx, n)
@@ -171,7 +171,7 @@ def metric_dists(n: int, resamples: int, *, bleu: Sequence, rouge: Sequence[floa
     out["rouge_l"] = mean_dist(rouge, m)
     out["cider"] = CiderStats(cider).dist(m)
     if meteor is not None:
-        out["meteor"] = np.array([meteor(list(ix)) for ix in idx])
+        out["meteor"] = np.asarray(meteor(idx), dtype=float)
     for suffix, cube in cubes.items():
         for avg in ("micro", "macro"):
             prf = ce_dist(cube, m, avg)

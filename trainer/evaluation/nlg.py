@@ -223,6 +223,35 @@ class MeteorScorer:
             per = [float(proc.stdout.readline().strip()) for _ in stats]
             return float(proc.stdout.readline().strip()), per
 
+    def aggregate_many(self, batches: Sequence[Sequence[str]]) -> list[float]:
+        """Corpus METEOR of each batch of statistics lines (a bootstrap's resamples), pipelined: a thread
+        writes every EVAL request while this one reads the answers, so the batches cost no round trips.
+        Each answer is the jar's own, exactly as ``aggregate`` would return it."""
+        import threading
+
+        proc = self._meteor.meteor_p
+        failed: list[BaseException] = []
+
+        def write() -> None:
+            try:
+                for stats in batches:
+                    proc.stdin.write(("EVAL ||| " + " ||| ".join(stats) + "\n").encode())
+                proc.stdin.flush()
+            except BaseException as exc:  # a dead JVM: the reader sees EOF and reports it
+                failed.append(exc)
+
+        with self._meteor.lock:
+            writer = threading.Thread(target=write, daemon=True)
+            writer.start()
+            out = []
+            for stats in batches:
+                lines = [proc.stdout.readline() for _ in range(len(stats) + 1)]
+                if not lines[-1]:
+                    raise RuntimeError(f"the METEOR jar stopped answering ({failed[0] if failed else 'EOF'})")
+                out.append(float(lines[-1].strip()))
+            writer.join()
+        return out
+
     def score(self, refs: Sequence[Sequence[str]], hyps: Sequence[str]) -> tuple[float, list[float]]:
         return self.aggregate(self.stats(refs, hyps))
 
