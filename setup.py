@@ -33,7 +33,7 @@ setup(
     ],
     package_data={"cluster": ["kuberay/*"]},
     extras_require={
-        "test": ["pytest", "pytest-timeout", "pycocoevalcap==1.2", "moto[server]==5.2.5"],
+        "test": ["pytest", "pytest-timeout", "pytest-xdist", "pycocoevalcap==1.2", "moto[server]==5.2.5"],
     },
     entry_points={"console_scripts": ["rrg=launcher.cli:main"]},
 )
