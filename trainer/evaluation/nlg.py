@@ -210,23 +210,26 @@ class MeteorScorer:
         self._meteor = m
 
     def stats(self, refs: Sequence[Sequence[str]], hyps: Sequence[str]) -> list[str]:
-        """The jar's per-segment statistics lines (the toolkit's ``_stat``)."""
-        with self._meteor.lock:
-            return [self._meteor._stat(h, list(r)) for r, h in zip(refs, hyps)]
+        """The jar's per-segment statistics lines: the toolkit's ``_stat`` requests, pipelined."""
+        lines = [" ||| ".join(("SCORE", " ||| ".join(r), h.replace("|||", "").replace("  ", " ")))
+                 for r, h in zip(refs, hyps)]  # exactly the line ``Meteor._stat`` writes
+        return [answer[0].strip() for answer in self._ask(lines, [1] * len(lines))]
 
     def aggregate(self, stats: Sequence[str]) -> tuple[float, list[float]]:
         """Corpus METEOR (and segment scores) from statistics lines, as ``compute_score`` reads them."""
-        proc = self._meteor.meteor_p
-        with self._meteor.lock:
-            proc.stdin.write(("EVAL ||| " + " ||| ".join(stats) + "\n").encode())
-            proc.stdin.flush()
-            per = [float(proc.stdout.readline().strip()) for _ in stats]
-            return float(proc.stdout.readline().strip()), per
+        answer = self._ask(["EVAL ||| " + " ||| ".join(stats)], [len(stats) + 1])[0]
+        return float(answer[-1].strip()), [float(x.strip()) for x in answer[:-1]]
 
     def aggregate_many(self, batches: Sequence[Sequence[str]]) -> list[float]:
-        """Corpus METEOR of each batch of statistics lines (a bootstrap's resamples), pipelined: a thread
-        writes every EVAL request while this one reads the answers, so the batches cost no round trips.
-        Each answer is the jar's own, exactly as ``aggregate`` would return it."""
+        """Corpus METEOR of each batch of statistics lines (a bootstrap's resamples), in one pipelined
+        exchange; each answer is the jar's own, exactly as ``aggregate`` returns it."""
+        answers = self._ask(["EVAL ||| " + " ||| ".join(stats) for stats in batches],
+                            [len(stats) + 1 for stats in batches])
+        return [float(answer[-1].strip()) for answer in answers]
+
+    def _ask(self, requests: Sequence[str], answer_lines: Sequence[int]) -> list[list[str]]:
+        """Send every request line and read each one's answer lines, pipelined: a thread writes while this
+        one reads, so many requests cost no round trips (and a full pipe cannot deadlock)."""
         import threading
 
         proc = self._meteor.meteor_p
@@ -234,8 +237,8 @@ class MeteorScorer:
 
         def write() -> None:
             try:
-                for stats in batches:
-                    proc.stdin.write(("EVAL ||| " + " ||| ".join(stats) + "\n").encode())
+                for line in requests:
+                    proc.stdin.write((line + "\n").encode())
                 proc.stdin.flush()
             except BaseException as exc:  # a dead JVM: the reader sees EOF and reports it
                 failed.append(exc)
@@ -244,11 +247,11 @@ class MeteorScorer:
             writer = threading.Thread(target=write, daemon=True)
             writer.start()
             out = []
-            for stats in batches:
-                lines = [proc.stdout.readline() for _ in range(len(stats) + 1)]
+            for count in answer_lines:
+                lines = [proc.stdout.readline().decode() for _ in range(count)]
                 if not lines[-1]:
                     raise RuntimeError(f"the METEOR jar stopped answering ({failed[0] if failed else 'EOF'})")
-                out.append(float(lines[-1].strip()))
+                out.append(lines)
             writer.join()
         return out
 
