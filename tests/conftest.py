@@ -28,7 +28,6 @@ def shards(tmp_path_factory) -> str:
     return str(out)
 
 
-
 # `make test` runs the suite on two xdist workers (`-n 2 --dist loadfile --no-loadscope-reorder`),
 # scheduled by `ModuleGroups`: each test module runs whole on one worker, so its module fixtures (a
 # trained run, a baseline) are built once; the modules that start their own Ray head nodes on

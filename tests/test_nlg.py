@@ -172,7 +172,7 @@ def test_meteor_equals_toolkit(reference):
         # the bootstrap's pipelined path: every resample's answer is the one-at-a-time answer, exactly
         rng = np.random.default_rng(3)
         resamples = [rng.integers(0, len(stats), len(stats)) for _ in range(40)]
-        piped = scorer.aggregate_many([[stats[i] for i in ix] for ix in resamples])
+        piped = scorer.resample_scores(stats, resamples)
         one_by_one = [scorer.aggregate([stats[i] for i in ix])[0] for ix in resamples]
     finally:
         scorer.close()

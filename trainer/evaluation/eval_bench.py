@@ -13,6 +13,7 @@ One run, side by side:
 from __future__ import annotations
 
 import copy
+import functools
 import time
 
 import numpy as np
@@ -68,8 +69,7 @@ def bench_eval(cfg, bootstrap: int = 1000, naive: int = 30) -> dict[str, float]:
         scorer = nlg.shared_meteor(lang)
         mstats = scorer.stats(refs, hyps)
         meteor = lambda ix: scorer.aggregate([mstats[i] for i in ix])[0]  # noqa: E731
-    meteor_dist = None if meteor is None else (  # all resamples pipelined through the one JVM
-        lambda idx: scorer.aggregate_many([[mstats[i] for i in ix] for ix in idx]))
+    meteor_dist = None if meteor is None else functools.partial(scorer.resample_scores, mstats)  # pipelined
     t0 = time.perf_counter()
     metric_dists(len(scored), bootstrap, bleu=bstats, rouge=rouge, cider=nlg._CiderCounts(refs, hyps, 4),
                  cubes=cubes, meteor=meteor_dist)

@@ -227,6 +227,10 @@ class MeteorScorer:
                             [len(stats) + 1 for stats in batches])
         return [float(answer[-1].strip()) for answer in answers]
 
+    def resample_scores(self, stats: Sequence[str], idx) -> list[float]:
+        """Corpus METEOR of each bootstrap resample: ``idx`` rows index into ``stats``."""
+        return self.aggregate_many([[stats[i] for i in ix] for ix in idx])
+
     def _ask(self, requests: Sequence[str], answer_lines: Sequence[int]) -> list[list[str]]:
         """Send every request line and read each one's answer lines, pipelined: a thread writes while this
         one reads, so many requests cost no round trips (and a full pipe cannot deadlock)."""

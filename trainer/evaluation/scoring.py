@@ -25,6 +25,7 @@ per-label scores over all requested labels, a label with no true or predicted po
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -165,12 +166,12 @@ def score(records: Sequence[dict], bootstrap: int = 1000, labeler="rrg", meteor:
 
     fns: dict[str, Callable[[list], float]] = {k: nlg_fn(k) for k in
                                                ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider")}
-    scorer = None
+    scorer = meteor_dist = None
     if meteor and nlg.java_available():
         scorer = nlg.shared_meteor(meteor_language)  # one JVM for the whole evaluation
         mstats = scorer.stats(refs, hyps)
         fns["meteor"] = lambda ix: scorer.aggregate([mstats[i] for i in ix])[0]
-        meteor_dist = lambda idx: scorer.aggregate_many([[mstats[i] for i in ix] for ix in idx])  # noqa: E731
+        meteor_dist = functools.partial(scorer.resample_scores, mstats)
     cubes: dict[str, np.ndarray] = {}
     for suffix, names in _ce_keys(label_set):
         r = np.array([[_pos(rec["ref_labels"].get(n), "negative") for n in names] for rec in records])
@@ -189,7 +190,7 @@ def score(records: Sequence[dict], bootstrap: int = 1000, labeler="rrg", meteor:
         out[key] = fn(idx)
     if bootstrap:  # per-study statistics resampled in numpy (evaluation/bootstrap.py), same draws as bootstrap_ci
         dists = metric_dists(len(records), bootstrap, bleu=bstats, rouge=rouge, cider=counts, cubes=cubes,
-                             meteor=meteor_dist if scorer is not None else None, seed=0)
+                             meteor=meteor_dist, seed=0)
         for key in fns:
             out[f"{key}_ci_low"], out[f"{key}_ci_high"] = percentile_ci(dists[key])
     if scorer is None:
