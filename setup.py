@@ -18,6 +18,8 @@ setup(
         "accelerate==1.15.0",
         "safetensors==0.8.0",
         "tokenizers",
+        "sentencepiece==0.2.3",  # Llama/Vicuna/Llama-2 ship tokenizer.model (SentencePiece) only
+        "protobuf==7.36.2",  # transformers needs it to read a SentencePiece model (else a misleading tiktoken error)
         "webdataset==1.0.2",
         "pillow==13.0.0",
         "ray[train]==2.60.0",
