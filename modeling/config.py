@@ -5,7 +5,7 @@ import contextlib
 import contextvars
 import os
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from configs.schema import ConfigError
 
@@ -32,11 +32,17 @@ class LoraConfig:
 
 @dataclass
 class VisionConfig:
-    path: Optional[str] = None  # local Hugging Face model dir (real runs)
+    # a local checkpoint in any format modeling/vision_formats.py reads (Hugging Face, open_clip, BioViL, the
+    # tower of a multimodal checkpoint); real runs
+    path: Optional[str] = None
     hf_config: dict[str, Any] = field(default_factory=dict)  # used when path is None (tests, demo)
-    image_size: int = 224  # model input size; shards hold larger pre-resized images
-    select_layer: int = -1  # hidden layer whose patch tokens feed the projector
+    image_size: Optional[int] = None  # model input size; None: the checkpoint's native size (hf_config's, else 224)
+    # hidden state whose patch tokens feed the projector: an index (-1 the last layer, LLaVA's -2), or "last":
+    # the tower's final normalised output (last_hidden_state)
+    feature_layer: Union[int, Literal["last"]] = -1
     channels: int = 3  # grayscale radiographs are repeated to this many channels
+    mean: Optional[list[float]] = None  # normalisation; None: the checkpoint's own (an error if it states none)
+    std: Optional[list[float]] = None
 
 
 @dataclass
@@ -78,12 +84,39 @@ class ModelConfig:
         if self.lm.tokenizer is None and self.lm.path is None and self.lm.tokenizer_vocab_size < 300:
             raise ConfigError(f"{key}.lm.tokenizer_vocab_size",
                               "must be >= 300 (byte-level BPE: 256 bytes + specials + merges)")
-        if self.vision.image_size < 16:
+        if self.vision.image_size is not None and self.vision.image_size < 16:
             raise ConfigError(f"{key}.vision.image_size", "must be >= 16")
+        if (self.vision.mean is None) != (self.vision.std is None):
+            raise ConfigError(f"{key}.vision.mean", "give both vision.mean and vision.std, or neither")
+        for name in ("mean", "std"):
+            values = getattr(self.vision, name)
+            if values is not None and len(values) not in (1, self.vision.channels):
+                raise ConfigError(f"{key}.vision.{name}", f"needs 1 or {self.vision.channels} values, got {values}")
+        if self.vision.std is not None and any(v <= 0 for v in self.vision.std):
+            raise ConfigError(f"{key}.vision.std", f"must be > 0, got {self.vision.std}")
         if self.max_text_len < 8:
             raise ConfigError(f"{key}.max_text_len", "must be >= 8")
+        if CHECK_PATHS.get():
+            self.check_checkpoints(key)
         if self.init_from is not None and CHECK_PATHS.get() and not os.path.isfile(os.path.join(self.init_from, "rrg_model.json")):
             raise ConfigError(f"{key}.init_from", f"not an rrg export directory: {self.init_from}")
+
+    def check_checkpoints(self, key: str = "model") -> None:
+        """The formats of ``vision.path`` and ``lm.path`` are ones rrg reads, and what the run needs from them
+        (input size, normalisation) is known: one line naming the path otherwise, before any worker starts."""
+        from modeling.formats import ModelFormatError, lm_config
+        from modeling.vision import image_stats, input_size, vision_source
+
+        try:
+            if self.vision.path is not None:
+                vision_source(self.vision.path)
+                input_size(self.vision)
+                image_stats(self.vision)
+            if self.lm.path is not None:
+                lm_config(self.lm.path)
+        except ModelFormatError as err:
+            part = "vision" if "vision" in str(err).split(":", 1)[0] else "lm"
+            raise ConfigError(f"{key}.{part}.path", str(err).split(": ", 1)[-1]) from None
 
     def validate_family(self) -> None:
         """Unknown family, unknown option or a bad option type (imports the family modules: run it last)."""

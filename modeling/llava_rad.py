@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
 
 from configs.schema import ConfigError, to_dict
@@ -28,11 +28,12 @@ from modeling.attention import hf_attn_name, resolve_impl
 from modeling.config import ModelConfig
 from modeling.packing import segment_attention_mask, segment_position_ids, token_weights, varlen_kwargs
 from modeling.projector import build_projector
+from modeling.formats import build_causal_lm
 from modeling.family import FAMILIES, MODEL_JSON, ModelFamily, ParamGroup, read_model_json, target_text, family_class
-from modeling.templates import get_template
+from modeling.templates import PromptCodec, get_template
 from modeling.tokenizer import get_tokenizer, image_token_id
 from modeling.tuning import TuningSpec, is_peft, lm_state_dict_for_export, lora_parameters, wrap_lora
-from modeling.vision import VisionEncoder, image_stats, load_vision_model, preprocess_image
+from modeling.vision import VisionEncoder, build_vision_encoder, image_stats, input_size, preprocess_image
 
 IGNORE = -100
 
@@ -212,7 +213,7 @@ class LlavaRad(nn.Module):
         self.vision.model.save_pretrained(vision_dir)
         mean, std = image_stats(self.cfg.vision)
         with open(os.path.join(vision_dir, "preprocessor_config.json"), "w") as fh:
-            json.dump({"image_mean": mean, "image_std": std, "size": self.cfg.vision.image_size}, fh)
+            json.dump({"image_mean": mean, "image_std": std, "size": input_size(self.cfg.vision)}, fh)
         proj = {k: v.detach().cpu().contiguous() for k, v in self.projector.state_dict().items()}
         save_file(proj, os.path.join(directory, "projector.safetensors"))
         self.tokenizer.save_pretrained(os.path.join(directory, "tokenizer"))
@@ -246,38 +247,35 @@ def export_family(directory: str, cfg: Optional[ModelConfig] = None) -> tuple[Mo
 
 
 # ---- samples and batches ------------------------------------------------------------------
+def prompt_codec(tok: PreTrainedTokenizerBase, cfg: ModelConfig) -> PromptCodec:
+    """The run's prompt (``model.prompt`` in ``model.lm.chat_template``); it must leave room for the report."""
+    return PromptCodec(tok, get_template(cfg.lm.chat_template, tok=tok), cfg.prompt, cfg.max_text_len)
+
+
 def prompt_ids(tok: PreTrainedTokenizerBase, cfg: ModelConfig) -> list[int]:
-    """bos + the templated prompt; it must leave room for report tokens within ``max_text_len``."""
-    ids = tok(get_template(cfg.lm.chat_template).prompt(cfg.prompt), add_special_tokens=False)["input_ids"]
-    if tok.bos_token_id is not None:
-        ids = [tok.bos_token_id] + ids
-    if len(ids) >= cfg.max_text_len:
-        raise ConfigError("model.max_text_len", f"{cfg.max_text_len} leaves no room for the report after "
-                          f"the {len(ids)}-token prompt")
-    return ids
+    """bos + the templated prompt (what generation starts from)."""
+    return prompt_codec(tok, cfg).ids
 
 
 def build_prompt_sample(sample: Any, tok: PreTrainedTokenizerBase, cfg: ModelConfig, train: bool,
-                        mean: list[float], std: list[float], prompt: list[int], target: str = "report") -> dict:
+                        mean: list[float], std: list[float], prompt: PromptCodec, target: str = "report") -> dict:
     """DecodedSample -> {pixel_values, input_ids, labels (train), key, study_id, reference (eval)}.
 
-    Train: bos + prompt + report + eos, labels -100 on bos/prompt, cut to ``max_text_len``.
-    Eval: bos + prompt only (the model generates the report), the reference text kept aside.
+    Train: bos + prompt + report + eos tokenised as one sequence, labels -100 on bos/prompt, cut to
+    ``max_text_len``.  Eval: bos + prompt only (the model generates the report), the reference kept aside.
     """
     out: dict[str, Any] = {
-        "pixel_values": preprocess_image(sample.images[0], cfg.vision.image_size, cfg.vision.channels, mean, std),
+        "pixel_values": preprocess_image(sample.images[0], input_size(cfg.vision), cfg.vision.channels, mean, std),
         "key": sample.key,
         "study_id": sample.record.get("study_id", sample.key),
     }
     if not train:
-        out["input_ids"] = torch.tensor(prompt, dtype=torch.long)
+        out["input_ids"] = torch.tensor(prompt.ids, dtype=torch.long)
         out["reference"] = sample.report
         return out
-    text = target_text(sample, target)
-    target = tok(get_template(cfg.lm.chat_template).target(text), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    target = target[: cfg.max_text_len - len(prompt)]
-    out["input_ids"] = torch.tensor(prompt + target, dtype=torch.long)
-    out["labels"] = torch.tensor([IGNORE] * len(prompt) + target, dtype=torch.long)
+    ids, labels = prompt.train_ids(target_text(sample, target))
+    out["input_ids"] = torch.tensor(ids, dtype=torch.long)
+    out["labels"] = torch.tensor(labels, dtype=torch.long)
     return out
 
 
@@ -339,20 +337,10 @@ class LlavaRadFamily(ModelFamily):
         return get_tokenizer(path, texts, lm.tokenizer_vocab_size, save_dir)
 
     def build_lm(self, tok: PreTrainedTokenizerBase, attn: str) -> nn.Module:
-        lm_cfg = self.cfg.lm
-        if lm_cfg.path is not None:
-            lm = AutoModelForCausalLM.from_pretrained(lm_cfg.path, local_files_only=True, attn_implementation=attn)
-            if len(tok) > lm.get_input_embeddings().num_embeddings:
-                lm.resize_token_embeddings(len(tok))
-            return lm
-        # an inline architecture may state its own (larger) vocabulary, as real-scale configs do
-        hf = dict(lm_cfg.hf_config, vocab_size=max(len(tok), int(lm_cfg.hf_config.get("vocab_size", 0))),
-                  pad_token_id=tok.pad_token_id,
-                  bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-        return AutoModelForCausalLM.from_config(AutoConfig.for_model(**hf), attn_implementation=attn)
+        return build_causal_lm(self.cfg.lm, tok, attn)
 
     def build_vision(self, attn: str) -> VisionEncoder:
-        return VisionEncoder(load_vision_model(self.cfg.vision, attn), self.cfg.vision.select_layer)
+        return build_vision_encoder(self.cfg.vision, attn)
 
     def build_model(self, tok: PreTrainedTokenizerBase, assets: Optional[dict] = None) -> LlavaRad:
         attn = hf_attn_name(self.cfg.attn_implementation)
@@ -383,7 +371,7 @@ class LlavaRadFamily(ModelFamily):
                        gen=None) -> Callable[[Any], dict]:
         mean, std = image_stats(self.cfg.vision)
         return partial(build_prompt_sample, tok=tok, cfg=self.cfg, train=mode == "train", mean=mean, std=std,
-                       prompt=prompt_ids(tok, self.cfg), target=target)
+                       prompt=prompt_codec(tok, self.cfg), target=target)
 
     def collate(self, tok: PreTrainedTokenizerBase) -> Callable[[list[dict]], dict]:
         return partial(collate_prompt_batch, pad_token_id=tok.pad_token_id)

@@ -46,9 +46,10 @@ from modeling.llava_rad import LlavaRad, LlavaRadFamily, VLMOutput, export_famil
 from modeling.tuning import TuningSpec, lora_parameters, wrap_lora
 from modeling.projector import build_projector
 from modeling.tokenizer import get_tokenizer
+from modeling.templates import get_template
 from modeling.topic_rows import (PROMPT_T, PROMPT_TA, TopicRowBuilder, collate_topic_rows, prompt_ids,
                                  topic_prompt)
-from modeling.vision import VisionEncoder, image_stats, load_vision_model, preprocess_image
+from modeling.vision import VisionEncoder, build_vision_encoder, image_stats, input_size, preprocess_image
 from shards.topic_ontology import ASSET_FILE, ASSET_NAME, Ontology
 
 SELECTIONS = ("all", "predicted", "oracle")
@@ -78,7 +79,8 @@ class LlavaTA(LlavaRad):
         self.topic_head = nn.Linear(vision.hidden_size, len(onto.topics))
 
     def head_logits(self, vision_feats: torch.Tensor) -> torch.Tensor:
-        return self.topic_head(vision_feats.mean(1).float())
+        w = self.topic_head.weight
+        return self.topic_head(vision_feats.mean(1).to(w.dtype)).float()  # fp32 logits for the BCE
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, sample_weight: Optional[torch.Tensor] = None,
@@ -131,8 +133,9 @@ class LlavaTA(LlavaRad):
         texts: dict[tuple[int, str], str] = {}
         for start in range(0, len(jobs), chunk):
             part = jobs[start:start + chunk]
+            template = get_template(self.cfg.lm.chat_template, tok=self.tokenizer)
             prompts = [prompt_ids(self.tokenizer, topic_prompt(self.onto.by_name[t].phrase, segmented),
-                                  self.cfg.max_text_len) for _, t in part]
+                                  self.cfg.max_text_len, template) for _, t in part]
             length = max(map(len, prompts))
             ids = torch.full((len(part), length), self.pad_token_id, dtype=torch.long)
             mask = torch.zeros_like(ids)
@@ -247,7 +250,7 @@ class LlavaTAFamily(ModelFamily):
 
         onto = self.ontology(assets)  # the sample builders of this family use the same one
         attn = hf_attn_name(self.cfg.attn_implementation)
-        vision = VisionEncoder(load_vision_model(self.cfg.vision, attn), self.cfg.vision.select_layer)
+        vision = build_vision_encoder(self.cfg.vision, attn)
         lm = LlavaRadFamily.build_lm(self, tok, attn)  # its options are not ours: borrow the method
         projector = build_projector(self.cfg.projector, vision.hidden_size, lm.config.hidden_size)
         model = LlavaTA(self.cfg, vision, projector, lm, tok, onto, self.opts)
@@ -276,11 +279,12 @@ class LlavaTAFamily(ModelFamily):
         if target not in ("topics", "report"):
             raise ConfigError("train.stages.target", f"{self.name} trains on 'topics', got {target!r}")
         mean, std = image_stats(self.cfg.vision)
-        pre = partial(preprocess_image, size=self.cfg.vision.image_size, channels=self.cfg.vision.channels,
+        pre = partial(preprocess_image, size=input_size(self.cfg.vision), channels=self.cfg.vision.channels,
                       mean=mean, std=std)
         return TopicRowBuilder(tok, self.ontology(), pre, self.cfg.max_text_len, self.segmented, self.opts.crop,
                                train=mode == "train", oracle=mode != "train" and self._selection(gen) == "oracle",
-                               whole_report=target == "report")
+                               whole_report=target == "report",
+                               template=get_template(self.cfg.lm.chat_template, tok=tok))
 
     def collate(self, tok) -> Callable[[list[dict]], dict]:
         return partial(collate_topic_rows, pad_token_id=tok.pad_token_id)

@@ -33,7 +33,7 @@ from modeling.config import ModelConfig
 from modeling.family import FAMILIES, Generation, GenConfig, TargetError
 from modeling.llava_rad import IGNORE, LlavaRad, LlavaRadFamily
 from modeling.templates import get_template
-from modeling.vision import image_stats, preprocess_image
+from modeling.vision import image_stats, input_size, preprocess_image
 from shards.reasoning.annotate import SIDECAR as ANNOTATION  # the overlay `rrg annotate reasoning` writes
 from shards.reasoning.chain import TARGETS, extract_final_report, target_text
 
@@ -114,7 +114,7 @@ def build_lvmed_sample(sample: Any, tok, cfg: ModelConfig, opts: LvmedR2Options,
     """DecodedSample -> one row.  Train: prompt + target (see :func:`train_target`).  Eval: the
     reasoning prompt only, the reference kept aside; no annotation is read."""
     row: dict[str, Any] = {
-        "pixel_values": preprocess_image(sample.images[0], cfg.vision.image_size, cfg.vision.channels, mean, std),
+        "pixel_values": preprocess_image(sample.images[0], input_size(cfg.vision), cfg.vision.channels, mean, std),
         "key": sample.key, "study_id": sample.record.get("study_id", sample.key)}
     if mode == "eval":
         row["input_ids"] = torch.tensor(prompts["reasoning"], dtype=torch.long)

@@ -38,14 +38,15 @@ from torch import nn
 
 from configs.schema import ConfigError, to_dict
 from modeling.attention import hf_attn_name
+from modeling.formats import build_causal_lm
 from modeling.family import FAMILIES, MODEL_JSON, ModelFamily, ParamGroup, read_model_json
 from modeling.kg_modules import BiCrossAttention, CrossAttention, QFormer, RGCNEncoder, ScaleFusion, pad_by_graph
 from modeling.llava_rad import (LlavaRadFamily, VLMOutput, build_prompt_sample, collate_prompt_batch, lm_logits,
-                                packed_loss, prompt_ids, rows_of, splice_image_features)
+                                packed_loss, prompt_codec, rows_of, splice_image_features)
 from modeling.templates import get_template
 from modeling.tokenizer import get_tokenizer, image_token_id
 from modeling.tuning import TuningSpec, is_peft, lm_state_dict_for_export
-from modeling.vision import VisionEncoder, image_stats, load_vision_model
+from modeling.vision import VisionEncoder, build_vision_encoder, image_stats
 
 KG_ASSET, BANK_ASSET, SIDECAR = "kg", "kg_bank", "kg"
 
@@ -258,17 +259,9 @@ class R2GenKGFamily(ModelFamily):
     Options = R2GenKGOptions
     asset_names = (KG_ASSET, BANK_ASSET)
     def image_tokens(self, patches: int) -> int:
-        """The LM sees the patch grid (``lm_patches``), the Q-Former's queries and the pooled KG tokens."""
-        return (self.grid_tokens(patches) if self.opts.lm_patches else 0) + self.opts.num_queries + self.opts.kg_queries
-
-    def grid_tokens(self, patches: int) -> int:
-        """Tokens of the tower's last feature map: a Swin's (the paper's encoder) last stage is 2^(stages - 1)
-        times coarser per side than its patch embedding (224 px, patch 4, 4 stages: 7 x 7); a ViT's: ``patches``."""
-        hf = self.cfg.vision.hf_config.get("vision_config", self.cfg.vision.hf_config)
-        if "depths" in hf and "embed_dim" in hf:
-            side = self.cfg.vision.image_size // int(hf.get("patch_size", 4)) // 2 ** (len(hf["depths"]) - 1)
-            return side * side
-        return patches
+        """The LM sees the patch grid (``lm_patches``: the tower's own token count, e.g. 49 for a Swin at 224 px),
+        the Q-Former's queries and the pooled KG tokens."""
+        return (patches if self.opts.lm_patches else 0) + self.opts.num_queries + self.opts.kg_queries
 
     def planning_assets(self, kg_nodes: int = 2477, feature_dim: int = 768, bank_dim: int = 2048) -> dict:
         """Shape-only KG and bank (default: M3KG's 2,477 entities, BERT-size features) for ``rrg plan``."""
@@ -292,19 +285,10 @@ class R2GenKGFamily(ModelFamily):
         return get_tokenizer(path, texts, lm.tokenizer_vocab_size, save_dir)
 
     def build_model(self, tok, assets: Optional[dict[str, Any]] = None) -> R2GenKG:
-        from transformers import AutoConfig, AutoModelForCausalLM
-
         graph, bank, roots = read_assets(assets)
         attn = hf_attn_name(self.cfg.attn_implementation)
-        vision = VisionEncoder(load_vision_model(self.cfg.vision, attn), self.cfg.vision.select_layer)
-        lm_cfg = self.cfg.lm
-        if lm_cfg.path is not None:
-            lm = AutoModelForCausalLM.from_pretrained(lm_cfg.path, local_files_only=True, attn_implementation=attn)
-        else:
-            hf = dict(lm_cfg.hf_config, vocab_size=max(len(tok), int(lm_cfg.hf_config.get("vocab_size", 0))),
-                      pad_token_id=tok.pad_token_id,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-            lm = AutoModelForCausalLM.from_config(AutoConfig.for_model(**hf), attn_implementation=attn)
+        vision = build_vision_encoder(self.cfg.vision, attn)
+        lm = build_causal_lm(self.cfg.lm, tok, attn)
         return R2GenKG(self.cfg, self.opts, vision, lm, tok, graph, bank, roots)
 
     def trainable_groups(self, model: R2GenKG, mode: str, spec: Optional[TuningSpec] = None) -> list[ParamGroup]:
@@ -323,7 +307,7 @@ class R2GenKGFamily(ModelFamily):
                        gen: Optional[Any] = None) -> Callable[[Any], list[dict]]:
         mean, std = image_stats(self.cfg.vision)
         base = partial(build_prompt_sample, tok=tok, cfg=self.cfg, train=mode == "train", mean=mean, std=std,
-                       prompt=prompt_ids(tok, self.cfg), target=target)
+                       prompt=prompt_codec(tok, self.cfg), target=target)
         return partial(build_row, num_scales=self.opts.num_scales, base=base)
 
     def collate(self, tok) -> Callable[[list[dict]], dict]:

@@ -34,10 +34,10 @@ from torch import nn
 
 from modeling.family import FAMILIES, ParamGroup, read_model_json
 from modeling.llava_rad import LlavaRad, LlavaRadFamily, VLMOutput, build_prompt_sample, collate_prompt_batch, \
-    prompt_ids, rows_of, splice_image_features
+    prompt_codec, rows_of, splice_image_features
 from modeling.projector import build_projector
 from modeling.tuning import TuningSpec
-from modeling.vision import image_stats
+from modeling.vision import image_stats, input_size
 
 
 @dataclass
@@ -84,7 +84,7 @@ class ImageSegmenter(nn.Module):
         grey = (pixel_values.float() * self.std + self.mean).mean(dim=1, keepdim=True).clamp(0, 1)
         size = pixel_values.shape[-2:]
         x = F.interpolate(grey, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
-        logits = self.unet(x)[:, self.index]
+        logits = self.unet(x.to(_param_dtype(self.unet, x.dtype)))[:, self.index]
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
     def save(self, directory: str) -> None:
@@ -110,6 +110,12 @@ def load_segmenter(path: str, channels: list[str], mean, std) -> nn.Module:
     return net
 
 
+def _param_dtype(module: nn.Module, default: torch.dtype) -> torch.dtype:
+    """The dtype a module's weights are in (a frozen segmenter follows the run's precision)."""
+    p = next(iter(module.parameters()), None)
+    return p.dtype if p is not None else default
+
+
 SEGMENTER_DIR = "segmenter"  # inside an export: the frozen directory segmenter (safetensors)
 
 
@@ -132,7 +138,8 @@ class Radixpert(LlavaRad):
         patches = self.vision(pixel_values)  # (B, N, D_vis)
         if self.segmenter is not None and masks is None:
             with torch.no_grad():
-                masks = torch.sigmoid(self.segmenter(pixel_values.float())).to(patches.dtype)
+                seg_in = pixel_values.to(_param_dtype(self.segmenter, torch.float32))
+                masks = torch.sigmoid(self.segmenter(seg_in).float()).to(patches.dtype)
         if masks is None:
             raise ValueError("radixpert needs masks (mask_source: shard puts them in every batch)")
         fused = torch.cat([patches, self.mask_branch(masks, self._grid(patches.shape[1])).to(patches.dtype)], -1)
@@ -258,8 +265,8 @@ class RadixpertFamily(LlavaRadFamily):
 
         mean, std = image_stats(self.cfg.vision)
         base = partial(build_prompt_sample, tok=tok, cfg=self.cfg, train=mode == "train", mean=mean, std=std,
-                       prompt=prompt_ids(tok, self.cfg), target=target)
-        return partial(build_mask_sample, base=base, opts=self.opts, size=self.cfg.vision.image_size)
+                       prompt=prompt_codec(tok, self.cfg), target=target)
+        return partial(build_mask_sample, base=base, opts=self.opts, size=input_size(self.cfg.vision))
 
     def collate(self, tok):
         from functools import partial

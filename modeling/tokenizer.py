@@ -58,15 +58,16 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
 
 def get_tokenizer(path: Optional[str], train_texts: Optional[Iterable[str]], vocab_size: int,
                   save_dir: Optional[str] = None) -> PreTrainedTokenizerBase:
-    """Load from ``path`` or train on ``train_texts``; save to ``save_dir`` when given.
+    """The run's tokenizer: the copy already saved in ``save_dir`` (a run's own: read, never rewritten),
+    else loaded from ``path`` or trained on ``train_texts``, then saved to ``save_dir`` when given.
 
-    With neither, a tokenizer already saved in ``save_dir`` (a run's own) is loaded.
+    The driver saves the run's copy once, before any worker starts; workers, evaluation and export read it.
     """
+    if save_dir is not None and os.path.isdir(save_dir) and os.listdir(save_dir) and train_texts is None:
+        return load_tokenizer(save_dir)
     if path is not None:
         tok = load_tokenizer(path)
     elif train_texts is None:
-        if save_dir is not None and os.path.isdir(save_dir) and os.listdir(save_dir):
-            return load_tokenizer(save_dir)
         raise ValueError("no tokenizer path configured and no training reports given to train one")
     else:
         tok = train_tokenizer(train_texts, vocab_size)

@@ -18,7 +18,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from modeling.templates import IMAGE_TOKEN
+from configs.schema import ConfigError
+from modeling.templates import IMAGE_TOKEN, PromptCodec, Template, get_template
 from shards.topic_ontology import Ontology
 
 PROMPT_TA = "Given the image {image} and the segmented part {image}, describe the findings for the topic: {topic}."
@@ -57,22 +58,36 @@ def topic_prompt(topic_phrase: str, segmented: bool) -> str:
     return (PROMPT_TA if segmented else PROMPT_T).format(image=IMAGE_TOKEN, topic=topic_phrase)
 
 
-def prompt_ids(tok, text: str, max_len: int) -> list[int]:
-    ids = ([tok.bos_token_id] if tok.bos_token_id is not None else []) + \
-        tok(text + "\n", add_special_tokens=False)["input_ids"]
-    if len(ids) >= max_len:
-        raise TopicDataError(f"model.max_text_len {max_len} leaves no room after the {len(ids)}-token topic prompt")
-    return ids
+def topic_codec(tok, text: str, max_len: int, template: Template) -> PromptCodec:
+    """A topic prompt (its image placeholders inside) in the run's chat template; targets join it as one
+    sequence.  The plain template gives ``text + "\n"``."""
+    try:
+        return PromptCodec(tok, template, "", max_len, text=template.wrap(text))
+    except ConfigError as err:
+        raise TopicDataError(f"model.max_text_len {max_len} leaves no room after the topic prompt ({err.why})") from None
+
+
+def prompt_ids(tok, text: str, max_len: int, template: Optional[Template] = None) -> list[int]:
+    """bos + the topic prompt in the chat template: what per-topic generation starts from."""
+    return topic_codec(tok, text, max_len, template or get_template("plain")).ids
+
+
+def sentence_target(sentence: str, template: Template) -> str:
+    """A topic sentence as the target text: after a plain prompt it keeps its word-boundary space."""
+    return sentence if template.report_prefix else " " + sentence
 
 
 class TopicRowBuilder:
     """DecodedSample -> topic rows (train) or one study row with every topic's S (eval)."""
 
     def __init__(self, tok, onto: Ontology, preprocess, max_text_len: int, segmented: bool, crop: bool,
-                 train: bool, oracle: bool = False, whole_report: bool = False):
+                 train: bool, oracle: bool = False, whole_report: bool = False, template: Optional[Template] = None):
         self.tok, self.onto, self.preprocess, self.whole_report = tok, onto, preprocess, whole_report
         self.max_len, self.segmented, self.crop, self.train, self.oracle = max_text_len, segmented, crop, train, oracle
-        self.prompts = {t.name: prompt_ids(tok, topic_prompt(t.phrase, segmented), max_text_len) for t in onto.topics}
+        self.template = template or get_template("plain")
+        self.codecs = {t.name: topic_codec(tok, topic_prompt(t.phrase, segmented), max_text_len, self.template)
+                       for t in onto.topics}
+        self.prompts = {name: c.ids for name, c in self.codecs.items()}
 
     def images(self, sample: Any, topic: str) -> torch.Tensor:
         """(k, C, H, W): I, and S for the topic when segmented."""
@@ -105,11 +120,9 @@ class TopicRowBuilder:
         targets = self.topic_targets([r["topic"] for r in rows])
         out = []
         for r in rows:
-            prompt = self.prompts[r["topic"]]
-            target = self.tok(" " + r["sentence"], add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
-            target = target[: self.max_len - len(prompt)]
+            ids, labels = self.codecs[r["topic"]].train_ids(sentence_target(r["sentence"], self.template))
             out.append({"pixel_values": self.images(sample, r["topic"]),
-                        "input_ids": torch.tensor(prompt + target), "labels": torch.tensor([IGNORE] * len(prompt) + target),
+                        "input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
                         "sample_weight": 1.0 / len(rows), "topic_targets": targets, "key": sample.key,
                         "study_id": study_id, "topic": r["topic"]})
         return out

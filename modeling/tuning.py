@@ -113,6 +113,44 @@ def plain_state_dict(model: nn.Module, state: dict[str, torch.Tensor] | None = N
     return out
 
 
+def lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, layer) of every peft LoRA layer in ``model``."""
+    from peft.tuners.lora import LoraLayer
+
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer)]
+
+
+def merge_lora_weight(layer: nn.Module) -> None:
+    """``W += B A * alpha / r`` for every active adapter of one LoRA layer, in place, the product in fp32.
+
+    The caller makes the three tensors whole first (ZeRO-3: gathered, rank 0 modifying).
+    """
+    base = layer.get_base_layer()
+    weight = base.weight.data.float()
+    for adapter in layer.active_adapters:
+        if adapter in layer.lora_A:
+            a, b = layer.lora_A[adapter].weight.data.float(), layer.lora_B[adapter].weight.data.float()
+            weight = weight + (b @ a) * layer.scaling[adapter]
+    base.weight.data.copy_(weight.to(base.weight.dtype))
+
+
+def unwrap_peft(model: nn.Module) -> None:
+    """Replace every peft-wrapped child of ``model`` (e.g. ``model.lm``) by its plain Hugging Face model, each
+    LoRA layer by its base layer: module surgery only, no tensor is copied (ZeRO-3 partitions stay put).
+
+    Merge the adapters first (:func:`merge_lora_weight`) to keep what they learned.
+    """
+    for name, child in list(model.named_children()):
+        if not is_peft(child):
+            continue
+        inner = child.get_base_model()
+        for layer_name, layer in lora_layers(inner):
+            parent_name, _, leaf = layer_name.rpartition(".")
+            parent = inner.get_submodule(parent_name) if parent_name else inner
+            setattr(parent, leaf, layer.get_base_layer())
+        setattr(model, name, inner)
+
+
 def weights_digest(state: dict[str, torch.Tensor]) -> str:
     """sha256 over a plain state dict (sorted names, dtype, shape, bytes): which weights a stage starts from."""
     import hashlib

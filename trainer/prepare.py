@@ -224,7 +224,10 @@ def prepare_run(cfg: RunConfig, pool: Optional[TaskPool] = None) -> dict[str, An
     shutil.rmtree(out / "pids", ignore_errors=True)  # "started" = a worker wrote its pid in this run
     env = worker_env(cfg)
     os.environ.update({k: v for k, v in env.items() if k not in os.environ})
+    from trainer.runguard import tokenizer_hash
+
     return {"config": cfg.to_dict(), "tokenizer_dir": tokenizer_dir, "stop_file": str(stop_file),
+            "tokenizer_sha256": tokenizer_hash(Path(tokenizer_dir)),
             "wandb_id": _wandb_id(cfg), "env": env}
 
 

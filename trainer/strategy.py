@@ -119,6 +119,36 @@ def cosine_with_warmup(step: int, *, warmup: int, total: int, min_ratio: float) 
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def cast_unpartitioned(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """rrg's own modules (projector, mask conv, Q-Former, R-GCN, topic head, LoRA matrices) in the run's dtype.
+
+    DeepSpeed casts the whole module itself at ZeRO-0/1/2, but under ZeRO-3 a model built inside
+    ``zero.Init`` is not cast again: what was created outside it (everything rrg adds around the Hugging
+    Face models) would stay fp32 and meet bf16 activations.  So every parameter not already partitioned,
+    and every floating buffer outside the Hugging Face models (which keep theirs, e.g. rotary ``inv_freq``,
+    in the precision they chose), is cast here, for every ZeRO stage alike.
+    """
+    from transformers import PreTrainedModel
+
+    hf_buffers = {id(b) for m in model.modules() if isinstance(m, PreTrainedModel) for b in m.buffers()}
+    for p in model.parameters():
+        if p.is_floating_point() and p.dtype != dtype and not hasattr(p, "ds_id"):
+            p.data = p.data.to(dtype)
+    for module in model.modules():
+        for name, buf in list(module._buffers.items()):  # noqa: SLF001
+            if buf is not None and buf.is_floating_point() and buf.dtype != dtype and id(buf) not in hf_buffers:
+                module._buffers[name] = buf.to(dtype)  # noqa: SLF001
+
+
+def module_dtypes(model: torch.nn.Module) -> dict[str, str]:
+    """Top-level part -> the dtypes of its parameters (as the engine holds them): what runs in what precision."""
+    out: dict[str, set[str]] = {}
+    for name, p in model.named_parameters():
+        dt = getattr(p, "ds_tensor", p).dtype if hasattr(p, "ds_id") else p.dtype
+        out.setdefault(name.split(".")[0], set()).add(str(dt).replace("torch.", ""))
+    return {k: ",".join(sorted(v)) for k, v in out.items()}
+
+
 class DeepSpeedStrategy:
     """Wraps a model in a DeepSpeed engine and exposes the handful of calls the loop needs."""
 
@@ -140,14 +170,22 @@ class DeepSpeedStrategy:
     def ds_config(self, load_universal: bool = False) -> dict[str, Any]:
         return build_ds_config(self.train, self.world_size, load_universal=load_universal, use_gpu=self.use_gpu)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.train.precision == "bf16" else torch.float32
+
     @contextlib.contextmanager
     def model_init_context(self) -> Iterator[None]:
-        """Under ZeRO-3, Hugging Face models built here are partitioned as they are created."""
+        """Models built here load their checkpoints in the run's precision; under ZeRO-3, Hugging Face
+        models are partitioned as they are created."""
+        from modeling.formats import loading_dtype
+
         if self.train.zero_stage == 3:
             from transformers.integrations import HfDeepSpeedConfig
 
             self._hf_ds_config = HfDeepSpeedConfig(self.ds_config())
-        yield
+        with loading_dtype(self.dtype):
+            yield
 
     def release_model_init_context(self) -> None:
         """Stop building ZeRO-3-partitioned models (e.g. for an undistributed export copy)."""
@@ -170,6 +208,7 @@ class DeepSpeedStrategy:
             param_groups = [g for g in param_groups if g["params"]]
         if not param_groups or not any(g["params"] for g in param_groups):
             raise RuntimeError("no trainable parameters: check train.tuning / train.stages")
+        cast_unpartitioned(model, self.dtype)
         cfg = self.ds_config(load_universal)
         cfg["optimizer"]["params"]["lr"] = lr
         total = steps or self.train.max_steps
@@ -185,11 +224,57 @@ class DeepSpeedStrategy:
         return engine
 
     def teardown(self) -> None:
-        """Drop the engine (between stages: the next stage wraps a freshly built model)."""
+        """Drop the engine, its optimizer state and (ZeRO-3) its module hooks; the module itself stays usable
+        (between stages the next stage wraps the same module again)."""
+        if self.engine is not None and hasattr(self.engine, "destroy"):
+            self.engine.destroy()
         self.engine = None
         import gc
 
         gc.collect()
+
+    @contextlib.contextmanager
+    def gathered(self, params: list, modify: bool = False) -> Iterator[None]:
+        """Whole tensors inside (ZeRO-3: gathered; with ``modify``, rank 0's changes are kept on every rank)."""
+        parts = [p for p in params if hasattr(p, "ds_id")]
+        if not parts:
+            yield
+            return
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(parts, modifier_rank=0 if modify else None):
+            yield
+
+    def merge_lora_in_place(self, model: torch.nn.Module) -> int:
+        """Fold every LoRA adapter of ``model`` into its base weight, one layer at a time (never the whole
+        model at once on any rank), then unwrap peft; returns the number of merged layers.  Collective."""
+        from modeling.tuning import lora_layers, merge_lora_weight, unwrap_peft
+
+        layers = lora_layers(model)
+        for _, layer in layers:
+            params = [layer.get_base_layer().weight] + [p for m in (layer.lora_A, layer.lora_B)
+                                                         for p in m.parameters()]
+            with self.gathered(params, modify=True):
+                if self.rank == 0 or not any(hasattr(p, "ds_id") for p in params):
+                    merge_lora_weight(layer)
+        unwrap_peft(model)
+        return len(layers)
+
+    def weights_digest(self, model: torch.nn.Module) -> str:
+        """:func:`modeling.tuning.weights_digest` of ``model.state_dict()``, one tensor gathered at a time
+        (rank 0's answer; others get ""). Collective."""
+        import hashlib
+
+        entries = model.state_dict(keep_vars=True)
+        h = hashlib.sha256()
+        for key in sorted(entries):
+            t = entries[key]
+            with self.gathered([t] if isinstance(t, torch.nn.Parameter) else []):
+                if self.rank == 0:
+                    t = t.detach().to("cpu").contiguous()
+                    h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+                    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest() if self.rank == 0 else ""
 
     # -- the step ---------------------------------------------------------------------
     @property

@@ -80,9 +80,7 @@ class TrainingRun:
         self.stage_index = 0
         self.loader = None
         self.logger = None
-        from trainer.runguard import tokenizer_hash
-
-        self.tokenizer_sha256 = tokenizer_hash(Path(loop_config["tokenizer_dir"]))
+        self.tokenizer_sha256 = loop_config["tokenizer_sha256"]  # hashed once, by the driver
 
     def _fetch_remote_checkpoint(self) -> None:
         """With ``checkpoint.dir: s3://...`` the latest complete remote checkpoint is staged locally first."""
@@ -93,15 +91,22 @@ class TrainingRun:
                 fetch_latest_checkpoint(self.cfg.checkpoint.dir, Path(self.cfg.checkpoint_dir))
             _barrier()
 
-    def _build_stage(self, index: int, start_state: Optional[dict] = None, load_universal: bool = False) -> None:
-        """Model, tuning and engine of stage ``index``; the loader is made once and re-targeted after."""
+    def _build_stage(self, index: int, start_state: Optional[dict] = None, load_universal: bool = False,
+                     model: Optional[torch.nn.Module] = None) -> None:
+        """Model, tuning and engine of stage ``index``; the loader is made once and re-targeted after.
+
+        ``model``: the previous stage's module, adapters merged (an in-place hand-off); else one is built.
+        """
         from modeling.tuning import apply_tuning, trainable_summary
         from shards.reader import make_loader
 
         cfg, stage = self.cfg, self.stages[index]
         seed_all(cfg.seed)  # same initial weights on every rank
-        with self.strategy.model_init_context():
-            model = self.family.build_model(self.tokenizer, self.assets)
+        if model is None:
+            with self.strategy.model_init_context():
+                model = self.family.build_model(self.tokenizer, self.assets)
+        else:
+            model.rrg_tuning_applied = False  # the next stage's tuning replaces the last one's
         if start_state is None and index == 0 and cfg.model.init_from:
             start_state = init_state(cfg.model.init_from)
         if start_state is not None:
@@ -143,16 +148,16 @@ class TrainingRun:
         return packing_collate(collate, packing, image_token_id(self.tokenizer), int(n))
 
     def _next_stage(self) -> None:
-        """Hand the trained weights (LoRA merged) to a freshly built model of the next stage."""
-        from modeling.tuning import plain_state_dict, weights_digest
-
-        module = self.strategy.engine.module
-        state = plain_state_dict(module, self.strategy.full_state_dict(all_ranks=True))
+        """Hand the trained weights to the next stage in place: the same module, its LoRA merged into the base
+        weights one layer at a time, re-tuned and wrapped by a new engine.  No rank ever holds a second copy of
+        the model (ZeRO-3 partitions stay partitioned)."""
+        model = self.strategy.engine.module
+        self.strategy.merge_lora_in_place(model)
+        digest = self.strategy.weights_digest(model) if self.logger is not None else ""
         self.strategy.teardown()
-        self._build_stage(self.stage_index + 1, start_state=state)
+        self._build_stage(self.stage_index + 1, model=model)
         if self.logger is not None:
             name = self.stages[self.stage_index].name
-            digest = weights_digest(state) if self.rank == 0 else ""
             # the digest lets a test (or a user) check the hand-off against the previous stage's last checkpoint
             self.logger.record({"stage_start": name, "step": self.cfg.train.stage_bounds(self.stage_index)[0],
                                 "start_weights_sha256": digest})
