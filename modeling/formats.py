@@ -44,7 +44,7 @@ LM_FORMATS = ("a Hugging Face causal LM directory (config.json + *.safetensors o
 TEXT_KEY_MAPPING = {r"^language_model\.model\.": "model.", r"^model\.language_model\.": "model.",
                     r"^language_model\.lm_head\.": "lm_head."}
 # weights transformers recomputes or ties itself: never "missing"
-_DERIVED = re.compile(r"(^|\.)(inv_freq|position_ids|lm_head\.weight|num_batches_tracked)$")
+_DERIVED = re.compile(r"(^|\.)(inv_freq|position_ids|num_batches_tracked)$")
 
 
 def listing(path: str | os.PathLike, limit: int = 8) -> str:
@@ -211,23 +211,28 @@ def load_causal_lm(path: str, *, attn: str, dtype: torch.dtype):
     return lm
 
 
+class _DropLoadReport:
+    def filter(self, record) -> bool:  # a logging.Filter
+        return "LOAD REPORT" not in str(record.msg)
+
+
 @contextlib.contextmanager
 def quiet_load_report(active: bool = True):
-    """Silence transformers' load report while a part is read out of a larger checkpoint (a dual model's
-    text tower, a classifier's head, a multimodal model's other half are left over by design); rrg
-    checks the missing keys itself (:func:`check_loading_info`)."""
+    """Drop transformers' load report while a part is read out of a larger checkpoint (a dual model's text
+    tower, a classifier's head, a multimodal model's other half are left over by design); rrg checks the
+    missing keys itself (:func:`check_loading_info`).  Other warnings still show."""
     if not active:
         yield
         return
     from transformers.utils import logging
 
     logger = logging.get_logger("transformers.modeling_utils")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    drop = _DropLoadReport()
+    logger.addFilter(drop)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logger.removeFilter(drop)
 
 
 def _from_pretrained(cls, path: str, attn: str, kw: dict):

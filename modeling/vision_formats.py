@@ -293,9 +293,9 @@ def _open_clip_from(weights: Path, model_cfg: dict, pre: dict, state: dict) -> V
     if layerscale:  # a DINOv2 trunk (LayerScale): BiomedCLIP-CXR's vit_base_patch14_dinov2
         from transformers import Dinov2Config, Dinov2Model
 
-        config, cls = Dinov2Config(**common, mlp_ratio=inter / dim, use_mask_token=False), Dinov2Model
-        if int(config.mlp_ratio * dim) != inter:
+        if inter % dim:
             raise ModelFormatError(f"{where}: MLP width {inter} is not a whole multiple of width {dim}")
+        config, cls = Dinov2Config(**common, mlp_ratio=inter // dim, use_mask_token=False), Dinov2Model
         mapper = _dinov2_key
 
     else:
