@@ -63,15 +63,19 @@ def input_size(cfg: VisionConfig) -> int:
 
 def image_stats(cfg: VisionConfig) -> tuple[list[float], list[float]]:
     """Normalisation mean/std: the run config's, else the checkpoint's own; 0.5/0.5 for random towers."""
+    def per_channel(values) -> list[float]:
+        values = [float(v) for v in values]
+        return values * cfg.channels if len(values) == 1 else values[: cfg.channels]
+
     if cfg.mean is not None and cfg.std is not None:
-        return list(cfg.mean), list(cfg.std)
+        return per_channel(cfg.mean), per_channel(cfg.std)
     if cfg.path is None:
         return [0.5] * cfg.channels, [0.5] * cfg.channels
     src = vision_source(cfg.path)
     if src.mean is None or src.std is None:
         raise ModelFormatError(f"model.vision.path {cfg.path}: the checkpoint ({src.describe}) states no image "
                                f"normalisation: set model.vision.mean and model.vision.std to what it was trained with")
-    return list(src.mean), list(src.std)
+    return per_channel(src.mean), per_channel(src.std)
 
 
 def load_vision_model(cfg: VisionConfig, attn_implementation: str, *, weights: bool = True) -> PreTrainedModel:

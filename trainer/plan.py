@@ -82,16 +82,32 @@ class StagePlan:
 
 
 def _inline(sub) -> None:
-    """Use the inline architecture (or a local config.json) instead of weights."""
+    """The architecture to plan: the checkpoint at ``path`` when it is here (its real dimensions, read
+    without its weights), else the inline ``hf_config``."""
+    if sub.path and os.path.exists(sub.path):
+        return
     if sub.hf_config:
         sub.path = None
-    elif sub.path and os.path.isfile(os.path.join(sub.path, "config.json")):
-        with open(os.path.join(sub.path, "config.json")) as fh:
-            sub.hf_config = json.load(fh)
-        sub.path = None
     else:
-        raise ValueError(f"cannot plan without an architecture: give hf_config or a directory with config.json "
+        raise ValueError(f"cannot plan without an architecture: give hf_config or a local checkpoint directory "
                          f"(got path={sub.path!r})")
+
+
+def _vision_dims(vision) -> dict:
+    """The vision tower's config as a dict: the checkpoint's when planned from a path, else the inline one."""
+    if vision.path is None:
+        return dict(vision.hf_config)
+    from modeling.vision import vision_source
+
+    return vision_source(vision.path).config.to_dict()
+
+
+def _lm_dims(lm) -> dict:
+    if lm.path is None:
+        return dict(lm.hf_config)
+    from modeling.formats import lm_dims
+
+    return lm_dims(lm.path)
 
 
 def _tokenizer(family):
@@ -138,8 +154,10 @@ def plan_stages(cfg: RunConfig) -> tuple[list[StagePlan], Any]:
     tok = _tokenizer(family)
     plans = []
     stand_ins = family.planning_assets()  # real tensors (a few MB): model code may read values from them
+    from modeling.formats import architecture_only
+
     for stage in cfg.train.resolved_stages():
-        with torch.device("meta"):
+        with torch.device("meta"), architecture_only():
             model = family.build_model(tok, stand_ins)
             apply_tuning(model, family, stage.spec(cfg.train.lora))
         rows = _module_rows(model)
@@ -223,19 +241,18 @@ def _lm_shape(hf: dict, vocab: int) -> Shape:
                  vocab, norms=4 if gemma3 else 2, qk_norm=gemma3)
 
 
-def _vision_shape(hf: dict, image_size: int) -> tuple[Shape, int]:
-    """The vision tower as a ViT stack, and its patch count."""
+def _vision_stack(hf: dict) -> Shape:
+    """The vision tower as a ViT stack (its token count comes from the model's dry forward, not from here)."""
     hf = hf.get("vision_config", hf)
-    if "embed_dim" in hf and "depths" in hf:  # Swin: counted at its final stage's width over the first stage's tokens
+    if "embed_dim" in hf and "depths" in hf:  # Swin: counted at its final stage's width
         h = int(hf["embed_dim"]) * 2 ** (len(hf["depths"]) - 1)
-        return (Shape(h, sum(hf["depths"]), h, h, 4 * h, kind="vit"),
-                (image_size // int(hf.get("patch_size", 4))) ** 2 // 4)
+        return Shape(h, sum(hf["depths"]), h, h, 4 * h, kind="vit")
     if "patch_size" in hf:
         h = int(hf["hidden_size"])
-        return (Shape(h, int(hf["num_hidden_layers"]), h, h, int(hf.get("intermediate_size", 4 * h)), kind="vit"),
-                (image_size // int(hf["patch_size"])) ** 2)
+        ffn = int(hf.get("intermediate_size") or hf.get("mlp_ratio", 4) * h)
+        return Shape(h, int(hf["num_hidden_layers"]), h, h, ffn, kind="vit")
     h = int(hf.get("hidden_sizes", [2048])[-1])
-    return Shape(h, sum(hf.get("depths", [16])), h, h, 4 * h, kind="vit"), (image_size // 32) ** 2
+    return Shape(h, sum(hf.get("depths", [16])), h, h, 4 * h, kind="vit")
 
 
 MEMORY_METHOD = (
@@ -289,10 +306,11 @@ def run_plan(cfg: RunConfig, *, gpus: int = 8, nodes: int = 1, gpu_memory: float
     ``dropout_mask_bytes``: bytes per element of a dropout mask (1 on CUDA; a CPU run keeps a
     mask in the activation dtype, 2 or 4: tests/test_plan.py passes that when it measures on CPU).
     """
-    plans, (family, _) = plan_stages(cfg)
+    plans, (family, model) = plan_stages(cfg)
     n = gpus * nodes
-    t, m = cfg.train, family.cfg  # the family's config: hf_config filled in from a directory's config.json
-    vshape, patches = _vision_shape(m.vision.hf_config, m.vision.image_size)
+    t, m = cfg.train, family.cfg  # the family's config: a checkpoint path kept only where it is on this machine
+    vshape = _vision_stack(_vision_dims(m.vision))
+    patches = int(model.vision.num_patches)  # the tower's own token count (a dry forward), not config arithmetic
     images = int(getattr(family, "images_per_row", 1))
     image_tokens = family.image_tokens(patches)
     seq = max(family.text_len(st.target) for st in t.resolved_stages()) + images * image_tokens
@@ -308,7 +326,8 @@ def run_plan(cfg: RunConfig, *, gpus: int = 8, nodes: int = 1, gpu_memory: float
           f"({seq - images * image_tokens} text + {images} x {image_tokens} image tokens; the longest stage's target)")
     print(MEMORY_METHOD.format(w=2 if bf16 else 4, o=12 if bf16 else 8, a=2 if bf16 else 4))
     for sp in plans:
-        lm = _lm_shape(m.lm.hf_config, sp.vocab or int(m.lm.hf_config.get("vocab_size", 32000)))
+        lm_hf = _lm_dims(m.lm)
+        lm = _lm_shape(lm_hf, sp.vocab or int(lm_hf.get("vocab_size", 32000)))
         mem = _Memory(sp, cfg, n, lm, vshape, patches, seq, images, image_tokens, dropout_mask_bytes)
         print(f"\n== stage '{sp.name}' (tuning {sp.tuning}) ==")
         print(f"{'module':<14}{'parameters':>16}{'trainable':>16}")
