@@ -289,6 +289,11 @@ class LlavaTAFamily(ModelFamily):
     def collate(self, tok) -> Callable[[list[dict]], dict]:
         return partial(collate_topic_rows, pad_token_id=tok.pad_token_id)
 
+    def derived_inputs(self) -> tuple[str, ...]:
+        """The segmented image S comes from region masks: a segmenter's (``rrg shards masks``), also for a new
+        image in ``rrg generate``; LLaVA-T (no S) needs nothing derived."""
+        return ("masks",) if self.segmented else ()
+
     def _selection(self, gen: Optional[GenConfig]) -> str:
         sel = (gen.options if gen is not None else {}).get("selection", self.opts.selection)
         if sel not in SELECTIONS:

@@ -320,28 +320,38 @@ class DeepSpeedStrategy:
         """The unpartitioned ``module.state_dict()`` on rank 0 (others get {} unless ``all_ranks``); all must call.
 
         Under ZeRO-3 parameters are gathered one at a time (tied ones once), so peak
-        memory stays one parameter above the shard size.
+        memory stays one parameter above the shard size.  In bf16 a trainable parameter is taken from the
+        optimizer's fp32 master copy (what a checkpoint consolidates to), not its bf16 working copy, so an
+        export written during training holds exactly the weights ``zero_to_fp32`` rebuilds from the checkpoint.
         """
         module = self.engine.module
         entries = module.state_dict(keep_vars=True)
         if only_trainable:
             entries = {k: v for k, v in entries.items() if isinstance(v, torch.nn.Parameter) and v.requires_grad}
         keep = all_ranks or self.rank == 0
-        if self.train.zero_stage != 3:
+        masters = self.train.precision == "bf16"
+        if self.train.zero_stage != 3 and not masters:
             if not keep:
                 return {}
             return {k: v.detach().cpu().clone() for k, v in entries.items()}
         import deepspeed
+        from deepspeed.utils import safe_get_full_fp32_param
 
         out: dict[str, torch.Tensor] = {}
         done: dict[int, torch.Tensor] = {}
         for name, tensor in entries.items():
             if id(tensor) not in done:
-                if hasattr(tensor, "ds_id"):
+                master = None
+                if masters and isinstance(tensor, torch.nn.Parameter) and tensor.requires_grad and \
+                        (hasattr(tensor, "_z3_optimizer") or hasattr(tensor, "_hp_mapping")):
+                    master = safe_get_full_fp32_param(tensor)  # collective
+                if master is not None:
+                    done[id(tensor)] = master.detach().cpu().clone() if keep else torch.empty(0)
+                elif hasattr(tensor, "ds_id"):
                     with deepspeed.zero.GatheredParameters([tensor], modifier_rank=None):
                         done[id(tensor)] = tensor.detach().cpu().clone() if keep else torch.empty(0)
                 else:
-                    done[id(tensor)] = tensor.detach().cpu().clone()
+                    done[id(tensor)] = tensor.detach().cpu().clone() if keep else torch.empty(0)
             if keep:
                 out[name] = done[id(tensor)]
         return out

@@ -245,6 +245,10 @@ class TrainingRun:
         self.logger = RunLogger(cfg.logging, rank=self.rank, output_dir=cfg.output_dir, run_name=cfg.name,
                                 run_id=self.wandb_id, total_steps=cfg.train.max_steps, start_step=state.step,
                                 config=cfg.to_dict())
+        from trainer.strategy import module_dtypes
+
+        # what runs in which precision (every part in the run's, rrg's own modules included; tests/test_real_configs.py)
+        self.logger.record({"step": state.step, "model_dtypes": module_dtypes(self.strategy.engine.module)})
         if self.resume is not None:
             self.logger.note(f"resumed from {self.resume.path} at step {state.step}, stage "
                              f"'{self.stages[self.stage_index].name}'"
