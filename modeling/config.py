@@ -66,7 +66,9 @@ class ModelConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     lm: LMConfig = field(default_factory=LMConfig)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
-    attn_implementation: Literal["auto", "flash", "sdpa", "eager"] = "auto"
+    # the attention kernel per batch layout (modeling/attention.py plan_attention): auto picks flash-attn, PyTorch's
+    # varlen kernel, FlexAttention or SDPA by device; the resolved plan is logged and stamped into metrics.json
+    attention: Literal["auto", "flash", "flex", "sdpa", "eager"] = "auto"
     max_text_len: int = 160  # prompt + report tokens (image tokens come on top)
     prompt: str = "Write the findings and impression of this chest X-ray."
     options: dict[str, Any] = field(default_factory=dict)  # the family's typed options (its Options dataclass)

@@ -248,7 +248,16 @@ def read_model_json(directory: str) -> tuple[str, ModelConfig, dict]:
             meta = json.load(fh)
     except (OSError, ValueError) as err:
         raise ConfigError("--model-dir", f"{directory} is not an rrg export ({MODEL_JSON}: {err})") from None
-    return meta["family"], from_dict(ModelConfig, meta["model_config"], "model"), meta
+    model_config = dict(meta["model_config"])
+    renamed = {"attn_implementation": "attention"}  # exports written before the rename
+    vision = dict(model_config.get("vision", {}))
+    if "select_layer" in vision:
+        vision["feature_layer"] = vision.pop("select_layer")
+        model_config["vision"] = vision
+    for old, new in renamed.items():
+        if old in model_config:
+            model_config[new] = model_config.pop(old)
+    return meta["family"], from_dict(ModelConfig, model_config, "model"), meta
 
 
 def load_pretrained(directory: str) -> nn.Module:

@@ -24,7 +24,7 @@ from transformers import PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
 
 from configs.schema import ConfigError, to_dict
-from modeling.attention import hf_attn_name, resolve_impl
+from modeling.attention import VARLEN, hf_attn_name, plan_attention
 from modeling.config import ModelConfig
 from modeling.packing import segment_attention_mask, segment_position_ids, token_weights, varlen_kwargs
 from modeling.projector import build_projector
@@ -85,17 +85,27 @@ def splice_image_features(embeds: torch.Tensor, input_ids: torch.Tensor, attenti
     return out, mask, new_labels
 
 
+def right_padded(mask: torch.Tensor) -> bool:
+    """Every row's real tokens come first (a prefix mask): causal attention alone is then exact for them."""
+    m = mask.bool()
+    return bool((m[:, :-1] | ~m[:, 1:]).all()) if m.shape[1] > 1 else True
+
+
 def lm_logits(lm: nn.Module, embeds: torch.Tensor, mask: torch.Tensor, packed: bool = False,
-              attn_impl: str = "auto") -> torch.Tensor:
+              attn_impl: str = "auto", training_rows: bool = False) -> torch.Tensor:
     """The LM's logits over spliced embeddings; ``packed``: ``mask`` holds segment ids (modeling/packing.py).
 
-    Packed rows get position ids restarting per study and block-diagonal causal attention: flash-attn's
-    varlen kernel where flash runs (CUDA, half precision), a 4D boolean mask for SDPA/eager otherwise.
+    The kernel follows :func:`modeling.attention.plan_attention`: packed rows get position ids restarting per
+    study and a variable-length kernel cut at the studies (or, for ``sdpa``/``eager``, the dense block-diagonal
+    mask); right-padded ``training_rows`` (labels only on real tokens) need no mask at all.
     """
+    plan = plan_attention(attn_impl, embeds.device, embeds.dtype)
     if not packed:
+        if training_rows and plan.padded == "causal" and right_padded(mask):
+            return lm(inputs_embeds=embeds, use_cache=False).logits
         return lm(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
     kw: dict[str, Any] = {"position_ids": segment_position_ids(mask)}
-    if resolve_impl(attn_impl, embeds.device) == "flash" and embeds.dtype in (torch.float16, torch.bfloat16):
+    if plan.packed in VARLEN:
         kw.update(varlen_kwargs(mask))
         attn = None
     else:
@@ -167,7 +177,7 @@ class LlavaRad(nn.Module):
     def lm_forward(self, embeds: torch.Tensor, mask: torch.Tensor, labels: Optional[torch.Tensor],
                    sample_weight: Optional[torch.Tensor], packed: bool = False) -> VLMOutput:
         """The LM over spliced embeddings; the weighted report loss when there are labels."""
-        logits = lm_logits(self.lm, embeds, mask, packed, self.cfg.attn_implementation)
+        logits = lm_logits(self.lm, embeds, mask, packed, self.cfg.attention, training_rows=labels is not None)
         if labels is None:
             return VLMOutput(logits=logits)
         loss, weight_sum = packed_loss(logits, labels, mask, packed, sample_weight)
@@ -343,7 +353,7 @@ class LlavaRadFamily(ModelFamily):
         return build_vision_encoder(self.cfg.vision, attn)
 
     def build_model(self, tok: PreTrainedTokenizerBase, assets: Optional[dict] = None) -> LlavaRad:
-        attn = hf_attn_name(self.cfg.attn_implementation)
+        attn = hf_attn_name(self.cfg.attention)
         vision = self.build_vision(attn)
         lm = self.build_lm(tok, attn)
         projector = build_projector(self.cfg.projector, vision.hidden_size, lm.config.hidden_size)

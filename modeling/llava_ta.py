@@ -249,7 +249,7 @@ class LlavaTAFamily(ModelFamily):
         from modeling.attention import hf_attn_name
 
         onto = self.ontology(assets)  # the sample builders of this family use the same one
-        attn = hf_attn_name(self.cfg.attn_implementation)
+        attn = hf_attn_name(self.cfg.attention)
         vision = build_vision_encoder(self.cfg.vision, attn)
         lm = LlavaRadFamily.build_lm(self, tok, attn)  # its options are not ours: borrow the method
         projector = build_projector(self.cfg.projector, vision.hidden_size, lm.config.hidden_size)

@@ -171,7 +171,7 @@ class R2GenKG(nn.Module):
             bank_gate = torch.ones(pixel_values.shape[0], device=pixel_values.device)
         embeds, mask, labels = self.embed(pixel_values, input_ids, segment_ids if packed else attention_mask,
                                           bank_gate, kg, labels)
-        logits = lm_logits(self.lm, embeds, mask, packed, self.cfg.attn_implementation)
+        logits = lm_logits(self.lm, embeds, mask, packed, self.cfg.attention, training_rows=labels is not None)
         if labels is None:
             return VLMOutput(logits=logits)
         loss, weight_sum = packed_loss(logits, labels, mask, packed, sample_weight)
@@ -286,7 +286,7 @@ class R2GenKGFamily(ModelFamily):
 
     def build_model(self, tok, assets: Optional[dict[str, Any]] = None) -> R2GenKG:
         graph, bank, roots = read_assets(assets)
-        attn = hf_attn_name(self.cfg.attn_implementation)
+        attn = hf_attn_name(self.cfg.attention)
         vision = build_vision_encoder(self.cfg.vision, attn)
         lm = build_causal_lm(self.cfg.lm, tok, attn)
         return R2GenKG(self.cfg, self.opts, vision, lm, tok, graph, bank, roots)

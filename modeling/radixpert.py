@@ -238,7 +238,7 @@ class RadixpertFamily(LlavaRadFamily):
     def build_model(self, tok, assets: Optional[dict] = None) -> Radixpert:
         from modeling.attention import hf_attn_name
 
-        attn = hf_attn_name(self.cfg.attn_implementation)
+        attn = hf_attn_name(self.cfg.attention)
         vision = self.build_vision(attn)
         lm = self.build_lm(tok, attn)
         opts = self.opts

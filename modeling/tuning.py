@@ -166,9 +166,12 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
 def trainable_summary(model: nn.Module) -> str:
     """One line per top-level part: trainable / total parameters."""
     lines, grand_t, grand_n = [], 0, 0
+    def numel(p) -> int:  # a ZeRO-3 partitioned parameter holds a shard; ds_numel is its full size
+        return int(getattr(p, "ds_numel", p.numel()))
+
     for name, child in model.named_children():
-        n = sum(p.numel() for p in child.parameters())
-        t = sum(p.numel() for p in child.parameters() if p.requires_grad)
+        n = sum(numel(p) for p in child.parameters())
+        t = sum(numel(p) for p in child.parameters() if p.requires_grad)
         grand_t, grand_n = grand_t + t, grand_n + n
         lines.append(f"  {name:<10} {t:>12,} / {n:>12,} trainable")
     head = f"tuning={getattr(model, 'rrg_tuning', '?')}: {grand_t:,} / {grand_n:,} parameters trainable " \

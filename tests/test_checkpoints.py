@@ -327,3 +327,25 @@ def test_a_checkpoint_missing_weights_is_refused_not_randomly_initialised(ckpts,
     save_file(state, str(shard), metadata={"format": "pt"})
     with pytest.raises(ModelFormatError, match="lacks 1 weights"):
         build_causal_lm(LMConfig(path=str(bad)), load_tokenizer(str(bad)), hf_attn_name("sdpa"))
+
+
+def test_plan_reads_real_dimensions_and_token_counts_from_checkpoint_paths(ckpts):
+    """`rrg plan` on a real-scale config whose paths exist here: the tiny checkpoints' own sizes (not the inline
+    hf_config's 7B), read without their weights, and the image tokens of the tower's dry forward (1,369 at 518 px)."""
+    import contextlib
+    import io
+
+    from trainer.config import load_config
+    from trainer.plan import plan_stages, run_plan
+    from tests.trainkit import ROOT
+
+    cfg = load_config(str(ROOT / "configs" / "llava_rad_7b.yaml"),
+                      [f"model.vision.path={ckpts['biomedclip_cxr_518']}", f"model.lm.path={ckpts['vicuna']}"])
+    align, lora = plan_stages(cfg)[0]
+    rows = {name: total for name, total, _ in align.rows}
+    assert rows["vision"] < 1e6 and rows["lm"] < 1e6  # the checkpoints' sizes, not Vicuna-7B's
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        plan = run_plan(cfg, gpus=1, studies=100)
+    assert "1 x 1369 image tokens" in out.getvalue(), out.getvalue()[:400]
+    assert plan["seq_len"] == 512 + 1369

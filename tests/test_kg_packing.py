@@ -71,7 +71,7 @@ def _loss_and_grads(model, batch):
 def test_r2genkg_packed_equals_unpacked_loss_and_grads(kg_setup, impl):
     fam, tok, model, batch = kg_setup
     model = copy.deepcopy(model)
-    model.cfg.attn_implementation = impl
+    model.cfg.attention = impl
     n_img = fam.image_tokens(model.vision.num_patches)  # patch grid + queries + pooled KG tokens
     text = batch["attention_mask"].sum(1).tolist()
     packed = pack_batch(batch, (sum(text) + 7 * n_img) // 2 + 40, image_token_id(tok), n_img)

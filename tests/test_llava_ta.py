@@ -220,7 +220,7 @@ def test_packed_topic_rows_give_the_same_loss_and_grads(ta, impl):
 
     fam, tok, base, samples = ta
     model = copy.deepcopy(base)
-    model.cfg.attn_implementation = impl
+    model.cfg.attention = impl
     apply_tuning(model, fam, TuningSpec("full", LoraConfig(), False))
     batch = fam.collate(tok)([fam.sample_builder(tok, "train")(s) for s in samples])
     n = model.vision.num_patches

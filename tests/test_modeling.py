@@ -210,7 +210,7 @@ def test_sdpa_and_eager_agree_on_padded_batch(setup):
     assert batch["attention_mask"].min() == 0  # the batch really is padded
     logits = {}
     for impl in ("sdpa", "eager"):
-        f = build_family(tiny_cfg(attn_implementation=impl))
+        f = build_family(tiny_cfg(attention=impl))
         m = f.build_model(tok).eval()
         m.load_state_dict(model.state_dict())
         assert m.lm.config._attn_implementation == f"rrg_{impl}"

@@ -47,7 +47,7 @@ def loss_and_grads(model, batch):
 def test_packed_equals_unpacked_loss_and_grads(packed_setup, impl):
     fam, tok, model, batch = packed_setup
     model = copy.deepcopy(model)
-    model.cfg.attn_implementation = impl
+    model.cfg.attention = impl
     n_img = model.vision.num_patches
     text = batch["attention_mask"].sum(1).tolist()
     max_len = (sum(text) + 7 * n_img) // 2 + 40  # forces 2+ rows of several studies each

@@ -25,11 +25,17 @@ CXAS7 = ["left_lung", "right_lung", "heart", "mediastinum", "diaphragm", "trache
 REGIONS = {"ribs": ["left_lung", "right_lung"], "vertebrae": ["spine"], "abdomen": ["diaphragm"],
            "mediastinum": ["mediastinum", "trachea"]}
 
-# config -> (vision checkpoint, LM checkpoint, what the family's options need at this size)
+# config -> (vision checkpoint, LM checkpoint, what the family's options need at this size; the tiny SentencePiece
+# vocabulary (~320 pieces) spends ~3x the tokens of a real one on Vicuna's system prompt, hence the longer budgets)
+# BiomedCLIP-CXR runs at 56 px here (4 x 4 patches, its 37 x 37 position embeddings resized as open_clip does):
+# 1,369 image tokens per image on a 2-core CPU in bf16 would dominate the suite; tests/test_checkpoints.py runs the
+# tower at its native 518 px against a reference forward.
+SMALL_518 = {"biomedclip_cxr_518": ", image_size: 56"}
 CONFIGS = {
     "llava_rad_7b": ("biomedclip_cxr_518", "vicuna", ""),
-    "llava_ta_vicuna7b": ("biomedclip_cxr_518", "vicuna", f"  options: {{region_channels: {json.dumps(REGIONS)}}}\n"),
-    "lvmed_r2_7b": ("clip_dual", "llama2", "  options: {max_len: {report: 112, reasoning: 256, reflection: 288}}\n"),
+    "llava_ta_vicuna7b": ("biomedclip_cxr_518", "vicuna", f"  options: {{region_channels: {json.dumps(REGIONS)}}}\n"
+                          "  max_text_len: 384\n"),
+    "lvmed_r2_7b": ("clip_dual", "llama2", "  options: {max_len: {report: 384, reasoning: 640, reflection: 704}}\n"),
     "r2genkg_llama2_7b": ("swin_classifier", "llama2", "  options: {dim: 32, heads: 4, num_queries: 4, kg_queries: 2, "
                           "qformer_layers: 1, rgcn_layers: 1, num_bases: 2}\n"),
     "radixpert_medgemma4b": ("biovil", "medgemma", "  options: {mask_channels: [heart, trachea, spine], "
@@ -102,7 +108,7 @@ data:
   shuffle_buffer: 16
   masks: {{backend: hf_dir, path: {world['unet']}}}
 {kg}model:
-  vision: {{path: {world['ck'][vision]}}}
+  vision: {{path: {world['ck'][vision]}{SMALL_518.get(vision, "")}}}
   lm: {{path: {world['ck'][lm]}}}
 {options}train:
   zero_stage: {zero}
@@ -155,8 +161,12 @@ def test_real_scale_config_on_real_layout_checkpoints_trains_exports_and_generat
         losses = step_losses(run)
         assert sorted(losses) == [1, 2] and all(0 < v < 50 for v in losses.values()), losses
         log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
-        meta = next(r for r in log if "model_dtypes" in r)["model_dtypes"]
+        rec = next(r for r in log if "model_dtypes" in r)
+        meta = rec["model_dtypes"]
         assert set(meta.values()) == {"bfloat16"}, meta  # every module, rrg's own included, in the run's precision
+        assert {"vision", "lm"} <= set(meta) and len(meta) >= 3, meta  # + the family's own modules
+        # packing on, no flash-attn on CPU: the packed rows ran the per-study SDPA kernel, not a dense mask
+        assert rec["attention"]["packed"] == "segments" and rec["attention"]["padded"] == "causal", rec["attention"]
         ckpt = run / "checkpoints" / "step_0000002"
         assert json.loads((ckpt / "meta.json").read_text())["zero_stage"] == zero
         export = run / "export"

@@ -189,11 +189,10 @@ def count_flops(model: torch.nn.Module, mode: str, seq_len: int, vis_trained: bo
     head_dim = getattr(lcfg, "head_dim", None) or lcfg.hidden_size // lcfg.num_attention_heads
     vision = model.vision
     vcfg = vision.model.config
-    vis_named = [(n, p) for n, p in vision.model.named_parameters()
-                 if not vision.UNUSED_PARTS.intersection(n.split("."))]
+    used = vision.used_parameter_names()  # what the patch features depend on (a dry backward)
+    vis_named = [(n, p) for n, p in vision.model.named_parameters() if n in used]
     n_vis = sum(numel(p) for n, p in vis_named if "position_embedding" not in n)
-    embeddings = getattr(getattr(vision.model, "vision_model", vision.model), "embeddings", None)
-    tokens = int(getattr(embeddings, "num_positions", vision.num_patches))
+    tokens = int(vision.num_patches + vision.prefix_tokens)  # what the tower attends over (its dry forward)
     return FlopCount(mode=mode, lm_params=n_lm, lm_layers=lcfg.num_hidden_layers,
                      lm_attn_dim=lcfg.num_attention_heads * head_dim, seq_len=seq_len, lora_params=lora,
                      vis_params=n_vis, vis_layers=vcfg.num_hidden_layers, vis_attn_dim=vcfg.hidden_size,
@@ -277,11 +276,23 @@ def _tokenizer(family):
     return scratch_tokenizer(family)
 
 
-def random_batch(model, rows: int, seq_len: int, device, dtype, seed: int) -> dict[str, torch.Tensor]:
-    """``rows`` studies of ``seq_len`` LM positions each: one image (its patch tokens) + random text."""
+def random_batch(model, rows: int, seq_len: int, device, dtype, seed: int, packed: int = 0) -> dict[str, torch.Tensor]:
+    """``rows`` studies of ``seq_len`` LM positions each: one image (its patch tokens) + random text.
+
+    ``packed`` > 1: each row holds that many studies of ``seq_len / packed`` positions (modeling/packing.py),
+    the attention cut at the studies' boundaries.
+    """
+    if packed > 1:
+        from modeling.packing import pack_batch
+
+        flat = random_batch(model, rows * packed, seq_len // packed, "cpu", dtype, seed)
+        out = pack_batch(flat, seq_len, model.image_token_id, int(model.vision.num_patches))
+        out.pop("lm_positions", None)
+        out.pop("attention_mask", None)
+        return {k: v.to(device) for k, v in out.items() if torch.is_tensor(v)}
     g = torch.Generator().manual_seed(seed)
     vis = model.vision
-    size = vis.model.config.image_size
+    size = vis.image_size
     text = seq_len - int(vis.num_patches) + 1  # the placeholder becomes num_patches positions
     if text < 2:
         raise ValueError(f"seq_len {seq_len} leaves no room for text after {vis.num_patches} image tokens")
@@ -291,6 +302,12 @@ def random_batch(model, rows: int, seq_len: int, device, dtype, seed: int) -> di
     batch = {"pixel_values": torch.randn(rows, 3, size, size, generator=g).to(dtype),
              "input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
     return {k: v.to(device) for k, v in batch.items()}
+
+
+def plan_name(requested: str, device, dtype) -> str:
+    from modeling.attention import plan_attention
+
+    return plan_attention(requested, device, dtype).packed
 
 
 def attention_path(device: torch.device) -> str:
@@ -335,8 +352,11 @@ class CaseResult:
 
 
 def run_case(cfg, case: Case, *, device: str = "cuda", precision: str = "bf16", steps: int = 10,
-             warmup: int = 3) -> CaseResult:
-    """Build ``case`` and time ``steps`` training steps after ``warmup`` (the process group must exist)."""
+             warmup: int = 3, packed: int = 0, attention: Optional[str] = None) -> CaseResult:
+    """Build ``case`` and time ``steps`` training steps after ``warmup`` (the process group must exist).
+
+    ``packed``: studies per row (0: one study per row, unpadded); ``attention``: ``model.attention`` override.
+    """
     from modeling.family import build_family
     from modeling.tuning import apply_tuning
     from trainer.strategy import DeepSpeedStrategy
@@ -344,6 +364,8 @@ def run_case(cfg, case: Case, *, device: str = "cuda", precision: str = "bf16", 
     dev = torch.device(device)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     cfg = case_config(cfg, case, precision)
+    if attention is not None:
+        cfg.model.attention = attention
     family = build_family(cfg.model)
     tok = _tokenizer(family)
     strategy = DeepSpeedStrategy(cfg.train, world_size=1, rank=0, use_gpu=dev.type == "cuda")
@@ -356,13 +378,14 @@ def run_case(cfg, case: Case, *, device: str = "cuda", precision: str = "bf16", 
     params = {"total": sum(numel(p) for p in model.parameters()),
               "trainable": sum(numel(p) for p in model.parameters() if p.requires_grad)}
     strategy.setup(model, groups=groups)
-    batches = [random_batch(model, case.micro_batch, case.seq_len, strategy.device, dtype, seed=s) for s in range(2)]
+    batches = [random_batch(model, case.micro_batch, case.seq_len, strategy.device, dtype, seed=s, packed=packed)
+               for s in range(2)]
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     kernels = contextlib.nullcontext()
     if dev.type == "cuda":
         from modeling.attention import flash_available
 
-        if not flash_available(dev):
+        if not flash_available(dev) and not packed:
             from torch.nn.attention import SDPBackend, sdpa_kernel
 
             kernels = sdpa_kernel([SDPBackend.FLASH_ATTENTION])
@@ -378,7 +401,8 @@ def run_case(cfg, case: Case, *, device: str = "cuda", precision: str = "bf16", 
     res = CaseResult(case=case, params=params, flops=flops, step_s=dt,
                      tokens_per_s=case.micro_batch * case.seq_len / dt, images_per_s=case.micro_batch / dt,
                      peak_memory=float(torch.cuda.max_memory_allocated()) if dev.type == "cuda" else None,
-                     attention=attention_path(dev), precision=precision)
+                     attention=attention_path(dev) if not packed else
+                     f"packed x{packed}: {plan_name(cfg.model.attention, dev, dtype)}", precision=precision)
     strategy.teardown()
     strategy.release_model_init_context()  # the next case may be another ZeRO stage
     del model, batches

@@ -186,6 +186,7 @@ def known_errors() -> list[tuple[tuple[type, ...], int]]:
     ``FATAL.json`` so the driver can, and Ray does not rerun the work."""
     from configs.schema import ConfigError
     from modeling.family import TargetError
+    from modeling.formats import ModelFormatError
     from shards.adapters import AdapterError
     from shards.buildlock import BuildLockedError
     from shards.labeling.registry import LabelInputError
@@ -197,7 +198,7 @@ def known_errors() -> list[tuple[tuple[type, ...], int]]:
     from trainer.safe_load import CheckpointTrustError
     from trainer.topic_annotate import TopicAnnotationError
 
-    return [((ConfigError,), 2),
+    return [((ConfigError, ModelFormatError), 2),
             ((ManifestError, DataError, AdapterError, SidecarError, BuildLockedError, LabelInputError, TargetError,
               TopicAnnotationError, KGError), 3),
             ((CheckpointTrustError, RunDirError), 4), ((StorageError,), 5), ((NonFiniteError,), 6)]

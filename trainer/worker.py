@@ -242,13 +242,18 @@ class TrainingRun:
             self._restore(state)
         else:
             self._build_stage(0)
+        from modeling.attention import plan_attention
+
+        engine = self.strategy.engine
+        attention = plan_attention(cfg.model.attention, engine.device, self.strategy.dtype).as_dict()
         self.logger = RunLogger(cfg.logging, rank=self.rank, output_dir=cfg.output_dir, run_name=cfg.name,
                                 run_id=self.wandb_id, total_steps=cfg.train.max_steps, start_step=state.step,
-                                config=cfg.to_dict())
+                                config={**cfg.to_dict(), "resolved": {"attention": attention}})
         from trainer.strategy import module_dtypes
 
         # what runs in which precision (every part in the run's, rrg's own modules included; tests/test_real_configs.py)
-        self.logger.record({"step": state.step, "model_dtypes": module_dtypes(self.strategy.engine.module)})
+        self.logger.record({"step": state.step, "model_dtypes": module_dtypes(engine.module), "attention": attention})
+        self.logger.note("attention: " + ", ".join(f"{k} {v}" for k, v in attention.items() if k != "requested"))
         if self.resume is not None:
             self.logger.note(f"resumed from {self.resume.path} at step {state.step}, stage "
                              f"'{self.stages[self.stage_index].name}'"

@@ -157,6 +157,17 @@ def fallback_counts(records: list[dict]) -> dict[str, int]:
     return {f"{k}_count": sum(bool(r.get(k)) for r in records) for k in keys}
 
 
+def eval_attention_plan(cfg, requested: str) -> dict[str, str]:
+    """The attention kernels of the evaluation workers (same device and dtype rule as generate_slice)."""
+    import torch
+
+    from modeling.attention import plan_attention
+
+    device = torch.device("cuda") if cfg.cluster.use_gpu and torch.cuda.is_available() else torch.device("cpu")
+    dtype = torch.bfloat16 if cfg.train.precision == "bf16" and device.type == "cuda" else torch.float32
+    return plan_attention(requested, device, dtype).as_dict()
+
+
 def run_eval(cfg, *, pool, checkpoint: Optional[str] = None, model_dir: Optional[str] = None,
              out: Optional[str] = None, image_ablation: Optional[str] = None) -> dict[str, Any]:
     """Generate on ``cfg.cluster.num_workers`` model replicas (tasks on ``pool``), score, write outputs."""
@@ -201,6 +212,7 @@ def run_eval(cfg, *, pool, checkpoint: Optional[str] = None, model_dir: Optional
     lap("baselines")
     flat = dict(metrics)
     flat["family"] = family.name
+    flat["attention"] = eval_attention_plan(cfg, family.cfg.attention)  # the kernels generation ran on
     flat["family_options"] = dict(cfg.eval.family_options)  # the generation switches of the headline run
     flat.update(fallback_counts(runs["model"]))
     flat["oracle_inputs"] = oracle  # fields beyond the image the model read at evaluation ([] = none)
