@@ -17,11 +17,12 @@ WORDS = ("no acute cardiopulmonary process mild cardiomegaly small left right pl
 DATA = Path(__file__).parent / "data" / "metrics"
 
 
-def _bpe(special: list[str]):
+def _bpe(special: list[str], extra: str = "", vocab_size: int = 400):
     from tokenizers import ByteLevelBPETokenizer
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator([" ".join(WORDS)] * 4, vocab_size=400, min_frequency=1, special_tokens=special)
+    bpe.train_from_iterator([" ".join(WORDS)] * 4 + [extra], vocab_size=vocab_size, min_frequency=1,
+                            special_tokens=special)
     return bpe
 
 
@@ -47,7 +48,9 @@ def make_green_lm(out: Path, seed: int = 0) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     out.mkdir(parents=True, exist_ok=True)
-    bpe = _bpe(["<unk>", "<s>", "</s>"])
+    from trainer.evaluation.green import make_prompt
+
+    bpe = _bpe(["<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>"], extra=make_prompt("a", "b") * 4, vocab_size=900)
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>",
                                   unk_token="<unk>", model_max_length=4096)
     tok.save_pretrained(str(out))

@@ -20,8 +20,8 @@ from configs.schema import ConfigError, apply_overrides, deep_merge, from_dict, 
 from modeling.config import LoraConfig, ModelConfig
 from modeling.packing import PackingConfig
 from shards.config import DataConfig
-from trainer.evaluation.metric_config import (BertScoreConfig, GreenConfig, NarrativeBiasConfig, RadGraphConfig,
-                                              SembConfig, llava_rad_bertscore)
+from trainer.evaluation.metric_config import (BertScoreConfig, GreenConfig, LlavaRadBertScoreConfig,
+                                              NarrativeBiasConfig, RadGraphConfig, SembConfig, llava_rad_bertscore)
 
 
 @dataclass
@@ -178,7 +178,7 @@ class EvalConfig:
     # model-based metrics (trainer/evaluation/metric_config.py): each from a local directory, unset = not computed
     radgraph: RadGraphConfig = field(default_factory=RadGraphConfig)
     bertscore: BertScoreConfig = field(default_factory=BertScoreConfig)  # ReXrank: distilroberta-base L5, rescaled
-    bertscore_llava_rad: BertScoreConfig = field(default_factory=llava_rad_bertscore)  # roberta-large L17, raw
+    bertscore_llava_rad: LlavaRadBertScoreConfig = field(default_factory=llava_rad_bertscore)  # roberta-large L17, raw
     semb: SembConfig = field(default_factory=SembConfig)
     green: GreenConfig = field(default_factory=GreenConfig)
     narrative_bias: NarrativeBiasConfig = field(default_factory=NarrativeBiasConfig)

@@ -28,8 +28,16 @@ class BertScoreConfig:
     batch_size: int = 64
 
 
-def llava_rad_bertscore() -> BertScoreConfig:
-    return BertScoreConfig(model_type="roberta-large", rescale_with_baseline=False)
+@dataclass
+class LlavaRadBertScoreConfig(BertScoreConfig):
+    """``eval.bertscore_llava_rad``: its own class so a partial YAML section keeps these defaults."""
+
+    model_type: str = "roberta-large"
+    rescale_with_baseline: bool = False
+
+
+def llava_rad_bertscore() -> LlavaRadBertScoreConfig:
+    return LlavaRadBertScoreConfig()
 
 
 @dataclass
