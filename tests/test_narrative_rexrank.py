@@ -101,3 +101,23 @@ def test_rexrank_json_round_trip(tmp_path):
     bad.write_text(json.dumps({"s1": {"section_findings": "x", "section_impression": "y"}}))
     assert main(["eval", "--predictions", str(bad), "--out", str(tmp_path / "b")]) == 3
     assert not (tmp_path / "b" / "metrics.json").exists()
+
+
+def test_narrative_batches_limit_and_tails():
+    class Tok:
+        pad_token_id = 0
+
+        def __call__(self, text, add_special_tokens=False, return_offsets_mapping=False):
+            words = [(m.start(), m.end()) for m in __import__("re").finditer(r"\S+", text)]
+            return {"input_ids": [len(text[a:b]) for a, b in words], "offset_mapping": words}
+
+    from modeling.templates import get_template
+
+    def batch(ids):
+        return {"input_ids": torch.ones(len(ids), 2, dtype=torch.long), "attention_mask": torch.ones(len(ids), 2),
+                "sample_weight": torch.ones(len(ids)), "study_ids": ids, "references": [REPORT, "One sentence."][:len(ids)]}
+
+    out = list(nb.narrative_batches([batch(["a", "b"]), batch(["c"])], Tok(), get_template("plain"), 1, limit=1))
+    assert len(out) == 1 and out[0]["sample_weight"].tolist() == [1.0, 0.0]  # only the first study is probed
+    assert out[0]["references"] == ["No pneumothorax.", ""]
+    assert out[0]["input_ids"].shape[1] == 2 + len(nb.split_sentences(REPORT)[0].split()) + 7  # prompt + prefix words

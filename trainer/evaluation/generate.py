@@ -119,10 +119,12 @@ def generate_slice(model_dir: str, cfg_dict: dict, rank: int, world_size: int,
         from trainer.evaluation.narrative import narrative_batches
 
         template = get_template(model.cfg.lm.chat_template)
+        studies = cfg.eval.narrative_bias.studies
+        limit = -(-studies // world_size) if studies else 0
         for k in range(1, narrative_k + 1):
             for kind in ("real", "black"):
                 loader = eval_loader(cfg, family, tok, rank=rank, world_size=world_size, split=cfg.eval.split, gen=gen)
                 out[f"narrative_{k}_{kind}"] = list(generate_batches(
-                    model, family, tok, narrative_batches(loader, tok, template, k), gen, device=device, dtype=dtype,
+                    model, family, tok, narrative_batches(loader, tok, template, k, limit), gen, device=device, dtype=dtype,
                     ablation=None if kind == "real" else "black"))
     return out

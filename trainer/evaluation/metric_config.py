@@ -56,7 +56,10 @@ class GreenConfig:
 @dataclass
 class NarrativeBiasConfig:
     max_k: int = 3  # rows K = 1..max_k final sentences completed from the true prefix
+    studies: int = 0  # probe only the split's first N studies (in reader order, split over workers); 0 = all
 
     def validate(self, key: str) -> None:
         if self.max_k < 1:
             raise ConfigError(f"{key}.max_k", "must be >= 1")
+        if self.studies < 0:
+            raise ConfigError(f"{key}.studies", "must be >= 0")

@@ -81,10 +81,22 @@ def with_prefixes(batch: dict, prefixes: list[Optional[list[int]]], pad_id: int)
     return {**batch, "input_ids": new_ids, "attention_mask": new_mask, "sample_weight": weight}
 
 
-def narrative_batches(batches, tok, template, k: int):
-    """Eval batches turned into K-completion batches; ``references`` become the last K sentences."""
+def narrative_batches(batches, tok, template, k: int, limit: int = 0):
+    """Eval batches turned into K-completion batches; ``references`` become the last K sentences.
+    ``limit`` > 0: only the first ``limit`` real studies of the stream (the same ones for every K)."""
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    seen = 0
     for batch in batches:
+        if limit and seen >= limit:
+            return
+        if limit:
+            weights = batch["sample_weight"].clone()
+            for i, w in enumerate(weights.tolist()):
+                if w > 0:
+                    seen += 1
+                    if seen > limit:
+                        weights[i] = 0.0
+            batch = {**batch, "sample_weight": weights}
         prefixes, tails = [], []
         for i, ref in enumerate(batch["references"]):
             split = prefix_and_tail(ref, k) if batch["sample_weight"][i] > 0 else None
