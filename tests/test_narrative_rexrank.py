@@ -121,3 +121,57 @@ def test_narrative_batches_limit_and_tails():
     assert len(out) == 1 and out[0]["sample_weight"].tolist() == [1.0, 0.0]  # only the first study is probed
     assert out[0]["references"] == ["No pneumothorax.", ""]
     assert out[0]["input_ids"].shape[1] == 2 + len(nb.split_sentences(REPORT)[0].split()) + 7  # prompt + prefix words
+
+
+@pytest.mark.slow
+def test_narrative_probe_and_rexrank_generate_end_to_end(shards, tmp_path):
+    """A tiny random llava_rad export: ``run_eval(..., narrative_bias=True)`` writes one row per K with the
+    real/black/gain keys, stamps the oracle input and draws the curve; ``rrg generate --format rexrank`` on the
+    test studies' PNGs writes a ReXrank JSON that ``rrg eval --predictions`` scores with eval's predictions."""
+    import shutil
+
+    from configs.parallel import SerialPool
+    from tests.test_generate_families import MODEL, demo_png_folders, export_untrained, write_config
+    from trainer.config import load_config
+    from trainer.evaluation.evaluate import run_eval
+
+    shutil.copytree(shards, tmp_path / "shards")
+    cfg_path = write_config(tmp_path, f"data:\n  shards_dir: {tmp_path / 'shards'}\nmodel:\n  family: llava_rad\n{MODEL}")
+    cfg = load_config(str(cfg_path), ["eval.narrative_bias.max_k=2", "eval.max_new_tokens=8"])
+    export = export_untrained(cfg, tmp_path / "run" / "export", "projector")
+    flat = run_eval(cfg, pool=SerialPool(), model_dir=str(export), out=str(tmp_path / "eval"), narrative_bias=True)
+    rows = flat["narrative_bias"]
+    assert [r["k"] for r in rows] == [1, 2] and all(r["n"] > 0 for r in rows)
+    for r in rows:
+        for key in ("ce_macro_f1_5", "bleu_4", "rouge_1"):
+            assert r[f"gain_{key}"] == pytest.approx(r[f"{key}_real"] - r[f"{key}_black"])
+    assert flat["narrative_bias_oracle_inputs"] == [nb.ORACLE_NOTE]
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["narrative_bias"] == rows
+    lines = [json.loads(x) for x in (tmp_path / "eval" / "predictions_narrative_bias.jsonl").read_text().splitlines()]
+    real = {(x["k"], x["id"]): x for x in lines if x["image"] == "real"}
+    black = {(x["k"], x["id"]): x for x in lines if x["image"] == "black"}
+    assert real.keys() == black.keys() and len(real) == sum(r["n"] for r in rows)
+    refs = {p["id"]: p["reference"] for p in map(json.loads, (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines())}
+    for (k, sid), x in real.items():
+        assert x["reference"] == nb.prefix_and_tail(refs[sid], k)[1]  # scored on the completed sentences only
+    assert sum(real[key]["generated"] != black[key]["generated"] for key in real) > 0, "the black pass changed nothing"
+    html = (tmp_path / "eval" / "report.html").read_text()
+    assert 'class="narrative-curve"' in html and html.count("<tr data-k=") == 2
+
+    folders = demo_png_folders(cfg, tmp_path / "pngs")
+    test_set = {sid: {"image_path": files, "section_findings": refs[sid], "section_impression": None}
+                for sid, files in folders.items()}
+    (tmp_path / "test.json").write_text(json.dumps(test_set))
+    sub = tmp_path / "sub.json"
+    assert main(["generate", "--model-dir", str(export), str(tmp_path / "pngs"), "--format", "rexrank",
+                 "--rexrank-input", str(tmp_path / "test.json"), "--out", str(sub)]) == 0
+    written = json.loads(sub.read_text())
+    assert sorted(written) == sorted(folders) and all(written[s]["image_path"] == folders[s] for s in written)
+    assert main(["eval", "--predictions", str(sub), "--out", str(tmp_path / "scored"), "--no-meteor",
+                 "--bootstrap", "0"]) == 0
+    scored = {p["id"]: p for p in map(json.loads, (tmp_path / "scored" / "predictions.jsonl").read_text().splitlines())}
+    evald = {p["id"]: p for p in map(json.loads, (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines())}
+    for sid, p in scored.items():
+        assert p["generated"] == evald[sid]["generated"]  # generate == eval, carried through the ReXrank file
+        assert p["reference"] == f"Findings: {refs[sid]} Impression: None"
