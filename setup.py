@@ -32,6 +32,7 @@ setup(
         "pylibjpeg-openjpeg==2.6.0",
         "jsonschema==4.26.0",  # rrg submit k8s: RayJob manifests checked against KubeRay's CRD schema
         "s3fs==2026.9.0",  # s3:// shards and checkpoints (fsspec)
+        "nltk==3.10.4",  # Porter stemmer of rouge_score's ROUGE (rouge_1/2/l_f1), pure Python; no data download
     ],
     package_data={"cluster": ["kuberay/*"]},
     extras_require={

@@ -170,13 +170,21 @@ def cmd_eval(args):
     if args.predictions:
         if not args.out:
             raise ConfigError("--out", "scoring a predictions file needs --out DIR")
+        if args.narrative_bias:
+            raise ConfigError("--narrative-bias", "needs a model to generate with (--checkpoint or --model-dir), "
+                              "not --predictions")
+        from trainer.evaluation.metric_suite import MetricSuite
+
+        # the metric models come from the config's eval section (eval.radgraph.model_dir=... overrides work)
+        suite = MetricSuite.from_eval(_load(args).eval)
         score_predictions_file(args.predictions, args.out, bootstrap=args.bootstrap,
-                               labeler=_labeler_from_args(args), meteor=not args.no_meteor, max_chars=args.max_chars)
+                               labeler=_labeler_from_args(args), meteor=not args.no_meteor, max_chars=args.max_chars,
+                               suite=suite)
         return
     cfg = _load(args)
     _trust(cfg, args)
     run_eval(cfg, pool=_pool(cfg, args.address), checkpoint=args.checkpoint, model_dir=args.model_dir,
-             out=args.out, image_ablation=args.image_ablation)
+             out=args.out, image_ablation=args.image_ablation, narrative_bias=args.narrative_bias)
 
 
 def cmd_kg_build(args):
@@ -224,7 +232,8 @@ def cmd_generate(args):
 
     try:
         generate_files(args.inputs, model_dir=args.model_dir, checkpoint=args.checkpoint, config=args.config,
-                       out=args.out, labels=args.labels, batch_size=args.batch_size, device=args.device)
+                       out=args.out, labels=args.labels, batch_size=args.batch_size, device=args.device,
+                       out_format=args.format, rexrank_input=args.rexrank_input)
     except GenerateError as err:
         print(str(err), file=sys.stderr)
         sys.exit(3)
@@ -314,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-ablation", default=None, metavar="KIND",
                    help="generate again with inputs blanked: black | shuffle, plus the family's own "
                         "(radixpert: masks; llava_ta: segment; r2genkg: kg) - reports the drop per metric")
+    p.add_argument("--narrative-bias", action="store_true",
+                   help="also complete the last K sentences from the true report's start (K = 1..eval.narrative_bias."
+                        "max_k) with the real and a black image, and report the real-image gain per K (an oracle input)")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--no-meteor", action="store_true", help="--predictions: skip METEOR (a Java subprocess)")
     p.add_argument("--max-chars", type=int, default=20_000, help="--predictions: truncate longer texts (counted)")
@@ -339,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="run config (default: the export's or the checkpoint's)")
     p.add_argument("--out", default="reports.jsonl", help="output JSONL, one line per study")
     p.add_argument("--labels", action="store_true", help="add CheXpert-14 labels of each generated report")
+    p.add_argument("--format", choices=["jsonl", "rexrank"], default="jsonl",
+                   help="jsonl (one line per study) or rexrank: ReXrank's prediction JSON {study_id: {..., "
+                        "model_prediction}} that `rrg eval --predictions` also reads")
+    p.add_argument("--rexrank-input", default=None, metavar="JSON",
+                   help="with --format rexrank: the ReXrank test-set JSON; each study's entry is kept and "
+                        "model_prediction added (study ids must match the input folders' names)")
     p.add_argument("--batch-size", type=int, default=None, help="default eval.batch_size")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.set_defaults(func=cmd_generate)

@@ -20,7 +20,7 @@ CONFIG = {"vocab_size": 0, "hidden_size": 32, "num_hidden_layers": 2, "num_atten
 def make_chexbert(root: Path, seed: int = 0) -> tuple[Path, Path, dict]:
     """(checkpoint file, tokenizer dir, the state dict written) under ``root``."""
     import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertConfig, BertModel, BertTokenizer
 
     tok_dir = root / "tokenizer"
     tok_dir.mkdir(parents=True, exist_ok=True)
@@ -28,7 +28,8 @@ def make_chexbert(root: Path, seed: int = 0) -> tuple[Path, Path, dict]:
     vocab = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(WORDS)) + [f"##{c}" for c in letters]
              + list(letters + "0123456789"))
     (tok_dir / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(tok_dir / "vocab.txt"), do_lower_case=True).save_pretrained(str(tok_dir))
+    # transformers 5: vocab= (the old vocab_file= keyword silently builds a 5-token vocabulary: every word [UNK])
+    BertTokenizer(vocab=str(tok_dir / "vocab.txt"), do_lower_case=True).save_pretrained(str(tok_dir))
     config = dict(CONFIG, vocab_size=len(vocab))
     (tok_dir / "config.json").write_text(json.dumps(config))
     torch.manual_seed(seed)

@@ -40,7 +40,7 @@ CASES = [
     ("Widened mediastinum, concerning for aortic injury.", {"Enlarged Cardiomediastinum": 1.0}),
     ("Mild pulmonary vascular congestion.", {"Edema": 1.0}),
     ("No pericardial effusion.", {"No Finding": 1.0}),
-    ("Kerley B lines are present.", {"No Finding": 1.0}),
+    ("Kerley B lines are present.", {"Edema": 1.0}),  # septal (Kerley B) lines: interstitial edema
     ("Right lower lobe consolidation, concerning for pneumonia.", {"Consolidation": 1.0, "Pneumonia": -1.0}),
     ("Apical pleural thickening.", {"Pleural Other": 1.0}),
     ("A 5 mm nodule in the right upper lobe.", {"Lung Lesion": 1.0}),

@@ -1,9 +1,15 @@
 """The labelers' corpora (tests/data): hand-written sentences and reports with exact label vectors.
 
-* ``labeler_sentences_en.jsonl`` (330) and ``labeler_reports_en.jsonl`` (102): MIMIC / IU X-ray /
+* ``labeler_sentences_en.jsonl`` (352) and ``labeler_reports_en.jsonl`` (102): MIMIC / IU X-ray /
   CheXpert styles (terse, dictated, impression-only, numbered lists, devices, comparisons,
-  INDICATION sections), each with the full CheXpert-14 vector a radiologist assigns under
-  CheXpert's definitions; No Finding follows CheXpert's rule.
+  INDICATION sections), each with a full CheXpert-14 vector.  **How the labels were made:** the
+  rrg engineers wrote the sentences and their vectors alongside the rules (no radiologist labelled
+  them), following how a radiologist reads the sentence under the CheXpert labeler's published
+  conventions: its mention definitions (e.g. vascular congestion and septal / Kerley B lines are
+  Edema), hedges are uncertain (-1), "unchanged" / "stable" findings are present, resolved ones
+  absent; No Finding follows CheXpert's rule.  Rows that had followed the regexes instead ("Kerley B
+  lines are present." labelled No Finding only) were corrected and the rules changed to match.  So
+  these corpora are regression tests of the rules, not a held-out measurement of their accuracy.
 * ``labeler_sentences_es.jsonl`` (161): Spanish PadChest-style sentences with PadChest main labels.
 
 Every line is ``{"text": str, "labels": {label: 1.0 | 0.0 | -1.0 | null}}`` with every label of the set.

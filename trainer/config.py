@@ -20,6 +20,8 @@ from configs.schema import ConfigError, apply_overrides, deep_merge, from_dict, 
 from modeling.config import LoraConfig, ModelConfig
 from modeling.packing import PackingConfig
 from shards.config import DataConfig
+from trainer.evaluation.metric_config import (BertScoreConfig, GreenConfig, LlavaRadBertScoreConfig,
+                                              NarrativeBiasConfig, RadGraphConfig, SembConfig, llava_rad_bertscore)
 
 
 @dataclass
@@ -173,6 +175,13 @@ class EvalConfig:
     labeler: str = "rrg"
     labeler_args: dict[str, Any] = field(default_factory=dict)
     family_options: dict[str, Any] = field(default_factory=dict)  # generation switches a family reads
+    # model-based metrics (trainer/evaluation/metric_config.py): each from a local directory, unset = not computed
+    radgraph: RadGraphConfig = field(default_factory=RadGraphConfig)
+    bertscore: BertScoreConfig = field(default_factory=BertScoreConfig)  # ReXrank: distilroberta-base L5, rescaled
+    bertscore_llava_rad: LlavaRadBertScoreConfig = field(default_factory=llava_rad_bertscore)  # roberta-large L17, raw
+    semb: SembConfig = field(default_factory=SembConfig)
+    green: GreenConfig = field(default_factory=GreenConfig)
+    narrative_bias: NarrativeBiasConfig = field(default_factory=NarrativeBiasConfig)
 
     def validate(self, key: str = "eval") -> None:
         from shards.labeling import LABELERS
@@ -181,6 +190,7 @@ class EvalConfig:
         for name in ("bootstrap", "subset", "batch_size", "max_new_tokens", "num_beams"):
             if getattr(self, name) < (0 if name == "bootstrap" else 1):
                 raise ConfigError(f"{key}.{name}", "must be >= 1" if name != "bootstrap" else "must be >= 0")
+        self.narrative_bias.validate(f"{key}.narrative_bias")
 
 
 def _check_finite(value: Any, key: str) -> None:

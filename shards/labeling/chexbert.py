@@ -132,6 +132,8 @@ class CheXbertLabeler:
         self.model.eval()
         self.tokenizer = BertTokenizerFast.from_pretrained(tokenizer, local_files_only=True)
         self.batch_size = batch_size
+        # 512 wordpieces (CheXbert's cut), or fewer when the checkpoint's position table is smaller
+        self.max_tokens = min(MAX_TOKENS, self.model.bert.config.max_position_embeddings)
         self._torch = torch
 
     @staticmethod
@@ -145,9 +147,22 @@ class CheXbertLabeler:
         with torch.no_grad():
             for i in range(0, len(reports), self.batch_size):
                 enc = self.tokenizer([self.clean(r) for r in reports[i:i + self.batch_size]], padding=True,
-                                     truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
+                                     truncation=True, max_length=self.max_tokens, return_tensors="pt")
                 heads = self.model(enc["input_ids"], enc["attention_mask"])
                 out += [[h[j] for h in heads] for j in range(enc["input_ids"].shape[0])]
+        return out
+
+    def embed(self, reports: list[str]) -> list:
+        """Per report: the [CLS] hidden state of the last layer (no dropout), as numpy -- the vector
+        CXR-Report-Metric's SembScore compares (``bert_encoder(logits=False)``); an empty report is ``[CLS] [SEP]``."""
+        torch = self._torch
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(reports), self.batch_size):
+                enc = self.tokenizer([self.clean(r) for r in reports[i:i + self.batch_size]], padding=True,
+                                     truncation=True, max_length=self.max_tokens, return_tensors="pt")
+                hidden = self.model.bert(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+                out += list(hidden.last_hidden_state[:, 0].float().numpy())
         return out
 
     def __call__(self, reports: list[str]) -> list[Labels]:

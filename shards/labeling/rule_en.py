@@ -61,12 +61,17 @@ _M = {
         r"cardiomegaly", r"(?:enlarge\w*|large) (?:cardiac silhouette|heart)", r"cardiac enlargement",
         r"enlargement of the (?:cardiac silhouette|heart)",
         r"(?:heart|cardiac silhouette|cardiac size|heart size)(?: size)? (?:\w+ ){0,3}(?:enlarged|large|increased)"],
-    "Lung Lesion": [r"nodul\w*", r"\bmass(?:es)?\b",
+    "Lung Lesion": [r"nodul\w*", r"\bmass(?:es)?\b(?! effect)", r"\bmass-?like\b",
                     r"lesion(?<!lytic lesion)(?<!sclerotic lesion)(?<!osseous lesion)(?<!bony lesion)(?<!skin lesion)s?",
                     r"tumou?rs?", r"neoplas\w*", r"metasta\w*", r"carcinoma", r"malignan\w*"],
     "Lung Opacity": [r"opaci\w*", r"infiltrat\w*", r"densit(?:y|ies)", r"haziness", r"\bhazy",
                      r"air ?-?space (?:disease|process|opacit\w*)", r"ground ?-?glass"],
     "Edema": [r"edema(?<!soft tissue edema)", r"(?:vascular|pulmonary|venous|hilar) congestion", r"cephalization",
+              r"kerley (?:b )?lines?", r"septal lines?", r"interstitial (?:edema|fluid)",
+              r"(?:increased|prominent|engorged) (?:pulmonary |lung )?vascularity",
+              r"(?:prominence|engorgement|indistinctness|indistinct(?:ion)?) of (?:the )?(?:central )?(?:pulmonary )?(?:vessels|vasculature)",
+              r"(?:indistinct|hazy|blurr?ed|ill-defined) (?:pulmonary )?vascula\w* (?:margins?|margination|markings)",
+              r"(?:pulmonary )?vascular (?:indistinctness|prominence|engorgement|redistribution)",
               r"(?:congestive )?heart failure", r"\bchf\b", r"pulmonary venous (?:hypertension|engorgement)",
               r"vascular engorgement", r"fluid overload"],
     "Consolidation": [r"consolidat\w*"],
@@ -80,7 +85,8 @@ _M = {
                       r"apical (?:pleural )?(?:scar\w*|cap|thickening)", r"calcified pleura"],
     "Fracture": [r"fractur\w*", r"\bfx\b"],
     "Support Devices": [
-        r"line(?<!\wline)(?<!septal line)(?<!kerley b line)(?<!kerley line)(?<!pleural line)(?<!skin line)s?\b",
+        r"line(?<!\wline)(?<!septal line)(?<!kerley b line)(?<!kerley line)(?<!pleural line)(?<!skin line)"
+        r"(?<!fissure line)(?<!fissural line)(?<!midline)s?\b",
         r"tubes?\b", r"catheters?",
         r"pacemakers?", r"pacer", r"\bleads\b", r"wires?\b", r"valves?\b", r"\bports?\b",
         r"port-a-cath", r"\bpicc\b", r"drains?\b", r"\bstents?\b", r"swan[- ]?ganz", r"\ba?icd\b", r"defibrillator",
@@ -129,7 +135,8 @@ _W = r"(?P<w>(?:[\s,]+(?!(?:is|are|was|were|has|have|had|remains?|persists?|appe
 _NEG_POST = re.compile(
     rf"^{_W}[\s,]+(?:(?:is|are|was|were|has been|have been|has|have|had)\s+)?(?:now\s+)?"
     r"(?:not (?:been )?(?:seen|identified|present|visuali[sz]ed|appreciated|evident|demonstrated|detected|noted)|"
-    r"resolved|cleared|absent|(?:been )?removed|no longer (?:seen|present|visuali[sz]ed|evident|identified))\b")
+    r"(?:(?:essentially|completely|entirely|fully|since)\s+)?(?:resolved|cleared)|absent|(?:been )?removed|"
+    r"no longer (?:seen|present|visuali[sz]ed|evident|identified))\b")
 _UNC_POST = re.compile(
     rf"^{_W}[\s,]+(?:(?:is|are|was|were)\s+)?(?:(?:cannot|can ?not|can't|could not|may not)\s+(?:be\s+)?"
     r"(?:entirely\s+)?(?:excluded|ruled out)|not (?:be )?(?:entirely )?(?:excluded|ruled out)|"
@@ -138,9 +145,10 @@ _UNC_POST = re.compile(
     r"|^\s*(?:versus|vs)\b|^\s*or\s+(?:\w+\s+)?(?:scar\w*|thickening)\b")
 _KEYS = {
     "Enlarged Cardiomediastinum": ("mediastin",), "Cardiomegaly": ("cardiomegaly", "heart", "cardiac"),
-    "Lung Lesion": ("nodul", "mass", "lesion", "tumo", "neoplas", "metasta", "carcinoma", "malignan"),
+    "Lung Lesion": ("nodul", "mass", "lesion", "tumo", "neoplas", "metasta", "carcinoma", "malignan"),  # noqa: E501
     "Lung Opacity": ("opaci", "infiltrat", "densit", "haz", "space", "ground"),
-    "Edema": ("edema", "congestion", "cephaliz", "failure", "chf", "venous", "engorgement", "overload"),
+    "Edema": ("edema", "congestion", "cephaliz", "failure", "chf", "venous", "engorgement", "overload", "kerley",
+              "septal", "interstitial", "vascul", "vessels"),
     "Consolidation": ("consolidat",), "Pneumonia": ("pneumoni", "infectio"), "Atelectasis": ("atelecta", "collapse"),
     "Pneumothorax": ("pneumothora", "ptx"), "Pleural Effusion": ("effusion", "fluid", "hydro", "blunt"),
     "Pleural Other": ("pleura", "fibrothorax", "apical"), "Fracture": ("fractur", "fx"),
@@ -175,12 +183,31 @@ def sentences(report: str) -> list[str]:
     return [s.strip() for s in re.split(r"(?<!\d)\.(?!\d)|;|\?", text) if s.strip()]
 
 
+# A nodule / mass / lesion that the same sentence explains as something that is not a lung lesion
+# ("nodular density ... represents a healing rib fracture", "... likely a nipple shadow"), or that
+# sits in a bone or on the skin: not a Lung Lesion.  The window is bounded (linear time).
+_NOT_LESION = re.compile(
+    r"^[^.;]{0,80}?\b(?:represents?|representing|reflects?|reflecting|is|are|likely|probably|due to|corresponds? to|"
+    r"compatible with|consistent with|secondary to|from|most likely|attributable to|related to)\s+"
+    r"(?:(?:an?|the|a|prior|old|healing|healed|known|calcified|overlying|small|end-on|left|right)\s+){0,4}"
+    r"(?:rib fractures?|fractures?|callus|nipple(?: shadows?| markers?)?|granulomas?|bone islands?|costochondral\w*|"
+    r"(?:end[- ]on )?vessels?(?: seen end[- ]on)?|artifacts?|osteophytes?|skin (?:folds?|lesions?|tags?)|"
+    r"(?:epicardial )?fat pads?|buttons?|ecg leads?|monitoring (?:leads?|devices?)|calcified lymph nodes?)\b"
+    r"|^\s*(?:\w+\s+){0,2}(?:in|of|within|involving|along)\s+(?:the\s+)?(?:\w+\s+){0,3}"
+    r"(?:ribs?|clavicles?|humer\w*|scapula\w*|vertebra\w*|spine|sternum|bones?|skin|breast|thyroid)\b")
+
+
 def explain_sentence(sent: str) -> list[Mention]:
     """The mentions of one sentence, each with its value and the rule that set it."""
     out = []
     for m in sentence_mentions(RULES, sent):
         if m.label == "Pleural Effusion" and "blunt" in m.text and m.value == 1.0:
             m = Mention(m.label, m.start, m.end, m.text, -1.0, "blunting alone is uncertain (CheXpert)")
+        if m.label in ("Lung Lesion", "Lung Opacity") and m.value != 0.0:
+            why = _NOT_LESION.search(sent[m.end:m.end + 160])
+            if why:
+                m = Mention(m.label, m.start, m.end, m.text, 0.0,
+                            f"explained as not a lung finding ('{why.group().strip()[:60]}')")
         out.append(m)
     return out
 

@@ -26,7 +26,7 @@ naive implementation's (tests/test_bootstrap.py, to 1e-9).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -157,11 +157,15 @@ def percentile_ci(values: np.ndarray) -> tuple[float, float]:
 
 
 def metric_dists(n: int, resamples: int, *, bleu: Sequence, rouge: Sequence[float], cider: "nlg._CiderCounts",
-                 cubes: dict[str, np.ndarray], meteor=None, seed: int = 0) -> dict[str, np.ndarray]:
+                 cubes: dict[str, np.ndarray], meteor=None, seed: int = 0,
+                 means: Optional[dict[str, Sequence[float]]] = None) -> dict[str, np.ndarray]:
     """Every bootstrap distribution ``score`` reports, keyed as in metrics.json.
 
-    ``cubes``: label-set suffix -> (study, label, tp/fp/fn); ``meteor``: a function of every resample's
-    indices (rows of ``idx``) returning one score per resample (the jar aggregates), or None.
+    ``cubes``: key infix -> (study, label, tp/fp/fn), giving ``ce_{avg}_{metric}_{infix}`` (the infix is the
+    label-set suffix, e.g. ``14``, or ``plus`` + suffix for uncertain-as-positive: ``ce_plus_micro_f1_14``);
+    ``meteor``: a function of every resample's indices (rows of ``idx``) returning one score per resample
+    (the jar aggregates), or None; ``means``: key -> per-study values whose corpus figure is their mean
+    (RadGraph, BERTScore, GREEN ...).
     """
     idx = resample_indices(n, resamples, seed)
     m = counts_of(idx, n)
@@ -173,8 +177,12 @@ def metric_dists(n: int, resamples: int, *, bleu: Sequence, rouge: Sequence[floa
     if meteor is not None:
         out["meteor"] = np.asarray(meteor(idx), dtype=float)
     for suffix, cube in cubes.items():
+        plus = suffix.startswith("plus_")
         for avg in ("micro", "macro"):
             prf = ce_dist(cube, m, avg)
             for j, name in enumerate(("precision", "recall", "f1")):
-                out[f"ce_{avg}_{name}_{suffix}"] = prf[:, j]
+                key = f"ce_plus_{avg}_{name}_{suffix[5:]}" if plus else f"ce_{avg}_{name}_{suffix}"
+                out[key] = prf[:, j]
+    for key, values in (means or {}).items():
+        out[key] = mean_dist(values, m)
     return out

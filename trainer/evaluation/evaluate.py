@@ -39,7 +39,8 @@ from trainer.evaluation.scoring import clinical_scores, label_prior_baseline, re
 
 __all__ = ["run_eval", "score_predictions_file", "InTrainingEvaluator"]
 
-HEADLINE = ("ce_macro_f1_5", "ce_micro_f1_5", "ce_macro_f1_14", "bleu_1", "bleu_4", "rouge_l", "cider", "meteor")
+HEADLINE = ("ce_macro_f1_5", "ce_micro_f1_5", "ce_macro_f1_14", "ce_plus_macro_f1_5", "bleu_1", "bleu_4", "rouge_l",
+            "cider", "meteor", "radgraph_partial_f1", "bertscore_f1", "semb_score", "radcliq_v1_inv", "green")
 THUMB = 32
 
 
@@ -101,7 +102,7 @@ def make_eval_labeler(cfg):
     return make_labeler(cfg.eval.labeler, cfg.eval.labeler_args, "eval.labeler")
 
 
-def _baselines(cfg, records: list[dict], bootstrap: int, labeler) -> dict[str, dict]:
+def _baselines(cfg, records: list[dict], bootstrap: int, labeler, suite=None) -> dict[str, dict]:
     from shards.labeling import label_set_of
 
     _, train_thumbs, train_reports = _thumbs(cfg, cfg.data.train_split)
@@ -118,7 +119,7 @@ def _baselines(cfg, records: list[dict], bootstrap: int, labeler) -> dict[str, d
                          for r, g in zip(records, retrieved)]
     return {"label_prior": prior_metrics,
             "retrieval": score(retrieval_records, bootstrap=bootstrap, labeler=labeler, meteor=cfg.eval.meteor,
-                  meteor_language=cfg.eval.meteor_language)}
+                               meteor_language=cfg.eval.meteor_language, suite=suite)}
 
 
 def _report_samples(cfg, records: list[dict], limit: int = 16) -> list[dict]:
@@ -147,8 +148,8 @@ def _report_samples(cfg, records: list[dict], limit: int = 16) -> list[dict]:
 def _write_jsonl(path: Path, records: list[dict]) -> None:
     with open(path, "w") as f:
         for r in records:
-            f.write(json.dumps({k: r[k] for k in ("id", "reference", "generated", "trace", "ref_labels", "gen_labels")
-                                if k in r} | {k: v for k, v in r.items() if k.endswith("_fallback")}) + "\n")
+            f.write(json.dumps({k: r[k] for k in ("id", "reference", "generated", "trace", "ref_labels", "gen_labels",
+                                                  "scores", "green_analysis") if k in r} | {k: v for k, v in r.items() if k.endswith("_fallback")}) + "\n")
 
 
 def fallback_counts(records: list[dict]) -> dict[str, int]:
@@ -169,8 +170,12 @@ def eval_attention_plan(cfg, requested: str) -> dict[str, str]:
 
 
 def run_eval(cfg, *, pool, checkpoint: Optional[str] = None, model_dir: Optional[str] = None,
-             out: Optional[str] = None, image_ablation: Optional[str] = None) -> dict[str, Any]:
-    """Generate on ``cfg.cluster.num_workers`` model replicas (tasks on ``pool``), score, write outputs."""
+             out: Optional[str] = None, image_ablation: Optional[str] = None,
+             narrative_bias: bool = False) -> dict[str, Any]:
+    """Generate on ``cfg.cluster.num_workers`` model replicas (tasks on ``pool``), score, write outputs.
+
+    ``narrative_bias``: also run the narrative-bias probe (trainer/evaluation/narrative.py) for
+    K = 1..``eval.narrative_bias.max_k``; its rows go to ``metrics.json["narrative_bias"]``."""
     from trainer.evaluation.generate import generate_slice
     from trainer.prepare import ensure_shards, worker_env
     from trainer.evaluation.report_html import write_report
@@ -193,9 +198,12 @@ def run_eval(cfg, *, pool, checkpoint: Optional[str] = None, model_dir: Optional
             raise ConfigError("--image-ablation", f"family '{family.name}' has no ablation '{kind}'; "
                               f"it has {sorted(family.ablations)}")
     oracle = family.oracle_inputs(gen_config(cfg))
+    if narrative_bias and "black" not in family.ablations:
+        raise ConfigError("--narrative-bias", f"family '{family.name}' has no 'black' ablation")
+    narrative_k = cfg.eval.narrative_bias.max_k if narrative_bias else 0
     world = cfg.cluster.num_workers
     parts = [part for _, part in pool.map_unordered(
-        generate_slice, [(str(model), cfg.to_dict(), r, world, ablations) for r in range(world)],
+        generate_slice, [(str(model), cfg.to_dict(), r, world, ablations, narrative_k) for r in range(world)],
         num_cpus=cfg.cluster.cpus_per_worker, num_gpus=1 if cfg.cluster.use_gpu else 0, env=worker_env(cfg))]
     runs = {k: sorted((p for part in parts for p in part[k]), key=lambda r: r["id"]) for k in parts[0]}
     ids = [r["id"] for r in runs["model"]]
@@ -204,11 +212,14 @@ def run_eval(cfg, *, pool, checkpoint: Optional[str] = None, model_dir: Optional
     lap("generation")
 
     labeler = make_eval_labeler(cfg)
+    from trainer.evaluation.metric_suite import MetricSuite
+
+    suite = MetricSuite.from_eval(cfg.eval, device="cuda" if cfg.cluster.use_gpu and _cuda() else "cpu")
     metrics = score(runs["model"], bootstrap=cfg.eval.bootstrap, labeler=labeler, meteor=cfg.eval.meteor,
-                  meteor_language=cfg.eval.meteor_language)
+                    meteor_language=cfg.eval.meteor_language, suite=suite)
     _write_jsonl(out_dir / "predictions.jsonl", runs["model"])
     lap("scoring")
-    baselines = _baselines(cfg, runs["model"], cfg.eval.bootstrap, labeler)
+    baselines = _baselines(cfg, runs["model"], cfg.eval.bootstrap, labeler, suite)
     lap("baselines")
     flat = dict(metrics)
     flat["family"] = family.name
@@ -224,7 +235,7 @@ def run_eval(cfg, *, pool, checkpoint: Optional[str] = None, model_dir: Optional
     ablation_metrics = {}
     for aname in ablations:
         am = score(runs[aname], bootstrap=cfg.eval.bootstrap, labeler=labeler, meteor=cfg.eval.meteor,
-                  meteor_language=cfg.eval.meteor_language)
+                   meteor_language=cfg.eval.meteor_language, suite=suite)
         _write_jsonl(out_dir / f"predictions_{aname}.jsonl", runs[aname])
         ablation_metrics[f"{aname} ({family.ablations[aname]})"] = am
         for k, v in am.items():
@@ -233,12 +244,15 @@ def run_eval(cfg, *, pool, checkpoint: Optional[str] = None, model_dir: Optional
                 if isinstance(metrics.get(k), float):
                     flat[f"ablation_{aname}_drop_{k}"] = metrics[k] - v
     flat.update(extra_scores(family, runs["model"]))
-    variant_metrics = _score_variants(cfg, family, runs, labeler, out_dir, flat)
+    variant_metrics = _score_variants(cfg, family, runs, labeler, out_dir, flat, suite)
     lap("ablations + variants")
+    narrative_rows = _score_narrative(runs, narrative_k, labeler, suite, out_dir, flat)
+    if narrative_k:
+        lap("narrative bias")
     (out_dir / "metrics.json").write_text(json.dumps(flat, indent=1, sort_keys=True))
     samples = [{**s, "card_html": card_html(family, s)} for s in _report_samples(cfg, runs["model"])]
     report = write_report(out_dir, metrics=metrics, baselines=baselines, ablations=ablation_metrics,
-                          samples=samples, variants=variant_metrics,
+                          samples=samples, variants=variant_metrics, narrative=narrative_rows,
                           title=f"rrg evaluation: {cfg.name}, {cfg.eval.split} split, {name}")
     _print_summary(metrics, baselines, {**ablation_metrics, **variant_metrics})
     lap("report")
@@ -249,14 +263,51 @@ def run_eval(cfg, *, pool, checkpoint: Optional[str] = None, model_dir: Optional
     return flat
 
 
-def _score_variants(cfg, family, runs: dict, labeler, out_dir: Path, flat: dict) -> dict[str, dict]:
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _score_narrative(runs: dict, max_k: int, labeler, suite, out_dir: Path, flat: dict) -> list[dict]:
+    """Score each K's real / black completions (no bootstrap, no METEOR) into ``flat["narrative_bias"]``."""
+    if not max_k:
+        return []
+    from trainer.evaluation.narrative import ORACLE_NOTE, rows_from_scores
+
+    scored = {}
+    with open(out_dir / "predictions_narrative_bias.jsonl", "w") as fh:
+        for k in range(1, max_k + 1):
+            pair = []
+            for kind in ("real", "black"):
+                recs = runs.get(f"narrative_{k}_{kind}", [])
+                if not recs:
+                    break
+                pair.append(score(recs, bootstrap=0, labeler=labeler, meteor=False, suite=suite))
+                for r in recs:
+                    fh.write(json.dumps({"k": k, "image": kind, **{x: r[x] for x in ("id", "reference", "generated")
+                                                                    if x in r}}) + "\n")
+            if len(pair) == 2:
+                scored[k] = tuple(pair)
+    rows = rows_from_scores(scored)
+    flat["narrative_bias"] = rows
+    flat["narrative_bias_oracle_inputs"] = [ORACLE_NOTE]
+    print(f"rrg: note: --narrative-bias reads an oracle input ({ORACLE_NOTE})", flush=True)
+    for r in rows:
+        print(f"rrg: narrative bias K={r['k']} (n={r['n']}): ce_macro_f1_5 real {r.get('ce_macro_f1_5_real', float('nan')):.3f}"
+              f" black {r.get('ce_macro_f1_5_black', float('nan')):.3f} gain {r.get('gain_ce_macro_f1_5', float('nan')):+.3f}",
+              flush=True)
+    return rows
+
+
+def _score_variants(cfg, family, runs: dict, labeler, out_dir: Path, flat: dict, suite=None) -> dict[str, dict]:
     """Score each of ``family.eval_variants`` into ``flat`` as ``<variant>_<key>`` (+ its oracle inputs)."""
     from trainer.evaluation.generate import gen_config
 
     out = {}
     for vname, variant in family.eval_variants(gen_config(cfg)).items():
         vm = score(runs[vname], bootstrap=cfg.eval.bootstrap, labeler=labeler, meteor=cfg.eval.meteor,
-                   meteor_language=cfg.eval.meteor_language)
+                   meteor_language=cfg.eval.meteor_language, suite=suite)
         vm.update({k: v for k, v in extra_scores(family, runs[vname]).items() if not isinstance(v, dict)})
         vm.update(fallback_counts(runs[vname]))
         _write_jsonl(out_dir / f"predictions_{vname}.jsonl", runs[vname])

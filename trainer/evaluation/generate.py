@@ -85,9 +85,10 @@ def generate_batches(model, family, tok, batches, gen, *, device=torch.device("c
 
 
 def generate_slice(model_dir: str, cfg_dict: dict, rank: int, world_size: int,
-                   ablations: tuple[str, ...] = ()) -> dict[str, list[dict]]:
+                   ablations: tuple[str, ...] = (), narrative_k: int = 0) -> dict[str, list[dict]]:
     """One eval worker: a full model replica generates for its slice, plain, per ablation and per
-    ``family.eval_variants(gen)`` (a variant equal to the headline GenConfig reuses its run)."""
+    ``family.eval_variants(gen)`` (a variant equal to the headline GenConfig reuses its run); with
+    ``narrative_k`` also ``narrative_<K>_real|black`` for K = 1..narrative_k (trainer/evaluation/narrative.py)."""
     import os
 
     from modeling.family import build_family, load_pretrained
@@ -113,4 +114,17 @@ def generate_slice(model_dir: str, cfg_dict: dict, rank: int, world_size: int,
             continue
         loader = eval_loader(cfg, family, tok, rank=rank, world_size=world_size, split=cfg.eval.split, gen=variant)
         out[name] = list(generate_batches(model, family, tok, loader, variant, device=device, dtype=dtype))
+    if narrative_k:
+        from modeling.templates import get_template
+        from trainer.evaluation.narrative import narrative_batches
+
+        template = get_template(model.cfg.lm.chat_template)
+        studies = cfg.eval.narrative_bias.studies
+        limit = -(-studies // world_size) if studies else 0
+        for k in range(1, narrative_k + 1):
+            for kind in ("real", "black"):
+                loader = eval_loader(cfg, family, tok, rank=rank, world_size=world_size, split=cfg.eval.split, gen=gen)
+                out[f"narrative_{k}_{kind}"] = list(generate_batches(
+                    model, family, tok, narrative_batches(loader, tok, template, k, limit), gen, device=device, dtype=dtype,
+                    ablation=None if kind == "real" else "black"))
     return out

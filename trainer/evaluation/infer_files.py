@@ -216,8 +216,16 @@ def _batches(samples: list[DecodedSample], builder, collate, size: int) -> Itera
 
 def generate_files(inputs: list[str], *, model_dir: str, checkpoint: Optional[str] = None,
                    config: Optional[str] = None, out: str = "reports.jsonl", labels: bool = False,
-                   batch_size: Optional[int] = None, device: str = "auto") -> list[dict[str, Any]]:
-    """Write one JSON line per study (id, generated, files[, labels]) to ``out``; returns the rows."""
+                   batch_size: Optional[int] = None, device: str = "auto", out_format: str = "jsonl",
+                   rexrank_input: Optional[str] = None) -> list[dict[str, Any]]:
+    """Write one JSON line per study (id, generated, files[, labels]) to ``out`` -- or, with
+    ``out_format="rexrank"``, ReXrank's prediction JSON (trainer/evaluation/rexrank.py); returns the rows."""
+    if out_format not in ("jsonl", "rexrank"):
+        raise GenerateError(f"rrg generate: unknown --format {out_format!r} (jsonl or rexrank)")
+    if rexrank_input and out_format != "rexrank":
+        raise GenerateError("rrg generate: --rexrank-input needs --format rexrank")
+    if rexrank_input and not os.path.isfile(rexrank_input):
+        raise GenerateError(f"rrg generate: no such file: {rexrank_input} (--rexrank-input)")
     import torch
 
     from modeling.family import build_family, load_pretrained, read_model_json
@@ -270,6 +278,12 @@ def generate_files(inputs: list[str], *, model_dir: str, checkpoint: Optional[st
         for row, lab in zip(rows, labeler([r["generated"] for r in rows])):
             row["labels"] = lab
     Path(out).parent.mkdir(parents=True, exist_ok=True)
+    if out_format == "rexrank":
+        from trainer.evaluation.rexrank import write_rexrank
+
+        write_rexrank(rows, out, rexrank_input)
+        print(f"rrg generate: {len(rows)} studies, {len(problems)} problems -> {out} (ReXrank JSON)", flush=True)
+        return rows
     with open(out, "w") as f:
         for row in rows:
             f.write(json.dumps(row, default=_plain) + "\n")

@@ -35,7 +35,14 @@ from shards.labeling import label_sentence_mentions, sentences
 METRIC_ROWS = [("BLEU-1", "bleu_1"), ("BLEU-2", "bleu_2"), ("BLEU-3", "bleu_3"), ("BLEU-4", "bleu_4"),
                ("METEOR", "meteor"), ("ROUGE-L", "rouge_l"), ("CIDEr", "cider")] + [
     (f"CE {avg} {m[0].upper()} ({k})", f"ce_{avg}_{m}_{k}") for k in ("14", "5") for avg in ("micro", "macro")
-    for m in ("precision", "recall", "f1")]
+    for m in ("precision", "recall", "f1")] + [
+    (f"CE+ {avg} F1 ({k})", f"ce_plus_{avg}_f1_{k}") for k in ("14", "5") for avg in ("micro", "macro")] + [
+    ("ROUGE-1 (rouge_score)", "rouge_1"), ("ROUGE-2 (rouge_score)", "rouge_2"), ("ROUGE-L F1 (rouge_score)", "rouge_l_f1"),
+    ("RadGraph simple", "radgraph_simple_f1"), ("RadGraph partial (F1-RadGraph)", "radgraph_partial_f1"),
+    ("RadGraph complete", "radgraph_complete_f1"), ("RadGraph combined (ReXrank)", "radgraph_combined_f1"),
+    ("BERTScore F1 (ReXrank)", "bertscore_f1"), ("BERTScore F1 (LLaVA-Rad)", "bertscore_llava_rad_f1"),
+    ("SembScore", "semb_score"), ("RadCliQ-v1 (lower is better)", "radcliq_v1"), ("1/RadCliQ-v1", "radcliq_v1_inv"),
+    ("GREEN", "green")]
 IMAGE_MAX = 384  # longest side of an embedded study image, px
 SERIES_COLOURS = ["#1f5fbf", "#9a9a9a", "#e08a1e", "#3c9a4a", "#8e44ad", "#c0392b"]
 _SYMBOL = {1.0: "+", 0.0: "\u2212", -1.0: "?", None: "\u00b7"}
@@ -88,7 +95,7 @@ def label_key(label: str) -> str:
 def _value_cell(metrics: dict, key: str, cls: str = "") -> str:
     v = _num(metrics, key)
     if v is None:
-        text = metrics.get(f"{key}_status", "not computed") if key == "meteor" else "n/a"
+        text = metrics.get(f"{key}_status", "not computed" if key == "meteor" else "n/a")
         return f'<td class="na {cls}">{_esc(text)}</td>'
     lo, hi = _num(metrics, f"{key}_ci_low"), _num(metrics, f"{key}_ci_high")
     ci = f' <span class="ci">[{lo:.2f}, {hi:.2f}]</span>' if lo is not None and hi is not None else ""
@@ -245,7 +252,61 @@ def study_card(sample: dict) -> str:
             f'<div class="chips">{chips}</div><div class="reports">'
             f'<div><h4>reference</h4><div class="report ref">{highlight(sample.get("reference", ""), flagged)}</div></div>'
             f'<div><h4>generated</h4><div class="report gen">{highlight(sample.get("generated", ""), flagged)}</div></div>'
-            f'</div>{sample.get("card_html", "")}{trace_block(sample)}</div></div>')
+            f'</div>{scores_line(sample)}{sample.get("card_html", "")}{trace_block(sample)}</div></div>')
+
+
+def scores_line(sample: dict) -> str:
+    """The study's own values of the per-study metrics (RadGraph, BERTScore, GREEN ...), when scored."""
+    scores = sample.get("scores") or {}
+    cells = [f"{_esc(k)} {v:.3f}" for k, v in scores.items() if isinstance(v, (int, float))]
+    sep = " \u00b7 "
+    return f'<p class="meta scores">{sep.join(cells)}</p>' if cells else ""
+
+
+def narrative_section(rows: list[dict]) -> str:
+    """The narrative-bias table (one row per K) and its curve: real-image gain per metric against K."""
+    if not rows:
+        return ""
+    keys = [k[:-5] for k in rows[0] if k.endswith("_real") and isinstance(rows[0][k], (int, float))]
+    head = "<th>K (final sentences)</th><th>studies</th>" + "".join(
+        f"<th>{_esc(k)}<br><span class=\"ci\">real / black / gain</span></th>" for k in keys)
+    body = []
+    for r in rows:
+        cells = [f"<td>{r['k']}</td><td>{r.get('n', '')}</td>"]
+        for k in keys:
+            cells.append(f"<td>{r[k + '_real']:.3f} / {r[k + '_black']:.3f} / <b>{r['gain_' + k]:+.3f}</b></td>")
+        body.append(f'<tr data-k="{r["k"]}">{"".join(cells)}</tr>')
+    table = f'<table class="metrics narrative"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    shown = [k for k in keys if k.startswith(("ce_macro_f1", "ce_micro_f1", "radgraph", "bleu_4"))][:6] or keys[:4]
+    w, h, left, bottom = 520, 240, 50, 30
+    ks = [r["k"] for r in rows]
+    gains = [r["gain_" + k] for r in rows for k in shown]
+    lo, hi = min(gains + [0.0]), max(gains + [0.0])
+    hi = hi if hi > lo else lo + 1.0
+    x = lambda k: left + (0 if len(ks) == 1 else (k - ks[0]) / (ks[-1] - ks[0]) * (w - left - 20))  # noqa: E731
+    y = lambda v: (h - bottom) - (v - lo) / (hi - lo) * (h - bottom - 10)  # noqa: E731
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="narrative-curve" width="{w}" height="{h}" '
+             f'role="img" aria-label="real-image gain against K">',
+             f'<line x1="{left}" y1="{y(0):.1f}" x2="{w - 10}" y2="{y(0):.1f}" stroke="#bbb" stroke-dasharray="3 3"/>']
+    for k in ks:
+        parts.append(f'<text x="{x(k):.1f}" y="{h - 10}" font-size="11" text-anchor="middle" fill="#666">K={k}</text>')
+    for t in (lo, hi):
+        parts.append(f'<text x="{left - 6}" y="{y(t) + 4:.1f}" font-size="11" text-anchor="end" fill="#666">{t:+.2f}</text>')
+    for j, k in enumerate(shown):
+        colour = SERIES_COLOURS[j % len(SERIES_COLOURS)]
+        pts = " ".join(f"{x(r['k']):.1f},{y(r['gain_' + k]):.1f}" for r in rows)
+        parts.append(f'<polyline class="gain" data-metric="{_esc(k)}" points="{pts}" fill="none" stroke="{colour}" '
+                     f'stroke-width="2"/>')
+        parts += [f'<circle cx="{x(r["k"]):.1f}" cy="{y(r["gain_" + k]):.1f}" r="3" fill="{colour}">'
+                  f'<title>{_esc(k)} K={r["k"]}: gain {r["gain_" + k]:+.3f}</title></circle>' for r in rows]
+    parts.append("</svg>")
+    legend = "".join(f'<span><i class="sw" style="background:{SERIES_COLOURS[j % len(SERIES_COLOURS)]}"></i>'
+                     f'{_esc(k)}</span>' for j, k in enumerate(shown))
+    return ("<h2>Narrative bias</h2><p class=\"meta\">The model completes the last K sentences of the true report "
+            "from its first sentences (an oracle input), once with the real image and once with a black one; scores "
+            "are on the completed sentences only. Gain = real minus black: it shrinks as the prefix grows "
+            "(small K) when the model leans on the narrative rather than the image.</p>"
+            f'{table}<div class="legend">{legend}</div>{"".join(parts)}')
 
 
 def trace_block(sample: dict) -> str:
@@ -259,7 +320,8 @@ def trace_block(sample: dict) -> str:
 
 # ---------------------------------------------------------------- page
 def render_report(*, metrics: dict, baselines: dict[str, dict], ablations: dict[str, dict], samples: list[dict],
-                  title: str = "rrg evaluation", variants: Optional[dict[str, dict]] = None) -> str:
+                  title: str = "rrg evaluation", variants: Optional[dict[str, dict]] = None,
+                  narrative: Optional[list[dict]] = None) -> str:
     """The whole page as a string (see the module docstring)."""
     n_dis = sum(bool(disagreements(s.get("ref_labels") or {}, s.get("gen_labels") or {})) for s in samples)
     conv = metrics.get("convention")
@@ -276,6 +338,7 @@ def render_report(*, metrics: dict, baselines: dict[str, dict], ablations: dict[
         f"least as well as the model.</p>{metric_table(metrics, baselines, ablations, variants)}"
         f"<h2>Per-label F1 ({_esc(_label_set(metrics).name)})</h2>"
         f"{f1_chart({'model': metrics, **baselines}, list(_label_set(metrics).labels))}"
+        f"{narrative_section(narrative or [])}"
         f"<h2>Studies</h2><p class=\"meta\">{n_dis} of {len(samples)} with label disagreements "
         "(red: positive status differs; amber: uncertainty differs; + positive, \u2212 negative, ? uncertain, "
         "\u00b7 not mentioned). "
@@ -284,11 +347,12 @@ def render_report(*, metrics: dict, baselines: dict[str, dict], ablations: dict[
 
 
 def write_report(out_dir: str | Path, *, metrics: dict, baselines: dict[str, dict], ablations: dict[str, dict],
-                 samples: list[dict], title: str = "rrg evaluation", variants: Optional[dict[str, dict]] = None) -> Path:
+                 samples: list[dict], title: str = "rrg evaluation", variants: Optional[dict[str, dict]] = None,
+                 narrative: Optional[list[dict]] = None) -> Path:
     """Write ``out_dir/report.html`` (self-contained, opens offline) and return its path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "report.html"
     path.write_text(render_report(metrics=metrics, baselines=baselines, ablations=ablations, samples=samples,
-                                  title=title, variants=variants), encoding="utf-8")
+                                  title=title, variants=variants, narrative=narrative), encoding="utf-8")
     return path

@@ -15,7 +15,14 @@ and writes ``out_dir/labels.csv`` (id, then ``ref_``/``gen_`` + each CheXpert la
 * ``<key>_ci_low`` / ``<key>_ci_high``: percentile 95% bootstrap interval (``bootstrap`` resamples
   of examples, seed 0) for every NLG and ``ce_`` micro/macro key; BLEU and CIDEr are recomputed
   corpus-level on each resample (CIDEr's document frequencies from the resampled references);
-* ``convention``: the label convention below, spelled out.
+* ``ce_plus_{micro,macro}_{precision,recall,f1}_{14,5}``: the same with uncertain (-1.0) counted positive
+  (LLaVA-Rad's "+" columns, CheXbert "U-ones");
+* with a :class:`~trainer.evaluation.metric_suite.MetricSuite` (``suite=``): ``rouge_1``, ``rouge_2``,
+  ``rouge_l_f1`` and every configured model metric (``radgraph_*_f1``, ``bertscore_*``, ``semb_score``,
+  ``radcliq_v1`` + ``radcliq_v1_inv``, ``green``) as means of per-study values, each with its interval;
+  an unconfigured one as ``<key>_status`` ("not computed: eval.X.model_dir is unset"); every record
+  gets ``scores`` = its per-study values (written to predictions.jsonl);
+* ``convention``: the label conventions below, spelled out.
 
 Convention: the positive class is 1.0; 0.0, blank and -1.0 (uncertain) are negative unless
 ``uncertain_as="positive"``.  Micro sums TP/FP/FN over labels and examples; macro averages the
@@ -42,9 +49,10 @@ from shards.labeling.files import read_jsonl_rows, text_field
 from trainer.evaluation import nlg
 from trainer.evaluation.bootstrap import metric_dists, percentile_ci
 
-CONVENTION = ("positive = 1.0; 0.0, blank and -1.0 (uncertain) count as negative; micro sums TP/FP/FN over "
-              "labels and examples; macro averages per-label scores, zero_division=0; labels from the {labeler} "
-              "labeler ({label_set} label set) on reference and generated reports")
+CONVENTION = ("ce_*: positive = 1.0; 0.0, blank and -1.0 (uncertain) count as negative; ce_plus_*: 1.0 and -1.0 "
+              "(uncertain) count as positive (the '+' variants); micro sums TP/FP/FN over labels and examples; macro "
+              "averages per-label scores, zero_division=0; labels from the {labeler} labeler ({label_set} label set) "
+              "on reference and generated reports")
 
 
 def _pos(v, uncertain_as: str) -> bool:
@@ -138,7 +146,7 @@ def _ce_keys(label_set: LabelSet) -> list[tuple[str, Sequence[str]]]:
 
 
 def score(records: Sequence[dict], bootstrap: int = 1000, labeler="rrg", meteor: bool = True,
-          meteor_language: str = "en") -> dict:
+          meteor_language: str = "en", suite=None) -> dict:
     """Flat metrics dict for ``records`` = dicts {id, reference, generated, [ref_labels], [gen_labels]}.
 
     ``labeler``: a registry name or a labeler instance (built once by the caller and reused for the
@@ -174,24 +182,40 @@ def score(records: Sequence[dict], bootstrap: int = 1000, labeler="rrg", meteor:
         meteor_dist = functools.partial(scorer.resample_scores, mstats)
     cubes: dict[str, np.ndarray] = {}
     for suffix, names in _ce_keys(label_set):
-        r = np.array([[_pos(rec["ref_labels"].get(n), "negative") for n in names] for rec in records])
-        h = np.array([[_pos(rec["gen_labels"].get(n), "negative") for n in names] for rec in records])
-        cube = np.stack([r & h, h & ~r, r & ~h], axis=-1).astype(np.int64)  # (example, label, tp/fp/fn)
-        cubes[suffix] = cube
-        for avg in ("micro", "macro"):
-            for j, m in enumerate(("precision", "recall", "f1")):
-                fns[f"ce_{avg}_{m}_{suffix}"] = lambda ix, cube=cube, avg=avg, j=j: _ce_from_counts(
-                    cube[ix].sum(axis=0), avg)[j]
+        for unc in ("negative", "positive"):
+            r = np.array([[_pos(rec["ref_labels"].get(n), unc) for n in names] for rec in records])
+            h = np.array([[_pos(rec["gen_labels"].get(n), unc) for n in names] for rec in records])
+            cube = np.stack([r & h, h & ~r, r & ~h], axis=-1).astype(np.int64)  # (example, label, tp/fp/fn)
+            infix = suffix if unc == "negative" else f"plus_{suffix}"
+            cubes[infix] = cube
+            for avg in ("micro", "macro"):
+                for j, m in enumerate(("precision", "recall", "f1")):
+                    key = f"ce_{avg}_{m}_{suffix}" if unc == "negative" else f"ce_plus_{avg}_{m}_{suffix}"
+                    fns[key] = lambda ix, cube=cube, avg=avg, j=j: _ce_from_counts(cube[ix].sum(axis=0), avg)[j]
+    per_study: dict[str, list[float]] = {}
+    status: dict[str, str] = {}
+    if suite is not None:
+        per_study, status = suite.per_study(records)
+        for r_i, rec in enumerate(records):
+            rec["scores"] = {k: v[r_i] for k, v in per_study.items()}
+        for key, values in per_study.items():
+            fns[key] = lambda ix, values=values: float(np.mean([values[i] for i in ix]))
     out: dict = {"n": len(records), "label_set": label_set.name, "labeler": type(lab).__name__,
                  "convention": CONVENTION.format(labeler=type(lab).__name__, label_set=label_set.name)}
     if scorer is not None:
         out["meteor_language"] = meteor_language
     for key, fn in fns.items():
         out[key] = fn(idx)
+    if "radcliq_v1" in per_study:  # ReXrank ranks by 1 / mean(RadCliQ-v1)
+        out["radcliq_v1_inv"] = 1.0 / out["radcliq_v1"] if out["radcliq_v1"] else float("nan")
+        out["radcliq_v1_radgraph_model"] = suite.radgraph_model_type
+    out.update({f"{k}_status": v for k, v in status.items()})
     if bootstrap:  # per-study statistics resampled in numpy (evaluation/bootstrap.py), same draws as bootstrap_ci
         dists = metric_dists(len(records), bootstrap, bleu=bstats, rouge=rouge, cider=counts, cubes=cubes,
-                             meteor=meteor_dist, seed=0)
-        for key in fns:
+                             meteor=meteor_dist, seed=0, means=per_study)
+        if "radcliq_v1" in per_study:
+            dists["radcliq_v1_inv"] = 1.0 / dists["radcliq_v1"]
+        for key in list(fns) + (["radcliq_v1_inv"] if "radcliq_v1" in per_study else []):
             out[f"{key}_ci_low"], out[f"{key}_ci_high"] = percentile_ci(dists[key])
     if scorer is None:
         out["meteor_status"] = "not computed: java not found" if meteor else "not computed: disabled"
@@ -204,12 +228,21 @@ def score(records: Sequence[dict], bootstrap: int = 1000, labeler="rrg", meteor:
 
 
 def read_predictions(path: str, truncation: Optional[Truncation] = None) -> list[dict]:
-    """Rows ``{id, reference, generated}`` of a predictions JSONL; LabelInputError names file, line and field.
+    """Rows ``{id, reference, generated}`` of a predictions JSONL, or of a ReXrank prediction JSON
+    (:mod:`trainer.evaluation.rexrank`); LabelInputError names file, line (or study) and field.
 
     Texts longer than the truncation's ``max_chars`` are cut and counted (one pathological line
     must not stall labelling, BLEU or the METEOR subprocess).
     """
+    from trainer.evaluation.rexrank import is_rexrank_file, read_rexrank
+
     trunc = truncation or Truncation()
+    if os.path.isfile(path) and is_rexrank_file(path):
+        records = read_rexrank(path)
+        for r in records:
+            r["reference"] = trunc.cut(r["reference"], f"{path}:{r['id']}")
+            r["generated"] = trunc.cut(r["generated"], f"{path}:{r['id']}")
+        return records
     records = []
     for n, row in read_jsonl_rows(path):
         records.append({"id": row.get("id", n - 1),
@@ -221,8 +254,9 @@ def read_predictions(path: str, truncation: Optional[Truncation] = None) -> list
 
 
 def score_predictions_file(path: str, out_dir: str, bootstrap: int = 1000, labeler="rrg", meteor: bool = True,
-                           max_chars: int = DEFAULT_MAX_CHARS) -> dict:
-    """``rrg eval --predictions``: score a JSONL file, write metrics.json and labels.csv, return the metrics.
+                           max_chars: int = DEFAULT_MAX_CHARS, suite=None) -> dict:
+    """``rrg eval --predictions``: score a JSONL (or ReXrank JSON) file; write metrics.json, labels.csv,
+    predictions.jsonl (per-study labels and scores) and report.html; return the metrics.
 
     The whole file is read and checked before anything is written (no partial output).
     """
@@ -232,7 +266,7 @@ def score_predictions_file(path: str, out_dir: str, bootstrap: int = 1000, label
         print(f"rrg: {trunc.summary()}")
     lab = resolve_labeler(labeler)
     names = list(label_set_of(lab).labels)
-    metrics = score(records, bootstrap=bootstrap, labeler=lab, meteor=meteor)
+    metrics = score(records, bootstrap=bootstrap, labeler=lab, meteor=meteor, suite=suite)
     metrics["truncated_texts"] = trunc.count
     os.makedirs(out_dir, exist_ok=True)
     buf = io.StringIO()
@@ -242,5 +276,12 @@ def score_predictions_file(path: str, out_dir: str, bootstrap: int = 1000, label
         w.writerow([r["id"]] + ["" if r[k].get(n) is None else r[k][n]
                                 for k in ("ref_labels", "gen_labels") for n in names])
     atomic_write_text(os.path.join(out_dir, "labels.csv"), buf.getvalue())
+    atomic_write_text(os.path.join(out_dir, "predictions.jsonl"), "".join(
+        json.dumps({k: r[k] for k in ("id", "reference", "generated", "ref_labels", "gen_labels", "scores",
+                                      "green_analysis") if k in r}) + "\n" for r in records))
     atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(metrics, indent=2, sort_keys=True))
+    from trainer.evaluation.report_html import write_report
+
+    write_report(out_dir, metrics=metrics, baselines={}, ablations={}, samples=records[:16],
+                 title=f"rrg evaluation of {os.path.basename(path)}")
     return metrics
