@@ -270,7 +270,8 @@ def generate_files(inputs: list[str], *, model_dir: str, checkpoint: Optional[st
                        batch_size or cfg.eval.batch_size)
     preds = list(generate_batches(model, family, tok, batches, gen, device=dev, dtype=dtype))
     files = {st.id: st.files for st in studies}
-    rows = [{"id": p["id"], "generated": p["generated"], "files": files[p["id"]]} for p in preds]
+    rows = [{"id": p["id"], "generated": p["generated"], "files": files[p["id"]],
+             **({"trace": p["trace"]} if p.get("trace") else {})} for p in preds]  # e.g. LVMed-R2's reasoning chain
     if labels:
         from shards.labeling import LABELERS
 
