@@ -116,6 +116,11 @@ class ModelConfig:
                 image_stats(self.vision)
             if self.lm.path is not None:
                 lm_config(self.lm.path)
+                tok = self.lm.tokenizer or self.lm.path
+                names = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+                if os.path.isdir(tok) and not any(os.path.isfile(os.path.join(tok, n)) for n in names):
+                    raise ModelFormatError(f"model.lm.path {tok}: no tokenizer there ({', '.join(names)}): set "
+                                           f"model.lm.tokenizer to the directory that has it")
         except ModelFormatError as err:
             part = "vision" if "vision" in str(err).split(":", 1)[0] else "lm"
             raise ConfigError(f"{key}.{part}.path", str(err).split(": ", 1)[-1]) from None

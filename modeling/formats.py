@@ -202,9 +202,11 @@ def load_causal_lm(path: str, *, attn: str, dtype: torch.dtype):
     """The causal LM of a local directory (a multimodal checkpoint gives its text model), in ``dtype``."""
     cfg, text = lm_config(path)
     cls = causal_lm_class(text, path)
-    kw: dict[str, Any] = dict(local_files_only=True, dtype=dtype, output_loading_info=True)
+    # the text-model renames also read a Gemma3 text model saved in the multimodal layout (what transformers 5
+    # writes for Gemma3ForCausalLM by default); they match no key of a plain causal LM
+    kw: dict[str, Any] = dict(local_files_only=True, dtype=dtype, output_loading_info=True, key_mapping=TEXT_KEY_MAPPING)
     if text is not cfg:  # a multimodal checkpoint: its language model alone
-        kw.update(config=text, key_mapping=TEXT_KEY_MAPPING)
+        kw.update(config=text)
     with quiet_load_report(text is not cfg):  # the tower's weights are left over by design
         lm, info = _from_pretrained(cls, path, attn, kw)
     check_loading_info(info, path, "model.lm.path")

@@ -33,7 +33,8 @@ from modeling.family import FAMILIES, MODEL_JSON, ModelFamily, ParamGroup, read_
 from modeling.templates import PromptCodec, get_template
 from modeling.tokenizer import get_tokenizer, image_token_id
 from modeling.tuning import TuningSpec, is_peft, lm_state_dict_for_export, lora_parameters, wrap_lora
-from modeling.vision import VisionEncoder, build_vision_encoder, image_stats, input_size, preprocess_image
+from modeling.vision import VisionEncoder, build_vision_encoder, image_stats, input_size, preprocess_image, \
+    resolved as resolved_vision, save_vision
 
 IGNORE = -100
 
@@ -216,18 +217,14 @@ class LlavaRad(nn.Module):
         os.makedirs(directory, exist_ok=True)
         adapter = is_peft(self.lm) and not merge
         base_lm, state = lm_state_dict_for_export(self.lm, merge=merge)
-        base_lm.save_pretrained(os.path.join(directory, "lm"), state_dict=state)
+        base_lm.save_pretrained(os.path.join(directory, "lm"), state_dict=state, save_original_format=False)
         if adapter:
             self.lm.save_pretrained(os.path.join(directory, "lm_adapter"))
-        vision_dir = os.path.join(directory, "vision")
-        self.vision.model.save_pretrained(vision_dir)
-        mean, std = image_stats(self.cfg.vision)
-        with open(os.path.join(vision_dir, "preprocessor_config.json"), "w") as fh:
-            json.dump({"image_mean": mean, "image_std": std, "size": input_size(self.cfg.vision)}, fh)
+        save_vision(self.vision, self.cfg.vision, os.path.join(directory, "vision"))
         proj = {k: v.detach().cpu().contiguous() for k, v in self.projector.state_dict().items()}
         save_file(proj, os.path.join(directory, "projector.safetensors"))
         self.tokenizer.save_pretrained(os.path.join(directory, "tokenizer"))
-        meta = {"family": self.family_name, "model_config": to_dict(self.cfg), "tuning": self.rrg_tuning,
+        meta = {"family": self.family_name, "model_config": to_dict(export_config(self.cfg)), "tuning": self.rrg_tuning,
                 "lm_adapter": adapter, "image_token_id": self.image_token_id}
         with open(os.path.join(directory, MODEL_JSON), "w") as fh:
             json.dump(meta, fh, indent=2)
@@ -244,6 +241,14 @@ class LlavaRad(nn.Module):
             model.lm = PeftModel.from_pretrained(model.lm, os.path.join(directory, "lm_adapter"))
         model.rrg_tuning = meta.get("tuning", "full")
         return model
+
+
+def export_config(cfg: ModelConfig) -> ModelConfig:
+    """The model config an export records: the vision input size and normalisation resolved (the export's
+    ``vision/`` is a plain Hugging Face directory; what the source checkpoint needed stays with the model)."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, vision=resolved_vision(cfg.vision))
 
 
 def export_family(directory: str, cfg: Optional[ModelConfig] = None) -> tuple[ModelFamily, dict]:

@@ -42,11 +42,11 @@ from modeling.formats import build_causal_lm
 from modeling.family import FAMILIES, MODEL_JSON, ModelFamily, ParamGroup, read_model_json
 from modeling.kg_modules import BiCrossAttention, CrossAttention, QFormer, RGCNEncoder, ScaleFusion, pad_by_graph
 from modeling.llava_rad import (LlavaRadFamily, VLMOutput, build_prompt_sample, collate_prompt_batch, lm_logits,
-                                packed_loss, prompt_codec, rows_of, splice_image_features)
+                                export_config, packed_loss, prompt_codec, rows_of, splice_image_features)
 from modeling.templates import get_template
 from modeling.tokenizer import get_tokenizer, image_token_id
 from modeling.tuning import TuningSpec, is_peft, lm_state_dict_for_export
-from modeling.vision import VisionEncoder, build_vision_encoder, image_stats
+from modeling.vision import VisionEncoder, build_vision_encoder, image_stats, save_vision
 
 KG_ASSET, BANK_ASSET, SIDECAR = "kg", "kg_bank", "kg"
 
@@ -333,10 +333,10 @@ class R2GenKGFamily(ModelFamily):
         os.makedirs(directory, exist_ok=True)
         adapter = is_peft(model.lm) and not merge
         base_lm, state = lm_state_dict_for_export(model.lm, merge=merge)
-        base_lm.save_pretrained(os.path.join(directory, "lm"), state_dict=state)
+        base_lm.save_pretrained(os.path.join(directory, "lm"), state_dict=state, save_original_format=False)
         if adapter:
             model.lm.save_pretrained(os.path.join(directory, "lm_adapter"))
-        model.vision.model.save_pretrained(os.path.join(directory, "vision"))
+        save_vision(model.vision, self.cfg.vision, os.path.join(directory, "vision"))
         own = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
                if not k.startswith(("lm.", "vision."))}
         save_file(own, os.path.join(directory, "r2genkg.safetensors"))
@@ -346,7 +346,7 @@ class R2GenKGFamily(ModelFamily):
             if Path(root).resolve() != target.resolve():
                 shutil.rmtree(target, ignore_errors=True)
                 shutil.copytree(root, target)
-        meta = {"family": self.name, "model_config": to_dict(self.cfg), "options": to_dict(self.opts),
+        meta = {"family": self.name, "model_config": to_dict(export_config(self.cfg)), "options": to_dict(self.opts),
                 "tuning": model.rrg_tuning, "lm_adapter": adapter}
         with open(os.path.join(directory, MODEL_JSON), "w") as fh:
             json.dump(meta, fh, indent=2)

@@ -78,6 +78,25 @@ def image_stats(cfg: VisionConfig) -> tuple[list[float], list[float]]:
     return per_channel(src.mean), per_channel(src.std)
 
 
+def resolved(cfg: VisionConfig) -> VisionConfig:
+    """``cfg`` with the input size and normalisation it resolves to (what an export records)."""
+    import dataclasses
+
+    mean, std = image_stats(cfg)
+    return dataclasses.replace(cfg, image_size=input_size(cfg), mean=mean, std=std)
+
+
+def save_vision(encoder: "VisionEncoder", cfg: VisionConfig, directory: str) -> None:
+    """The tower as a plain Hugging Face directory + the preprocessing it runs with (``preprocessor_config.json``)."""
+    import json
+    import os
+
+    encoder.model.save_pretrained(directory)
+    mean, std = image_stats(cfg)
+    with open(os.path.join(directory, "preprocessor_config.json"), "w") as fh:
+        json.dump({"image_mean": mean, "image_std": std, "size": input_size(cfg)}, fh)
+
+
 def load_vision_model(cfg: VisionConfig, attn_implementation: str, *, weights: bool = True) -> PreTrainedModel:
     """The HF vision model: from the checkpoint at ``cfg.path`` (any format rrg reads), or a fresh one.
 

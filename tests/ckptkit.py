@@ -48,9 +48,12 @@ def _llama(vocab: int, **kw):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(kw.pop("seed", 0))
+    # a large init scale: the random LM then writes varied text (at the usual 0.02 it repeats one token, which
+    # would make "the same text from two paths" hold trivially)
     cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=4, vocab_size=vocab, max_position_embeddings=4096, bos_token_id=1,
-                      eos_token_id=2, pad_token_id=None, tie_word_embeddings=False, rms_norm_eps=1e-5, **kw)
+                      eos_token_id=2, pad_token_id=None, tie_word_embeddings=False, rms_norm_eps=1e-5,
+                      initializer_range=0.3, **kw)
     return LlamaForCausalLM(cfg)
 
 
@@ -119,11 +122,14 @@ GEMMA_CHAT_TEMPLATE = (  # Gemma 3's turn format (tokenizer_config.json "chat_te
 GEMMA_SPECIALS = ("<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>", "<image_soft_token>")
 
 
-def medgemma(d: Path, image_size: int = 56) -> Path:
+def medgemma(d: Path, image_size: int = 56, tied: bool = True) -> Path:
     """google/medgemma-4b-it: a ``Gemma3ForConditionalGeneration`` (SigLIP tower + Gemma3 text model) written by
     ``save_pretrained`` (keys ``language_model.model.*``, ``vision_tower.vision_model.*``,
     ``multi_modal_projector.*``, as the hub files), its Gemma tokenizer with the turn markers and the chat template,
-    and the Gemma3 image processor's ``preprocessor_config.json`` (mean/std 0.5)."""
+    and the Gemma3 image processor's ``preprocessor_config.json`` (mean/std 0.5).
+
+    ``tied=False`` unties the output layer (the real checkpoint ties it: no ``lm_head`` key): a random tied Gemma
+    echoes the prompt's last token, so the end-to-end test, which needs varied text, unties it."""
     from transformers import AutoTokenizer, Gemma3Config, Gemma3ForConditionalGeneration
 
     d.mkdir(parents=True, exist_ok=True)
@@ -144,13 +150,14 @@ def medgemma(d: Path, image_size: int = 56) -> Path:
     cfg = Gemma3Config(
         text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                          num_key_value_heads=1, head_dim=32, vocab_size=len(tok) + 24, sliding_window=64,
-                         layer_types=["sliding_attention", "full_attention"], max_position_embeddings=4096),
+                         layer_types=["sliding_attention", "full_attention"], max_position_embeddings=4096,
+                         initializer_range=0.3, tie_word_embeddings=tied),  # varied text from a random LM
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                            image_size=image_size, patch_size=14, vision_use_head=False),
         mm_tokens_per_image=4, image_token_index=image_id,
         boi_token_index=tok.convert_tokens_to_ids("<start_of_image>"),
         eoi_token_index=tok.convert_tokens_to_ids("<end_of_image>"), bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=tied)
     Gemma3ForConditionalGeneration(cfg).save_pretrained(d)
     _json(d / "preprocessor_config.json", {"do_normalize": True, "do_resize": True, "image_mean": [0.5, 0.5, 0.5],
                                            "image_processor_type": "Gemma3ImageProcessor", "image_seq_length": 4,

@@ -49,8 +49,9 @@ def world(shards, tmp_path_factory):
     from shards.segmenter import UNet
 
     tmp = tmp_path_factory.mktemp("real")
-    ck = {name: getattr(ckptkit, name)(tmp / "ckpt" / name) for name in
-          {n for v, lm, _ in CONFIGS.values() for n in (v, lm)}}
+    made = {n for v, lm, _ in CONFIGS.values() for n in (v, lm)}
+    ck = {name: (ckptkit.medgemma(tmp / "ckpt" / name, tied=False) if name == "medgemma" else
+                 getattr(ckptkit, name)(tmp / "ckpt" / name)) for name in made}
     torch.manual_seed(0)
     UNet(1, len(CXAS7), width=4, depth=2).save_pretrained(str(tmp / "unet"), CXAS7, input_size=32)
     shutil.copytree(shards, tmp / "shards")
