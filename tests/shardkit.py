@@ -102,3 +102,23 @@ def resume_and_dump(jobs_path: str, out_path: str) -> None:
 
 def all_keys(split: str, counts: list[int]) -> list[str]:
     return [sample_key(split, s, i) for s, n in enumerate(counts) for i in range(n)]
+
+
+def png_bomb(path: str | os.PathLike, side: int = 24_000) -> Path:
+    """A valid 8-bit grey PNG of ``side`` x ``side`` black pixels (24,000: 576 MP, ~560 KB on disk),
+    written chunk by chunk (the PNG spec's IHDR / IDAT / IEND with zlib rows) without ever holding
+    the image: what a decompression bomb among real radiographs looks like."""
+    import struct
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    comp = zlib.compressobj(9)
+    row = b"\x00" * (side + 1)  # filter byte 0 + one byte per pixel
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)))
+        data = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+        f.write(chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path
