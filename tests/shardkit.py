@@ -36,10 +36,11 @@ def sample_key(split: str, shard: int, i: int) -> str:
 
 def write_shard_set(root: str | os.PathLike, sizes: dict[str, list[int]], *, corrupt: set[str] = frozenset(),
                     missing_view: set[str] = frozenset(), truncate: dict[str, int] | None = None,
-                    image_size: int = 32) -> Manifest:
+                    image_size: int = 32, override_view: dict[str, bytes] | None = None) -> Manifest:
     """Write ``sizes[split][i]`` samples into shard ``<split>-00000i.tar`` and publish the manifest.
 
     corrupt: keys whose view0.png bytes are garbage; missing_view: keys written without view0.png;
+    override_view: key -> the bytes stored as its view0.png (a hostile image, an empty file);
     truncate: shard file -> number of samples kept whole; the tar is cut inside the next sample's first member.
     """
     root = Path(root)
@@ -59,6 +60,8 @@ def write_shard_set(root: str | os.PathLike, sizes: dict[str, list[int]], *, cor
                     sample = {"__key__": key, "json": json.dumps(record).encode()}
                     if key not in missing_view:
                         sample["view0.png"] = b"\x89PNG garbage" if key in corrupt else png_bytes(zlib.crc32(key.encode()), image_size)
+                    if override_view and key in override_view:
+                        sample["view0.png"] = override_view[key]
                     if with_masks:
                         sample["masks.bin"] = encode_masks(np.ones((2, 32, 32), bool))
                     if i % 4 == 1:

@@ -258,13 +258,18 @@ def acquire(output_dir: str | os.PathLike, *, stale_s: float = 120.0, wait_s: fl
         time.sleep(poll_s)
 
 
-@contextlib.contextmanager
-def run_lock(output_dir: str | os.PathLike, *, stale_s: float = 120.0, wait_s: float = 0.0) -> Iterator[None]:
-    """Hold the run lock of ``output_dir`` for the body (created if missing)."""
+def acquire_checked(output_dir: str | os.PathLike, *, stale_s: float = 120.0, wait_s: float = 0.0) -> Optional[RunLock]:
+    """:func:`acquire`, after making sure ``output_dir`` is (or can be made) a writable directory."""
     from trainer.runguard import check_writable
 
     check_writable(output_dir, "output_dir")  # a file in the way or a read-only dir: one line, exit 5
-    lock = acquire(output_dir, stale_s=stale_s, wait_s=wait_s)
+    return acquire(output_dir, stale_s=stale_s, wait_s=wait_s)
+
+
+@contextlib.contextmanager
+def run_lock(output_dir: str | os.PathLike, *, stale_s: float = 120.0, wait_s: float = 0.0) -> Iterator[None]:
+    """Hold the run lock of ``output_dir`` for the body (created if missing)."""
+    lock = acquire_checked(output_dir, stale_s=stale_s, wait_s=wait_s)
     try:
         yield
     finally:

@@ -371,10 +371,10 @@ def main(argv: list[str] | None = None) -> None:
     lock = None
     try:
         if dist.get_rank() == 0:  # plain torchrun users: rank 0 is the driver (under `rrg train`, its lock)
-            from trainer.runlock import acquire
+            from trainer.runlock import acquire_checked
 
-            lock = acquire(Path(cfg.output_dir).resolve(), stale_s=cfg.checkpoint.lock_stale_s,
-                           wait_s=cfg.checkpoint.lock_wait_s)
+            lock = acquire_checked(Path(cfg.output_dir).resolve(), stale_s=cfg.checkpoint.lock_stale_s,
+                                   wait_s=cfg.checkpoint.lock_wait_s)
         loop_config = broadcast_json(prepare_run(cfg) if dist.get_rank() == 0 else None)
         cfg = config_from_dict(loop_config["config"])
         # SIGTERM/SIGUSR1 (srun, torchrun's agent, a SLURM preemption) to any rank: checkpoint at the next step, stop
