@@ -19,20 +19,27 @@ TRAIN = [f"train.max_steps={STEPS}", "checkpoint.every_steps=10", "cluster.num_w
 EVAL = ["eval.bootstrap=0", "eval.meteor=false", "eval.max_new_tokens=16", "--checkpoint", "latest"]
 
 
-def _run_all(procs: dict) -> dict:
-    """Wait for every process at once; name -> (returncode, log, end time)."""
-    out = {}
+class Job:
+    """A started command whose output is read all along (a full pipe would stall it)."""
 
-    def wait(name, proc):
-        log, _ = proc.communicate(timeout=900)
-        out[name] = (proc.returncode, log, time.time())
+    def __init__(self, args: list[str], **kw):
+        self.proc = rrg(args, **kw)
+        self.log, self.end = "", None
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
 
-    threads = [threading.Thread(target=wait, args=item) for item in procs.items()]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return out
+    def _read(self) -> None:
+        self.log, _ = self.proc.communicate()
+        self.end = time.time()
+
+    def wait(self, timeout: float = 900) -> "Job":
+        self._thread.join(timeout)
+        assert self.end is not None, f"still running after {timeout}s:\n{self.log[-3000:]}"
+        return self
+
+    @property
+    def code(self) -> int:
+        return self.proc.returncode
 
 
 @pytest.mark.slow
@@ -42,32 +49,33 @@ def test_two_trainings_and_an_eval_at_once_each_finish_with_the_solo_results(sha
     reference = step_losses(solo)
     assert sorted(reference) == list(range(1, STEPS + 1))
     ev = ["eval", TINY, f"data.shards_dir={shards}", f"output_dir={solo}", *EVAL]
-    (code, log, _), = _run_all({"eval": rrg([*ev, "--out", str(tmp_path / "eval-solo")])}).values()
-    assert code == 0, log[-4000:]
+    alone = Job([*ev, "--out", str(tmp_path / "eval-solo")]).wait()
+    assert alone.code == 0, alone.log[-4000:]
 
     env = env_offline(tmp_path)
     started = time.time()
-    procs = {name: rrg(["train", TINY, *TRAIN, f"data.shards_dir={shards}", f"output_dir={tmp_path / name}"], env=env)
-             for name in ("a", "b")}
-    procs["eval"] = rrg([*ev, "--out", str(tmp_path / "eval-busy")])
+    jobs = {name: Job(["train", TINY, *TRAIN, f"data.shards_dir={shards}", f"output_dir={tmp_path / name}"], env=env)
+            for name in ("a", "b")}
+    jobs["eval"] = Job([*ev, "--out", str(tmp_path / "eval-busy")])
     # meanwhile, a third training into a's directory is refused at once by a's run lock
     lock = tmp_path / "a" / ".run.lock"
     while not lock.is_file():
-        assert procs["a"].poll() is None, "a ended before it took its run lock"
+        assert jobs["a"].end is None, f"a ended before it took its run lock:\n{jobs['a'].log[-4000:]}"
         time.sleep(0.2)
     a_started = time.time()
-    (code, log, _), = _run_all({"dup": rrg(["train", TINY, *TRAIN, f"data.shards_dir={shards}",
-                                            f"output_dir={tmp_path / 'a'}"], env=env)}).values()
-    line = [ln for ln in log.splitlines() if ln.startswith("rrg: ")][-1]
-    assert code == 4 and f"pid {procs['a'].pid} on" in line and "in use by another training run" in line, log[-3000:]
-    assert procs["a"].poll() is None and procs["b"].poll() is None, "a or b ended before the probe: no overlap"
+    dup = Job(["train", TINY, *TRAIN, f"data.shards_dir={shards}", f"output_dir={tmp_path / 'a'}"], env=env).wait()
+    assert jobs["a"].end is None and jobs["b"].end is None, \
+        f"a or b ended before the probe (no overlap):\n{jobs['a'].log[-3000:]}\n{jobs['b'].log[-3000:]}"
+    line = [ln for ln in dup.log.splitlines() if ln.startswith("rrg: ")][-1]
+    assert dup.code == 4 and f"pid {jobs['a'].proc.pid} on" in line and "in use by another training run" in line, \
+        dup.log[-3000:]
 
-    done = _run_all(procs)
-    for name, (code, log, _) in done.items():
-        assert code == 0, f"{name}:\n{log[-5000:]}"
-        assert "Found multiple active Ray instances" not in log, f"{name} went looking for a cluster:\n{log[-3000:]}"
-        assert "PlacementGroupCleaner" not in log
-    assert done["eval"][2] > a_started > started, "the evaluation did not overlap the trainings"
+    for name, job in jobs.items():
+        job.wait()
+        assert job.code == 0, f"{name}:\n{job.log[-5000:]}"
+        assert "Found multiple active Ray instances" not in job.log, f"{name} went looking for a cluster"
+        assert "PlacementGroupCleaner" not in job.log
+    assert jobs["eval"].end > a_started > started, "the evaluation did not overlap the trainings"
     assert step_losses(tmp_path / "a") == reference == step_losses(tmp_path / "b")
     for file in ("predictions.jsonl", "metrics.json"):
         assert (tmp_path / "eval-busy" / file).read_text() == (tmp_path / "eval-solo" / file).read_text(), file
