@@ -502,6 +502,8 @@ def _known_error(err: BaseException) -> tuple[int, BaseException | None]:
     code = next(c for types, c in table if isinstance(found, types))
     if isinstance(found, ConfigError):
         return code, f"invalid configuration: {found}"
+    if isinstance(found, OSError) and found.strerror:  # StorageError: its message, not "[Errno 28] ..."
+        return code, found.strerror
     return code, found
 
 

@@ -41,7 +41,7 @@ class ImageSkip(OSError):
 
     def __init__(self, where: str, reason: str, detail: str = ""):
         super().__init__(f"{where}: {reason}{f' ({detail})' if detail else ''}")
-        self.where, self.reason = where, reason
+        self.where, self.reason, self.detail = where, reason, detail
 
 
 def _truncated(err: BaseException) -> bool:

@@ -210,7 +210,7 @@ def pack_study(study: Study, index: int, split: str, key: str, build: BuildConfi
             if view.image is not None:
                 raise
             reason = getattr(err, "reason", "unreadable_image")
-            unreadable.append(DicomSkip(str(view.path), reason, f"{view.position}: {err}"))
+            unreadable.append(DicomSkip(str(view.path), reason, f"{view.position}: {getattr(err, 'detail', err)}"))
             continue
         i = len(views)
         sample[f"view{i}.{ext}"] = data

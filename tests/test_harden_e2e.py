@@ -294,3 +294,33 @@ def test_workers_without_resources_fail_after_the_start_timeout_and_sigterm_stop
             head.wait(timeout=90)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_a_full_disk_in_the_workers_is_one_line_exit_5_without_tracebacks_or_retries(shards, tmp_path):
+    """The full-disk probe without a small file system: every checkpoint that appears gets a sparse 1 PiB
+    file (no blocks on disk), so the next save's free-space check (the previous checkpoint's size +5%)
+    fails in every worker, as it does when the disk fills up."""
+    import time
+
+    out = tmp_path / "full"
+    proc = rrg(["train", TINY, "train.max_steps=60", "checkpoint.every_steps=2", "checkpoint.keep_last=10",
+                f"data.shards_dir={shards}", f"output_dir={out}", RAY_TMP, "cluster.max_failures=2"],
+               env=env_offline(tmp_path))
+    padded: set[str] = set()
+    while proc.poll() is None:
+        for ck in (out / "checkpoints").glob("step_*"):
+            if ck.name not in padded:
+                with open(ck / "pad", "wb") as f:
+                    f.truncate(1 << 50)
+                padded.add(ck.name)
+        time.sleep(0.05)
+    log = proc.stdout.read()
+    lines = [ln for ln in log.splitlines() if ln.startswith("rrg: ")]
+    assert proc.returncode == 5, log[-4000:]
+    assert "cannot write a checkpoint to" in lines[-1] and "MiB free" in lines[-1] and "[Errno" not in lines[-1]
+    assert f"traceback: {out / 'logs' / 'worker_errors.log'}]" in lines[-1]
+    assert sum("cannot write a checkpoint" in ln for ln in lines) == 1, lines
+    assert "Traceback" not in log and log.count("Started training worker group") == 1, log[-4000:]
+    assert "StorageError" in (out / "logs" / "worker_errors.log").read_text()
+    assert json.loads((out / "FATAL.json").read_text())["exit_code"] == 5

@@ -263,7 +263,8 @@ def record_fatal(output_dir: str | os.PathLike, err: BaseException, rank: Option
         from configs.atomic import atomic_write_json
 
         try:
-            atomic_write_json(path, {"type": name, "message": str(err), "exit_code": code, "rank": rank,
+            message = err.strerror if isinstance(err, OSError) and err.strerror else str(err)  # no "[Errno 28]"
+            atomic_write_json(path, {"type": name, "message": message, "exit_code": code, "rank": rank,
                                      "traceback_log": str(log) if log else None})
         except OSError:
             pass
