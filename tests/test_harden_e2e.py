@@ -298,7 +298,7 @@ def test_workers_without_resources_fail_after_the_start_timeout_and_sigterm_stop
 
 @pytest.mark.slow
 def test_a_full_disk_in_the_workers_is_one_line_exit_5_without_tracebacks_or_retries(shards, tmp_path):
-    """The full-disk probe without a small file system: every checkpoint that appears gets a sparse 1 PiB
+    """The full-disk probe without a small file system: every checkpoint that appears gets a sparse 8 TiB
     file (no blocks on disk), so the next save's free-space check (the previous checkpoint's size +5%)
     fails in every worker, as it does when the disk fills up."""
     import time
@@ -308,14 +308,22 @@ def test_a_full_disk_in_the_workers_is_one_line_exit_5_without_tracebacks_or_ret
                 f"data.shards_dir={shards}", f"output_dir={out}", RAY_TMP, "cluster.max_failures=2"],
                env=env_offline(tmp_path))
     padded: set[str] = set()
-    while proc.poll() is None:
-        for ck in (out / "checkpoints").glob("step_*"):
-            if ck.name not in padded:
-                with open(ck / "pad", "wb") as f:
-                    f.truncate(1 << 50)
-                padded.add(ck.name)
-        time.sleep(0.05)
-    log = proc.stdout.read()
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.append(proc.stdout.read()), daemon=True)
+    reader.start()  # a full pipe would stall the run
+    try:
+        while proc.poll() is None:
+            for ck in (out / "checkpoints").glob("step_*"):
+                if ck.name not in padded:
+                    with open(ck / "pad", "wb") as f:
+                        f.truncate(1 << 43)  # 8 TiB apparent (ext4 allows 16), no block written
+                    padded.add(ck.name)
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(60)
+    log = output[0]
     lines = [ln for ln in log.splitlines() if ln.startswith("rrg: ")]
     assert proc.returncode == 5, log[-4000:]
     assert "cannot write a checkpoint to" in lines[-1] and "MiB free" in lines[-1] and "[Errno" not in lines[-1]
