@@ -256,7 +256,7 @@ def decode(key: str, shard: str, members: dict[str, bytes]) -> DecodedSample:
             try:
                 images.append(_image(members[suffix]))
             except ImageSkip as skip:  # checked from its header: a bomb or empty view is never decoded
-                raise _Bad(f"member .{suffix}: {skip.reason} ({skip})", reason=skip.reason) from None
+                raise _Bad(f"undecodable: member .{suffix}: {skip.reason} ({skip.detail})", reason=skip.reason) from None
         masks, channels = None, []
         if record.get("masks"):
             name = record["masks"].get("member", "masks.bin")
