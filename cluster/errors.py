@@ -20,7 +20,8 @@ def _children(err: BaseException) -> list[BaseException]:
     failures = getattr(err, "worker_failures", None)
     if isinstance(failures, dict):
         out += [failures[k] for k in sorted(failures)]
-    for attr in ("controller_failure", "cause", "__cause__", "__context__"):
+    # Ray Train V2 wraps a worker's exception as UserExceptionWithTraceback(_base_exc)
+    for attr in ("controller_failure", "cause", "_base_exc", "__cause__", "__context__"):
         child = getattr(err, attr, None)
         if isinstance(child, BaseException):
             out.append(child)

@@ -105,7 +105,12 @@ def build_manifests(cfg: Any) -> list[dict]:
     cm_meta: dict[str, Any] = {"name": config_map, "labels": dict(meta["labels"])}
     if k8s.namespace:
         meta["namespace"] = cm_meta["namespace"] = k8s.namespace
-    run_yaml = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    run = cfg.to_dict()
+    # a retry on a new RayCluster may start while the evicted pod's lock (trainer/runlock.py) still looks
+    # alive on the shared volume: it waits for that lock to go silent instead of failing at once
+    ck = run["checkpoint"]
+    ck["lock_wait_s"] = max(float(ck.get("lock_wait_s") or 0), 2 * float(ck.get("lock_stale_s") or 120))
+    run_yaml = yaml.safe_dump(run, sort_keys=False)
     return [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": cm_meta, "data": {"run.yaml": run_yaml}},
             {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": meta, "spec": spec}]
 

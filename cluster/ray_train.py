@@ -5,6 +5,11 @@ or ``RAY_ADDRESS``) joins an existing cluster.  Driver-side preparation (shards,
 resolved config) comes from :mod:`trainer.prepare`; the workers run
 :func:`trainer.worker.train_worker`.  SIGTERM/SIGUSR1 ask the workers to checkpoint and stop;
 the command then exits 75 so a requeued job resumes.
+
+Failures: an error rrg knows (trainer/runguard.py ``KNOWN_ERRORS``) raised in a worker is not
+retried: :class:`KnownErrorsFailurePolicy` ends the run at once, without Ray's traceback log, and the
+CLI prints the error's line.  Everything else (a worker SIGKILLed or out of memory, a node lost, a
+preemption) goes to Ray's default policy and is retried up to ``cluster.max_failures``.
 """
 from __future__ import annotations
 
@@ -55,18 +60,69 @@ def _free_summary() -> str:
     return ", ".join(f"{free.get(k, 0):g} {k}" for k in ("CPU", "GPU") if k in ray.cluster_resources()) or "nothing"
 
 
+def _known_worker_error(err: BaseException) -> Optional[BaseException]:
+    from cluster.errors import unwrap
+    from trainer.runguard import known_errors
+
+    return unwrap(err, tuple(t for types, _ in known_errors() for t in types))
+
+
+def _failure_policy_cls():
+    from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy
+    from ray.train.v2._internal.execution.failure_handling.failure_policy import FailureDecision
+
+    class KnownErrorsFailurePolicy(DefaultFailurePolicy):
+        """Ray's default policy, except that a worker group failing with an error rrg knows is not
+        restarted (the same data, config or checkpoint fails the same way) and not logged with its
+        traceback (the worker wrote that to ``logs/worker_errors.log``)."""
+
+        def make_decision(self, training_failed_error):
+            if _known_worker_error(training_failed_error) is not None:
+                return FailureDecision.RAISE
+            return super().make_decision(training_failed_error)
+
+    return KnownErrorsFailurePolicy
+
+
+def _trainer_cls(embedded: bool):
+    """TorchTrainer with rrg's failure policy and, on an embedded cluster, without the placement-group
+    cleaner: that detached actor polls the State API through address discovery (and the embedded
+    cluster, the only thing it would clean, goes away with the driver anyway)."""
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    policy_cls = _failure_policy_cls()
+
+    class RrgTorchTrainer(TorchTrainer):
+        def _initialize_and_run_controller(self, **kwargs):
+            kwargs["failure_policy"] = policy_cls(self.run_config.failure_config)
+            if embedded:
+                kwargs["callbacks"] = [c for c in kwargs["callbacks"]
+                                       if not isinstance(c, PlacementGroupCleanerCallback)]
+            return super()._initialize_and_run_controller(**kwargs)
+
+    return RrgTorchTrainer
+
+
 def run_training(cfg: RunConfig, address: Optional[str] = None) -> dict[str, Any]:
+    from trainer.runlock import run_lock_of
+
+    with run_lock_of(cfg):  # before Ray starts and before anything is written into output_dir
+        return _run_training(cfg, address)
+
+
+def _run_training(cfg: RunConfig, address: Optional[str]) -> dict[str, Any]:
     pool = RayTaskPool(address=address, temp_dir=cfg.cluster.ray_temp_dir)  # brings Ray up (or joins it)
     check_resources(cfg)
     loop_config = prepare_run(cfg, pool)
     from ray.train import FailureConfig, RunConfig as RayRunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from cluster.loopback import BoundTorchConfig
+    from cluster.ray_util import embedded
 
     from trainer.worker import train_worker
 
-    trainer = TorchTrainer(
+    trainer = _trainer_cls(embedded())(
         train_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=cfg.cluster.num_workers, use_gpu=cfg.cluster.use_gpu,

@@ -7,16 +7,30 @@ address, and on machines where only loopback may carry traffic a bare
 single-node cluster on loopback; usage stats and the dashboard stay off.  The
 temp dir holds unix sockets, whose paths are limited to ~107 bytes, so it must
 be short and absolute (``/tmp/rrg-ray-<uid>`` by default).
+
+Isolation: several rrg jobs (and other Ray users) share a machine.  Every embedded cluster gets
+its own temp dir (``<temp dir>/<driver pid>``, removed when the driver exits) and is started with
+``address="local"``; a joined cluster is named by its address.  Nothing is found by discovery:
+Ray's own discovery (``ray.init()`` or the State API without an address: ``RAY_ADDRESS``, then
+``/tmp/ray/ray_current_cluster``, then every ``gcs_server`` process on the machine, which fails with
+"Found multiple active Ray instances" as soon as there are two) is pinned in every worker process
+of an rrg job to the job's own cluster (``RAY_ADDRESS`` set by the worker setup hook), and Ray
+Train's placement-group cleaner, which polls the State API that way, is not started for an
+embedded cluster (cluster/ray_train.py: the cluster dies with its driver anyway).
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 # The session dir Ray creates below the temp dir, plus the longest socket name, take about 60 bytes.
 _MAX_TEMP_DIR_LEN = 45
+_PID_DIGITS = 8  # the per-driver subdirectory: "/<pid>"
+_EMBEDDED: list[str] = []  # the temp dir of the cluster this process started (empty: none, or joined one)
 
 _LOOPBACK_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -29,15 +43,35 @@ def default_temp_dir() -> str:
 
 
 def _checked_temp_dir(temp_dir: str | None) -> str:
-    path = os.path.abspath(os.path.expanduser(temp_dir or default_temp_dir()))
-    if len(path) > _MAX_TEMP_DIR_LEN:
+    """``<temp dir>/<this pid>``: one cluster's own directory (sockets, session, logs)."""
+    base = os.path.abspath(os.path.expanduser(temp_dir or default_temp_dir()))
+    limit = _MAX_TEMP_DIR_LEN - 1 - _PID_DIGITS
+    if len(base) > limit:
         raise ValueError(
-            f"Ray temp dir '{path}' is {len(path)} characters; Ray puts unix sockets below it and "
-            f"socket paths are limited to ~107 bytes, so keep it under {_MAX_TEMP_DIR_LEN} "
+            f"Ray temp dir '{base}' is {len(base)} characters; Ray puts unix sockets below it (in a "
+            f"directory per cluster) and socket paths are limited to ~107 bytes, so keep it under {limit} "
             f"(e.g. {default_temp_dir()})"
         )
+    path = os.path.join(base, str(os.getpid()))
     Path(path).mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _remove_own_temp_dir() -> None:
+    """At exit: shut the embedded cluster down, then remove its directory (a killed driver leaves it)."""
+    import ray
+
+    if _EMBEDDED:
+        ray.shutdown()
+    while _EMBEDDED:
+        shutil.rmtree(_EMBEDDED.pop(), ignore_errors=True)
+
+
+def embedded() -> bool:
+    """True when this process started the Ray cluster it is connected to (no ``--address``)."""
+    import ray
+
+    return bool(_EMBEDDED) and ray.is_initialized()
 
 
 def _keep_loopback() -> None:
@@ -59,13 +93,38 @@ class _DropStateApiNoise(logging.Filter):
         return "State API may be temporarily unavailable" not in record.getMessage()
 
 
+class _NoTracebackForTransientTimeouts(logging.Filter):
+    """Ray Train's controller logs a GetTimeoutError with its whole traceback whenever a resource
+    request is slow on a busy machine, adding that it is "safe to ignore": the line stays, the
+    traceback goes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
 def quiet_worker_logs() -> None:
-    """Runs in every Ray worker process of an rrg job (``worker_process_setup_hook``)."""
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").addFilter(
         _DropStateApiNoise())
+    logging.getLogger("ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client").addFilter(
+        _NoTracebackForTransientTimeouts())
 
 
-_RUNTIME_ENV = {"worker_process_setup_hook": "cluster.ray_util.quiet_worker_logs"}
+def pin_own_cluster() -> None:
+    """``RAY_ADDRESS`` = the cluster this worker belongs to, so any code in it that would discover a
+    cluster (``ray.init()``, ``ray.util.state`` without an address) finds its own and no other."""
+    import ray
+
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+
+
+def setup_worker_process() -> None:
+    """Runs in every Ray worker process of an rrg job (``worker_process_setup_hook``)."""
+    pin_own_cluster()
+    quiet_worker_logs()
+
+
+_RUNTIME_ENV = {"worker_process_setup_hook": "cluster.ray_util.setup_worker_process"}
 
 
 def ensure_ray(address: str | None = None, temp_dir: str | None = None, num_cpus: int | None = None) -> None:
@@ -86,16 +145,20 @@ def ensure_ray(address: str | None = None, temp_dir: str | None = None, num_cpus
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, runtime_env=_RUNTIME_ENV)
         return
     _keep_loopback()
+    own_dir = _checked_temp_dir(temp_dir)
     ray.init(
-        address="local",  # never pick up a RAY_ADDRESS from the environment by accident
+        address="local",  # a new cluster, never one found on the machine or in RAY_ADDRESS
         num_cpus=num_cpus,
         include_dashboard=False,
-        _temp_dir=_checked_temp_dir(temp_dir),
+        _temp_dir=own_dir,
         _node_ip_address="127.0.0.1",  # the node registers (and listens) on loopback
         logging_level=logging.WARNING,
         log_to_driver=True,
         runtime_env=_RUNTIME_ENV,
     )
+    if not _EMBEDDED:
+        atexit.register(_remove_own_temp_dir)  # runs before Ray's own atexit shutdown (registered earlier)
+    _EMBEDDED.append(own_dir)
 
 
 class RayTaskPool:

@@ -81,7 +81,7 @@ class ClusterConfig:
     address: Optional[str] = None  # join an existing Ray cluster; None = embedded local one on loopback
     max_failures: int = 2  # worker-group restarts from the latest checkpoint
     start_timeout_s: float = 600.0  # a worker group waits this long for its resources, then the run fails (exit 7)
-    ray_temp_dir: Optional[str] = None  # default: <output_dir>/../.ray (kept short for unix sockets)
+    ray_temp_dir: Optional[str] = None  # default /tmp/rrg-ray-<uid>; each embedded cluster uses <it>/<driver pid>
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     k8s: K8sConfig = field(default_factory=K8sConfig)
 

@@ -148,6 +148,13 @@ def cmd_train(args):
     if args.overwrite:  # implies a fresh start
         cfg.checkpoint.overwrite = args.overwrite
         cfg.checkpoint.resume = "none" if args.resume is None else cfg.checkpoint.resume
+    from trainer.runlock import run_lock_of
+
+    with run_lock_of(cfg):  # one run per output_dir, refused before Ray or torch are even imported
+        _train(cfg, args)
+
+
+def _train(cfg, args) -> None:
     if cfg.cluster.backend == "torchrun":
         from cluster.torchrun import run_training as torchrun_training
 
@@ -513,6 +520,8 @@ def _known_error(err: BaseException) -> tuple[int, BaseException | None]:
     code = next(c for types, c in table if isinstance(found, types))
     if isinstance(found, ConfigError):
         return code, f"invalid configuration: {found}"
+    if isinstance(found, OSError) and found.strerror:  # StorageError: its message, not "[Errno 28] ..."
+        return code, found.strerror
     return code, found
 
 

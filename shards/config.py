@@ -35,6 +35,9 @@ class BuildConfig:
     max_skip_fraction: float = 0.2
     progress: bool = True
     lock_wait_s: float = 0.0  # another build holds the directory: wait this long, then refuse
+    # images whose header promises more pixels are skipped (image_too_large) before decoding: a build
+    # task's memory is bounded by this, not by what files claim (shards/imageio.py)
+    max_image_pixels: int = 50_000_000
 
     def validate(self, key: str) -> None:
         if self.image_size < 16:
@@ -43,6 +46,9 @@ class BuildConfig:
             raise ConfigError(f"{key}.jpeg_quality", "must be within 1..100")
         if self.samples_per_shard < 1:
             raise ConfigError(f"{key}.samples_per_shard", "must be >= 1")
+        if self.max_image_pixels < self.image_size ** 2:
+            raise ConfigError(f"{key}.max_image_pixels", f"must be >= image_size**2 ({self.image_size ** 2}), "
+                                                         f"got {self.max_image_pixels}")
         if self.dicom_window not in ("voi", "minmax", "none"):
             raise ConfigError(f"{key}.dicom_window", f"must be voi, minmax or none, got {self.dicom_window!r}")
         if not 0.0 <= self.max_skip_fraction <= 1.0:

@@ -150,16 +150,23 @@ def _value_range(ds, stored: np.ndarray, slope: float, intercept: float) -> tupl
     return min(a, b), max(a, b)
 
 
-def decode_dicom(path: str, window: DicomWindow = "voi") -> DicomImage:
-    """Read a DICOM radiograph as float32 (H, W) in [0, 1]; raises DicomSkip when it cannot be used."""
+def decode_dicom(path: str, window: DicomWindow = "voi", max_pixels: int = 50_000_000) -> DicomImage:
+    """Read a DICOM radiograph as float32 (H, W) in [0, 1]; raises DicomSkip when it cannot be used.
+
+    Rows x Columns is checked against ``max_pixels`` before the pixel data is read or decoded
+    (``image_too_large``): large elements are deferred until the check has passed."""
     pydicom = _pydicom()
 
     if window not in WINDOWS:
         raise ValueError(f"dicom_window must be one of {WINDOWS}, got {window!r}")
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(path, defer_size="1 MB")
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     except Exception as err:  # noqa: BLE001
         raise DicomSkip(path, "not a readable DICOM file", type(err).__name__) from None
+    if rows * cols > max_pixels:
+        raise DicomSkip(path, "image_too_large", f"{cols} x {rows} = {rows * cols / 1e6:.1f} MP in its header, over "
+                                                 f"data.build.max_image_pixels={max_pixels / 1e6:g} MP; not decoded")
     stored = _stored_pixels(ds, path)
     if stored.ndim != 2:
         raise DicomSkip(path, f"unexpected pixel array shape {stored.shape}")

@@ -159,43 +159,74 @@ def _iu_xml(uid: str, sections: dict[str, str], images: list[str], captions: lis
 
 IU_FULL = {"COMPARISON": "None.", "INDICATION": "Cough.", "FINDINGS": "The lungs are clear.",
            "IMPRESSION": "No acute disease."}
-IU_EXAM = "Xray Chest PA and Lateral"  # Open-i's caption: the examination, the same on every image
+# Open-i's captions are the examination, written on every image of a study, and de-identified: the
+# three below stand for the patterns of the public reports (the XML layout is that of Open-i's
+# ecgen-radiology files: parentImage id / figureId / caption / panel url).
+IU_EXAM = "Xray Chest PA and Lateral"
+IU_REDACTED = "Chest XXXX and lateral"  # XXXX was "PA": not a lateral-only study
+IU_BOTH = "PA and lateral"
 
 
 def iu_image_id(n: int, k: int) -> str:
     return f"CXR{n}_1_IM-000{n}-{1001 + k}"
 
 
-def make_iu_xray(root: str | os.PathLike, malformed: bool = False, size: int = 48) -> Path:
-    """Open-i layout (images ``iu_image_id(n, k)``; captions the examination unless said):
+def _iu_png(path: Path, kind: str, h: int, w: int, seed: int) -> None:
+    """A frontal or lateral phantom (shards/demo_image.py) at (h, w); "flat" is the plain gradient."""
+    import numpy as np
+    from PIL import Image
 
-    CXR1 two views, full report -> both, position UNKNOWN in XML order
-    CXR2 no FINDINGS (impression only)   | CXR3 one of two images missing -> the first only (view_missing_image)
+    from shards.demo_image import render_frontal, render_lateral, sample_anatomy
+
+    if kind == "flat":
+        write_png(path, h, w, seed=seed, bits=8)
+        return
+    rng = np.random.default_rng(seed)
+    an = sample_anatomy(rng)
+    img = render_frontal(an, {}, 96, rng)[0] if kind == "frontal" else render_lateral(an, {}, 96, rng)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).resize((w, h), Image.Resampling.BILINEAR).save(path, format="PNG")
+
+
+def make_iu_xray(root: str | os.PathLike, malformed: bool = False, size: int = 48) -> Path:
+    """Open-i layout (images ``iu_image_id(n, k)``, phantoms: F frontal, L lateral, G a plain gradient):
+
+    CXR1 L, F, exam caption on both -> FRONTAL (image 2), LATERAL (image 1) from the pixels
+    CXR2 F, impression only -> FRONTAL   | CXR3 F + a missing image -> FRONTAL (view_missing_image)
     CXR4 both images missing -> missing_image | CXR5 empty FINDINGS and IMPRESSION -> empty_report
-    CXR6 captions Lateral, PA, Lateral -> PA, LATERAL (the second lateral: view_over_max_views)
-    CXR7 one image captioned Lateral -> no_frontal | CXR8 no parentImage -> no_image
+    CXR6 captions Lateral, PA, Lateral (per image, trusted) -> PA, LATERAL (the second lateral:
+         view_over_max_views) | CXR7 one image captioned Lateral -> no_frontal | CXR8 no parentImage -> no_image
+    CXR10 F, L captioned "Chest XXXX and lateral" on both -> FRONTAL, LATERAL (kept: the old reading
+          called it lateral-only) | CXR11 L, F captioned "PA and lateral" on both -> FRONTAL (image 2), LATERAL
+    CXR12 one L captioned "Chest XXXX and lateral" -> no_frontal, from the pixels at load time
+    CXR13 G, G with the exam caption -> UNKNOWN, UNKNOWN (nothing tells them apart), XML order
     ``indiana_projections.csv`` (Kaggle redistribution's names): CXR1's first image Lateral, its second
     Frontal, so with ``projections:`` CXR1 is FRONTAL (image 2), LATERAL (image 1).
-    ``malformed`` adds a truncated XML file.
+    ``malformed`` adds a truncated XML file (9.xml).
     """
     root = Path(root)
     rep, img = root / "ecgen-radiology", root / "NLMCXR_png"
     rep.mkdir(parents=True, exist_ok=True)
-    spec = {1: (IU_FULL, [True, True], None),
-            2: ({"INDICATION": "Pain.", "FINDINGS": "", "IMPRESSION": "Normal chest."}, [True], None),
-            3: ({**IU_FULL, "FINDINGS": "Mild cardiomegaly."}, [True, False], None),
-            4: (IU_FULL, [False, False], None),
-            5: ({"INDICATION": "x", "FINDINGS": "", "IMPRESSION": ""}, [True], None),
-            6: ({**IU_FULL, "FINDINGS": "Small right effusion.", "IMPRESSION": "Effusion."}, [True, True, True],
+    spec = {1: (IU_FULL, "LF", None),
+            2: ({"INDICATION": "Pain.", "FINDINGS": "", "IMPRESSION": "Normal chest."}, "F", None),
+            3: ({**IU_FULL, "FINDINGS": "Mild cardiomegaly."}, "F-", None),
+            4: (IU_FULL, "--", None),
+            5: ({"INDICATION": "x", "FINDINGS": "", "IMPRESSION": ""}, "F", None),
+            6: ({**IU_FULL, "FINDINGS": "Small right effusion.", "IMPRESSION": "Effusion."}, "LFL",
                 ["Lateral", "PA", "Lateral"]),
-            7: ({**IU_FULL, "FINDINGS": "Lateral only."}, [True], ["Lateral"]),
-            8: (IU_FULL, [], None)}
-    for n, (sections, present, captions) in spec.items():
-        ids = [iu_image_id(n, k) for k in range(len(present))]
+            7: ({**IU_FULL, "FINDINGS": "Lateral only."}, "L", ["Lateral"]),
+            8: (IU_FULL, "", None),
+            10: ({**IU_FULL, "FINDINGS": "Stable granuloma."}, "FL", [IU_REDACTED] * 2),
+            11: ({**IU_FULL, "FINDINGS": "Hyperinflated lungs."}, "LF", [IU_BOTH] * 2),
+            12: ({**IU_FULL, "FINDINGS": "Kyphosis."}, "L", [IU_REDACTED]),
+            13: ({**IU_FULL, "FINDINGS": "No change."}, "GG", None)}
+    kinds = {"F": "frontal", "L": "lateral", "G": "flat"}
+    for n, (sections, images, captions) in spec.items():
+        ids = [iu_image_id(n, k) for k in range(len(images))]
         (rep / f"{n}.xml").write_text(_iu_xml(f"CXR{n}", sections, ids, captions or [IU_EXAM] * len(ids)))
-        for k, (i, ok) in enumerate(zip(ids, present)):
-            if ok:
-                write_png(img / f"{i}.png", size, size - 4 * k, seed=n * 10 + k, bits=8)
+        for k, (i, kind) in enumerate(zip(ids, images)):
+            if kind != "-":
+                _iu_png(img / f"{i}.png", kinds[kind], size, size - 4 * k, seed=n * 10 + k)
     write_csv(root / "indiana_projections.csv", ["uid", "filename", "projection"],
               [[1, "1_IM-0001-1001.dcm.png", "Lateral"], [1, "1_IM-0001-1002.dcm.png", "Frontal"],
                [2, "2_IM-0002-1001.dcm.png", "Frontal"]])

@@ -6,11 +6,24 @@ resizes it so its longest side is ``image_size`` (Lanczos, computed in float
 for high-bit-depth input so nothing is quantised before filtering), and
 encodes it as lossless PNG or as JPEG at a given quality.  Masks are resized
 with nearest-neighbour to the stored view size so they stay exactly boolean.
+
+Hostile files: every image is checked before it is decoded.  :func:`open_image` reads the header
+only and refuses (``ImageSkip``, an ``OSError`` with a ``reason`` the build counts) a zero-byte file
+(``empty_image_file``), a file Pillow cannot identify (``unreadable_image``), and one whose header
+promises more than ``max_pixels`` (``image_too_large``: a decompression bomb, e.g. a 24,000 x 24,000
+PNG of 550 KB, is never inflated).  A file whose header reads but whose data breaks off is
+``truncated_image``.
+So a build task never holds more than the largest image allowed, whatever the files claim.
+The default limit, 50 megapixels, is well above the largest real radiograph (a 43 x 43 cm detector
+at 100 um is 4,300 x 4,300 = 18.5 MP; MIMIC-CXR's largest are about 4,280 x 3,520 = 15 MP).
+Pillow's own bomb check (above 2 x 89.5 MP) stays in force, so limits above 178 MP have no effect.
 """
 from __future__ import annotations
 
 import io
-from typing import Literal
+import os
+import warnings
+from typing import Literal, Union
 
 import numpy as np
 from PIL import Image
@@ -19,10 +32,71 @@ ImageFormat = Literal["png", "jpeg"]
 EXTENSIONS = {"png": "png", "jpeg": "jpg"}
 
 
-def load_image(path: str) -> np.ndarray:
-    """Read an image file as (H, W) uint8/uint16 or (H, W, 3) uint8, keeping the bit depth."""
-    with Image.open(path) as img:
-        img.load()
+DEFAULT_MAX_PIXELS = 50_000_000
+IMAGE_REASONS = ("empty_image_file", "unreadable_image", "image_too_large", "truncated_image")
+
+
+class ImageSkip(OSError):
+    """This image file cannot be used; ``reason`` (one of :data:`IMAGE_REASONS`) is what the build counts."""
+
+    def __init__(self, where: str, reason: str, detail: str = ""):
+        super().__init__(f"{where}: {reason}{f' ({detail})' if detail else ''}")
+        self.where, self.reason, self.detail = where, reason, detail
+
+
+def _truncated(err: BaseException) -> bool:
+    text = str(err).lower()
+    return isinstance(err, EOFError) or "truncated" in text or "broken data stream" in text
+
+
+def open_image(source: Union[str, bytes], max_pixels: int = DEFAULT_MAX_PIXELS, where: str = "") -> Image.Image:
+    """Open an image file (or its bytes) lazily: the header is read and checked, nothing is decoded."""
+    where = where or (source if isinstance(source, str) else "image")
+    if isinstance(source, str):
+        try:
+            size = os.path.getsize(source)
+        except OSError as err:
+            raise ImageSkip(where, "unreadable_image", err.strerror or str(err)) from None
+    else:
+        size = len(source)
+    if size == 0:
+        raise ImageSkip(where, "empty_image_file", "0 bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the check below decides
+            img = Image.open(source if isinstance(source, str) else io.BytesIO(source))
+    except Image.DecompressionBombError as err:
+        raise ImageSkip(where, "image_too_large", f"{err}; {size} bytes on disk") from None
+    except (OSError, SyntaxError, ValueError) as err:  # not even a readable header: not an image file
+        raise ImageSkip(where, "unreadable_image", f"{type(err).__name__}: {err}") from None
+    width, height = img.size
+    if width * height > max_pixels:
+        img.close()
+        raise ImageSkip(where, "image_too_large", f"{width} x {height} = {width * height / 1e6:.1f} MP in its header, "
+                                                  f"over data.build.max_image_pixels={max_pixels / 1e6:g} MP; "
+                                                  f"{size} bytes on disk, not decoded")
+    return img
+
+
+def decode_checked(img: Image.Image, where: str) -> None:
+    """``img.load()``, with a file that breaks off (or does not decode) as :class:`ImageSkip`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
+    except Image.DecompressionBombError as err:
+        raise ImageSkip(where, "image_too_large", str(err)) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise ImageSkip(where, "truncated_image" if _truncated(err) else "unreadable_image",
+                        f"{type(err).__name__}: {err}") from None
+
+
+def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image file as (H, W) uint8/uint16 or (H, W, 3) uint8, keeping the bit depth.
+
+    Raises :class:`ImageSkip` (checked from the header first: see the module docstring)."""
+    with open_image(path, max_pixels) as img:
+        decode_checked(img, path)
         if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
             return np.asarray(img, dtype=np.uint16).copy()
         if img.mode in ("I", "F"):  # 32-bit gray: keep the values, windowing maps them later
@@ -32,9 +106,9 @@ def load_image(path: str) -> np.ndarray:
         return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
-def load_mask(path: str) -> np.ndarray:
+def load_mask(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read a mask image as (H, W) bool: 0/1 and 0/255 files both work, JPEG noise is thresholded."""
-    arr = load_image(path)
+    arr = load_image(path, max_pixels)
     if arr.ndim == 3:
         arr = arr.max(axis=-1)
     peak = float(arr.max()) if arr.size else 0.0

@@ -63,6 +63,7 @@ from shards.manifest import Manifest, ManifestError, ShardInfo, file_sha256, loa
 from shards.masks import decode_masks, sidecar_masks
 from shards.records import DecodedSample
 from shards.sidecars import index_tar
+from shards.imageio import ImageSkip
 from shards.views import decode_image
 
 log = logging.getLogger("rrg.shards")
@@ -76,7 +77,12 @@ class DataError(RuntimeError):
 
 
 class _Bad(Exception):
-    """One sample cannot be used; the message is the reason logged."""
+    """One sample cannot be used; the message is the reason logged (``reason``: an image file's, when
+    that is why: shards/imageio.py ``ImageSkip``)."""
+
+    def __init__(self, message: str, reason: Optional[str] = None):
+        super().__init__(message)
+        self.reason = reason
 
 
 def default_builder(sample: DecodedSample) -> dict:
@@ -247,7 +253,10 @@ def decode(key: str, shard: str, members: dict[str, bytes]) -> DecodedSample:
                 (s for s in members if s.startswith(f"view{i}.")), f"view{i}.png")
             if suffix not in members:
                 raise _Bad(f"missing member .{suffix}")
-            images.append(_image(members[suffix]))
+            try:
+                images.append(_image(members[suffix]))
+            except ImageSkip as skip:  # checked from its header: a bomb or empty view is never decoded
+                raise _Bad(f"undecodable: member .{suffix}: {skip.reason} ({skip.detail})", reason=skip.reason) from None
         masks, channels = None, []
         if record.get("masks"):
             name = record["masks"].get("member", "masks.bin")
@@ -539,8 +548,11 @@ def make_loader(data_cfg: DataConfig, split: str, *, rank: int, world_size: int,
                        prefetch_factor=data_cfg.prefetch_factor, bucket_by_length=data_cfg.bucket_by_length)
 
 
-def iter_decoded(manifest: Manifest, shard: ShardInfo) -> Iterator[DecodedSample]:
-    """Every sample of one shard in order, decoded, sidecars joined; a bad one raises DataError naming it."""
+def iter_decoded(manifest: Manifest, shard: ShardInfo, image_skips: Any = None) -> Iterator[DecodedSample]:
+    """Every sample of one shard in order, decoded, sidecars joined; a bad one raises DataError naming it.
+
+    ``image_skips`` (a ``SkipLog``): a sample whose image file cannot be used (empty, over the pixel
+    limit, truncated, not an image) is counted there by reason and left out instead."""
     files = ShardFiles(str(manifest.root), "checksum", manifest.sidecars)
     why = files.check(shard)
     if why is not None:
@@ -549,6 +561,10 @@ def iter_decoded(manifest: Manifest, shard: ShardInfo) -> Iterator[DecodedSample
         for ordinal in range(shard.num_samples):
             try:
                 key, members = files.read(shard, ordinal, f)
-                yield decode(key, shard.file, members)
+                sample = decode(key, shard.file, members)
             except _Bad as bad:
+                if image_skips is not None and bad.reason:
+                    image_skips.add(bad.reason, f"shard {shard.file}, sample #{ordinal}: {bad}")
+                    continue
                 raise DataError(f"shard {shard.file}, sample #{ordinal}: {bad}") from None
+            yield sample

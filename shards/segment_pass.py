@@ -93,7 +93,7 @@ def masks_from_config(data_cfg: DataConfig, pool: Any = None, shards_dir: str | 
     prod = producer(cfg)
     side = build_sidecar(root, cfg.name, kind="tensors", producer=prod, version="1", reads_splits=[],
                          splits=sorted(manifest.splits), make_members=study_members, context=cfg, pool=pool,
-                         meta={"channels": prod["channels"]})
+                         meta={"channels": prod["channels"]}, skip_bad_images=True)
     total = n = 0
     for sample_bytes in _mask_sizes(side):
         total, n = total + sample_bytes, n + 1

@@ -223,22 +223,26 @@ def write_sidecar_shard(make_members: MemberFn, context: Any, shards_dir: str, s
 
 
 def write_sidecar_shards(make_members: MemberFn, context: Any, shards_dir: str, shards: list[dict[str, Any]],
-                         tmp_dir: str) -> list[dict[str, Any]]:
+                         tmp_dir: str, skip_bad_images: bool = False) -> list[dict[str, Any]]:
     """One task over several main shards: the manifest is read once, each shard gets its aligned tar."""
     from shards.manifest import load_manifest
 
     manifest = load_manifest(shards_dir)
     by_file = {s.file: s for s in manifest.shards}
-    return [_write_one(make_members, context, manifest, by_file[s["file"]], tmp_dir) for s in shards]
+    return [_write_one(make_members, context, manifest, by_file[s["file"]], tmp_dir, skip_bad_images)
+            for s in shards]
 
 
-def _write_one(make_members: MemberFn, context: Any, manifest, info, tmp_dir: str) -> dict[str, Any]:
+def _write_one(make_members: MemberFn, context: Any, manifest, info, tmp_dir: str,
+               skip_bad_images: bool = False) -> dict[str, Any]:
+    from shards.adapter_kit import SkipLog
     from shards.reader import iter_decoded
 
     out = Path(tmp_dir) / info.file
     entries = 0
+    skips = SkipLog() if skip_bad_images else None
     with tarfile.open(out, "w") as tar:
-        for sample in iter_decoded(manifest, info):
+        for sample in iter_decoded(manifest, info, image_skips=skips):
             members = make_members(sample, context)
             if not members:
                 continue
@@ -247,7 +251,8 @@ def _write_one(make_members: MemberFn, context: Any, manifest, info, tmp_dir: st
                 ti = tarfile.TarInfo(f"{sample.key}.{suffix}")
                 ti.size, ti.mtime, ti.mode = len(data), 0, 0o644
                 tar.addfile(ti, io.BytesIO(data))
-    return {"file": info.file, "num_entries": entries, "sha256": _sha256_file(out)}
+    return {"file": info.file, "num_entries": entries, "sha256": _sha256_file(out),
+            "skipped": skips.to_json() if skips is not None else None}
 
 
 def task_batches(items: list, parallelism: int, tasks_per_worker: int = 2,
@@ -269,7 +274,8 @@ def task_batches(items: list, parallelism: int, tasks_per_worker: int = 2,
 
 def build_sidecar(shards_dir: str | os.PathLike, name: str, *, kind: str, producer: dict[str, Any], version: str,
                   reads_splits: list[str], splits: list[str], make_members: MemberFn, context: Any = None,
-                  pool=None, meta: Optional[dict[str, Any]] = None, tasks_per_worker: int = 2) -> SidecarInfo:
+                  pool=None, meta: Optional[dict[str, Any]] = None, tasks_per_worker: int = 2,
+                  skip_bad_images: bool = False) -> SidecarInfo:
     """Compute a sidecar over the shards of ``splits`` on ``pool``; publish it atomically.
 
     The shards are batched into about ``tasks_per_worker`` tasks per worker of the pool (see
@@ -277,7 +283,11 @@ def build_sidecar(shards_dir: str | os.PathLike, name: str, *, kind: str, produc
 
     ``make_members(sample, context)`` must be a module-level function (it runs in tasks) that
     returns ``{suffix: bytes}`` for the study (suffixes start with ``name.``) or None to skip it.
+    ``skip_bad_images``: a study whose stored image cannot be used (shards/imageio.py) gets no entry
+    and is counted by reason (``meta.skipped`` of ``sidecar.json``) instead of stopping the pass.
     """
+    from shards.adapter_kit import SkipLog
+
     from configs.parallel import SerialPool
     from shards.manifest import load_manifest
 
@@ -293,11 +303,19 @@ def build_sidecar(shards_dir: str | os.PathLike, name: str, *, kind: str, produc
     batches = task_batches([{"file": s.file} for s in chosen], getattr(pool, "parallelism", 1), tasks_per_worker,
                            weights=[s.num_samples for s in chosen])
     results = {}
+    skips = SkipLog()
     try:
-        for _, batch in pool.map_unordered(write_sidecar_shards, [(str(root), b, str(tmp)) for b in batches],
+        for _, batch in pool.map_unordered(write_sidecar_shards,
+                                           [(str(root), b, str(tmp), skip_bad_images) for b in batches],
                                            shared=(make_members, context)):
             for res in batch:
                 results[res["file"]] = {"num_entries": res["num_entries"], "sha256": res["sha256"]}
+                skips.merge(res.get("skipped") or {})
+        if skip_bad_images:
+            meta = {**(meta or {}), "skipped": skips.to_json()}
+            if skips.counts:
+                print(f"{name}: skipped {sum(skips.counts.values())} studies whose image cannot be used: "
+                      f"{dict(skips.counts)}; e.g. {next(iter(skips.examples.values()))[0]}", flush=True)
         atomic_write_json(tmp / SIDECAR_JSON, {
             "name": name, "kind": kind, "producer": producer, "version": version,
             "reads_splits": sorted(reads_splits), "splits": sorted(splits), "base_fingerprint": manifest.fingerprint,

@@ -19,8 +19,10 @@ examples naming file and row; past ``build.max_skip_fraction`` the build stops.
 A single view the writer cannot use (a DICOM with no pixel data or a transfer
 syntax no installed decoder reads: ``shards.dicom.DicomSkip``) is counted as
 ``view_<reason>``; a study left with no usable view is counted as ``no_usable_view``.
-An image file that does not decode is left out as ``view_unreadable_image``; the
-study is skipped as ``unreadable_image`` when no view, or no frontal view 0, is left.
+An image file that cannot be used is left out as ``view_<reason>``: ``unreadable_image``,
+``empty_image_file``, ``truncated_image``, or ``image_too_large`` (more pixels in its header than
+``build.max_image_pixels``; decompression bombs are never decoded: shards/imageio.py); the study is
+skipped under that reason when no view, or no frontal view 0, is left.
 Each sidecar also records its task's start, wall and CPU seconds (``rrg bench build``
 reads them; they are not part of the manifest or its fingerprint).
 
@@ -58,7 +60,7 @@ from shards.adapter_kit import SkipLog, SkipStudy
 from shards.adapters import make_adapter
 from shards.config import BuildConfig, DataConfig
 from shards.dicom import DicomSkip
-from shards.imageio import load_mask, resize_masks
+from shards.imageio import DEFAULT_MAX_PIXELS, load_mask, resize_masks
 from shards.manifest import Manifest, ManifestError, ShardInfo, file_sha256
 from shards.masks import ENCODING, encode_masks
 from shards.records import FORMAT_VERSION, Study
@@ -164,7 +166,8 @@ def _frontal(position: Optional[str]) -> bool:
     return str(position or "").upper() in ("PA", "AP", "FRONTAL")
 
 
-def _study_masks(study: Study, height: int, width: int) -> tuple[Optional[np.ndarray], list[str]]:
+def _study_masks(study: Study, height: int, width: int,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Optional[np.ndarray], list[str]]:
     """bool (C, height, width) aligned with the stored view 0, from arrays or mask image files."""
     if study.masks is not None:
         masks, channels = np.asarray(study.masks, dtype=bool), list(study.mask_channels)
@@ -173,7 +176,7 @@ def _study_masks(study: Study, height: int, width: int) -> tuple[Optional[np.nda
         return resize_masks(masks, height, width), channels
     if study.mask_paths:
         channels = list(study.mask_paths)
-        stack = [resize_masks(load_mask(study.mask_paths[c])[None], height, width)[0] for c in channels]
+        stack = [resize_masks(load_mask(study.mask_paths[c], max_pixels)[None], height, width)[0] for c in channels]
         return np.stack(stack), channels
     return None, []
 
@@ -203,22 +206,25 @@ def pack_study(study: Study, index: int, split: str, key: str, build: BuildConfi
             if skipped is not None:
                 skipped.append(skip)
             continue
-        except OSError as err:
+        except OSError as err:  # ImageSkip (empty, too large, truncated, unreadable) or another OSError
             if view.image is not None:
                 raise
-            unreadable.append(DicomSkip(str(view.path), "unreadable_image", f"{view.position}: {err}"))
+            reason = getattr(err, "reason", "unreadable_image")
+            unreadable.append(DicomSkip(str(view.path), reason, f"{view.position}: {getattr(err, 'detail', err)}"))
             continue
         i = len(views)
         sample[f"view{i}.{ext}"] = data
         views.append({"member": f"view{i}.{ext}", "position": view.position, "height": image.shape[0],
                       "width": image.shape[1], "channels": 1 if image.ndim == 2 else 3, **facts})
     if unreadable and (not views or (_frontal(study.views[0].position) and not _frontal(views[0]["position"]))):
-        raise OSError("; ".join(map(str, unreadable)) + ("" if not views else " (its frontal view: no frontal left)"))
+        err = OSError("; ".join(map(str, unreadable)) + ("" if not views else " (its frontal view: no frontal left)"))
+        err.reason = unreadable[0].reason  # the study is counted under its (first) unusable view's reason
+        raise err
     if not views:
         raise last_skip
     if skipped is not None:
         skipped.extend(unreadable)
-    masks, channels = _study_masks(study, views[0]["height"], views[0]["width"])
+    masks, channels = _study_masks(study, views[0]["height"], views[0]["width"], build.max_image_pixels)
     mask_meta, mask_bytes = None, 0
     if masks is not None:
         sample["masks.bin"] = encode_masks(masks)
@@ -280,6 +286,7 @@ def write_shard(adapter: Any, shard: dict[str, Any], out_dir: str, build: BuildC
     tmp = out / f"{shard['file']}{_TMP_MARK}{os.getpid()}"
     used: set[str] = set()
     mask_total, written, skipped = 0, 0, SkipLog()
+    view_sources: dict[str, int] = {}
     try:
         with open(tmp, "wb") as f:
             writer = TarWriter(f, encoder=False, mtime=0.0)  # fixed mtime: rebuilds are byte-identical
@@ -298,8 +305,8 @@ def write_shard(adapter: Any, shard: dict[str, Any], out_dir: str, build: BuildC
                 except DicomSkip:
                     skipped.add("no_usable_view", f"study {study.study_id}: {'; '.join(map(str, view_skips))}")
                     continue
-                except OSError as err:  # PIL: unreadable / truncated image file
-                    skipped.add("unreadable_image", f"study {study.study_id}: {err}")
+                except OSError as err:  # an unusable image file (shards/imageio.py ImageSkip: reason counted)
+                    skipped.add(getattr(err, "reason", "unreadable_image"), f"study {study.study_id}: {err}")
                     continue
                 finally:
                     for skip in view_skips:
@@ -308,6 +315,8 @@ def write_shard(adapter: Any, shard: dict[str, Any], out_dir: str, build: BuildC
                 writer.write(sample)
                 mask_total += mask_bytes
                 written += 1
+                for source in study.meta.get("view_sources") or ():  # where view positions came from
+                    view_sources[source] = view_sources.get(source, 0) + 1
             writer.close()
             f.flush()
             os.fsync(f.fileno())
@@ -318,6 +327,7 @@ def write_shard(adapter: Any, shard: dict[str, Any], out_dir: str, build: BuildC
     info = asdict(ShardInfo(file=shard["file"], split=shard["split"], num_samples=written,
                             num_bytes=final.stat().st_size, sha256=file_sha256(final)))
     info.update(mask_bytes=mask_total, skipped=skipped.to_json(), plan=_digest(shard["indices"]), settings=settings_digest,
+                view_sources=view_sources,
                 task={"start": started, "wall_s": time.time() - started, "cpu_s": time.process_time() - cpu0})
     _atomic_write_json(_sidecar(out, shard["file"]), info)
     return info
@@ -390,8 +400,13 @@ def _write_summary(out: Path, adapter: Any, entries: list, plan: list[dict[str, 
         kept[s["split"]] += int(infos[s["file"]]["num_samples"])
     study_skips = sum(n for r, n in skips.counts.items() if not r.startswith(("row_", "view_")))
     total = sum(kept.values()) + study_skips
+    sources: dict[str, int] = defaultdict(int)
+    for s in plan:
+        for source, n in (infos[s["file"]].get("view_sources") or {}).items():
+            sources[source] += n
     summary = {"studies": sum(kept.values()), "by_split": dict(kept), "planned": len(entries),
                "skipped_studies": study_skips, "skipped": skips.to_json(),
+               **({"view_sources": dict(sorted(sources.items()))} if sources else {}),
                "label_set": str(getattr(adapter, "label_set", "chexpert")),
                "note": "reasons starting with row_ or view_ count source rows or single images, not studies"}
     _atomic_write_json(out / BUILD_SUMMARY, summary)

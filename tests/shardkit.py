@@ -36,10 +36,11 @@ def sample_key(split: str, shard: int, i: int) -> str:
 
 def write_shard_set(root: str | os.PathLike, sizes: dict[str, list[int]], *, corrupt: set[str] = frozenset(),
                     missing_view: set[str] = frozenset(), truncate: dict[str, int] | None = None,
-                    image_size: int = 32) -> Manifest:
+                    image_size: int = 32, override_view: dict[str, bytes] | None = None) -> Manifest:
     """Write ``sizes[split][i]`` samples into shard ``<split>-00000i.tar`` and publish the manifest.
 
     corrupt: keys whose view0.png bytes are garbage; missing_view: keys written without view0.png;
+    override_view: key -> the bytes stored as its view0.png (a hostile image, an empty file);
     truncate: shard file -> number of samples kept whole; the tar is cut inside the next sample's first member.
     """
     root = Path(root)
@@ -59,6 +60,8 @@ def write_shard_set(root: str | os.PathLike, sizes: dict[str, list[int]], *, cor
                     sample = {"__key__": key, "json": json.dumps(record).encode()}
                     if key not in missing_view:
                         sample["view0.png"] = b"\x89PNG garbage" if key in corrupt else png_bytes(zlib.crc32(key.encode()), image_size)
+                    if override_view and key in override_view:
+                        sample["view0.png"] = override_view[key]
                     if with_masks:
                         sample["masks.bin"] = encode_masks(np.ones((2, 32, 32), bool))
                     if i % 4 == 1:
@@ -102,3 +105,23 @@ def resume_and_dump(jobs_path: str, out_path: str) -> None:
 
 def all_keys(split: str, counts: list[int]) -> list[str]:
     return [sample_key(split, s, i) for s, n in enumerate(counts) for i in range(n)]
+
+
+def png_bomb(path: str | os.PathLike, side: int = 24_000) -> Path:
+    """A valid 8-bit grey PNG of ``side`` x ``side`` black pixels (24,000: 576 MP, ~560 KB on disk),
+    written chunk by chunk (the PNG spec's IHDR / IDAT / IEND with zlib rows) without ever holding
+    the image: what a decompression bomb among real radiographs looks like."""
+    import struct
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    comp = zlib.compressobj(9)
+    row = b"\x00" * (side + 1)  # filter byte 0 + one byte per pixel
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)))
+        data = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+        f.write(chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path

@@ -241,48 +241,112 @@ def test_chexpert_plus_labels_from_impression(tmp_path):
 def test_iu_xray(tmp_path):
     root = other.make_iu_xray(tmp_path / "iu")
     recs, summary, _ = build(tmp_path, "iu_xray", {"root": str(root)})
-    assert sorted(recs) == ["CXR1", "CXR2", "CXR3", "CXR6"]
-    # no positions in Open-i: XML order, UNKNOWN; a caption naming one view is used (CXR6)
-    assert {k: positions(r) for k, r in recs.items()} == {"CXR1": ["UNKNOWN", "UNKNOWN"], "CXR2": ["UNKNOWN"],
-                                                         "CXR3": ["UNKNOWN"], "CXR6": ["PA", "LATERAL"]}
+    assert sorted(recs) == ["CXR1", "CXR10", "CXR11", "CXR13", "CXR2", "CXR3", "CXR6"]
+    # Open-i's captions are per study: only per-image ones (CXR6) are used; the rest comes from the pixels,
+    # and what they cannot tell apart (CXR13, two plain gradients) stays UNKNOWN in XML order
+    assert {k: positions(r) for k, r in recs.items()} == {
+        "CXR1": ["FRONTAL", "LATERAL"], "CXR2": ["FRONTAL"], "CXR3": ["FRONTAL"], "CXR6": ["PA", "LATERAL"],
+        "CXR10": ["FRONTAL", "LATERAL"], "CXR11": ["FRONTAL", "LATERAL"], "CXR13": ["UNKNOWN", "UNKNOWN"]}
     iu = other.iu_image_id
     assert {k: r["meta"]["image_ids"] for k, r in recs.items()} == {
-        "CXR1": [iu(1, 0), iu(1, 1)], "CXR2": [iu(2, 0)], "CXR3": [iu(3, 0)], "CXR6": [iu(6, 1), iu(6, 0)]}
-    assert shapes(recs["CXR1"]) == [[48, 48], [48, 44]] and shapes(recs["CXR6"]) == [[48, 44], [48, 48]]
+        "CXR1": [iu(1, 1), iu(1, 0)], "CXR2": [iu(2, 0)], "CXR3": [iu(3, 0)], "CXR6": [iu(6, 1), iu(6, 0)],
+        "CXR10": [iu(10, 0), iu(10, 1)], "CXR11": [iu(11, 1), iu(11, 0)], "CXR13": [iu(13, 0), iu(13, 1)]}
+    assert {k: r["meta"]["view_sources"] for k, r in recs.items()} == {
+        "CXR1": ["content"] * 2, "CXR2": ["content"], "CXR3": ["content"], "CXR6": ["caption"] * 2,
+        "CXR10": ["content"] * 2, "CXR11": ["content"] * 2, "CXR13": ["unknown"] * 2}
+    assert summary["view_sources"] == {"caption": 2, "content": 8, "unknown": 2}  # what stays unknown, counted
+    assert shapes(recs["CXR1"]) == [[48, 44], [48, 48]] and shapes(recs["CXR6"]) == [[48, 44], [48, 48]]
     sections = {k: (r["report"]["findings"], r["report"]["impression"], r["meta"]["indication"],
-                    r["meta"]["comparison"], r["meta"]["sections"]) for k, r in recs.items()}
+                    r["meta"]["comparison"], r["meta"]["sections"]) for k, r in recs.items() if k in IU_SPLITS}
     assert sections == {"CXR1": ("The lungs are clear.", "No acute disease.", "Cough.", "None.", "sections"),
                         "CXR2": ("", "Normal chest.", "Pain.", "", "impression_only"),
                         "CXR3": ("Mild cardiomegaly.", "No acute disease.", "Cough.", "None.", "sections"),
                         "CXR6": ("Small right effusion.", "Effusion.", "Cough.", "None.", "sections")}
     assert recs["CXR2"]["report"]["text"] == "IMPRESSION: Normal chest."
     assert all(r["labels"] == {} and r["patient_id"] == k for k, r in recs.items())  # no labels, a patient per report
-    assert {k: r["split"] for k, r in recs.items()} == IU_SPLITS  # patient-hash split (seed 3)
-    assert summary["skipped"]["counts"] == {"empty_report": 1, "missing_image": 1, "no_frontal": 1, "no_image": 1,
+    assert {k: r["split"] for k, r in recs.items() if k in IU_SPLITS} == IU_SPLITS  # patient-hash split (seed 3)
+    assert summary["skipped"]["counts"] == {"empty_report": 1, "missing_image": 1, "no_frontal": 2, "no_image": 1,
                                             "view_missing_image": 1, "view_over_max_views": 1}
-    assert summary["skipped_studies"] == 4
+    assert summary["skipped_studies"] == 5
     ex = summary["skipped"]["examples"]
-    assert ex["view_missing_image"][0].endswith(f"NLMCXR_png/{iu(3, 1)}.png") and "7.xml" in ex["no_frontal"][0]
+    assert ex["view_missing_image"][0].endswith(f"NLMCXR_png/{iu(3, 1)}.png")
+    assert sorted(e.split("ecgen-radiology/")[1].split(":")[0] for e in ex["no_frontal"]) == ["12.xml", "7.xml"]
+    assert any("from the image content" in e for e in ex["no_frontal"])  # CXR12: "Chest XXXX and lateral", one L
     assert "4.xml" in ex["missing_image"][0] and "5.xml" in ex["empty_report"][0] and "8.xml" in ex["no_image"][0]
     assert f"LATERAL view {iu(6, 2)}" in ex["view_over_max_views"][0]
-    # 12 images; skipped whole: CXR4 (two), CXR5 and CXR7 (one each); CXR8 has none
-    assert_every_image_counted(recs, summary, source_images=12, in_skipped_studies=4)
+    # 19 images; skipped whole: CXR4 (two), CXR5, CXR7 and CXR12 (one each); CXR8 has none
+    assert_every_image_counted(recs, summary, source_images=19, in_skipped_studies=5)
 
 
 IU_SPLITS = {"CXR1": "train", "CXR2": "train", "CXR3": "train", "CXR6": "validate"}
 
 
+def loaded(adapter) -> dict:
+    """study id -> Study for every planned study the adapter's load() keeps."""
+    from shards.adapter_kit import SkipStudy
+
+    out = {}
+    for i in range(len(adapter.entries())):
+        try:
+            study = adapter.load(i)
+        except SkipStudy:
+            continue
+        out[study.study_id] = study
+    return out
+
+
+def test_iu_xray_study_level_captions_are_not_view_labels(tmp_path):
+    """Open-i patterns (de-identified, one caption per study): the study-level caption never makes a
+    frontal + lateral pair "lateral-only"; with the pixel cue turned off the pair is kept as UNKNOWN."""
+    from shards.adapter_iu_xray import caption_position, study_caption_positions
+
+    exam, redacted, both = other.IU_EXAM, other.IU_REDACTED, other.IU_BOTH
+    assert caption_position(redacted) == "UNKNOWN"  # the old reading: "LATERAL" (no frontal word), study dropped
+    assert study_caption_positions([redacted, redacted]) == ["UNKNOWN", "UNKNOWN"]
+    assert study_caption_positions([both, both]) == study_caption_positions([exam, exam]) == ["UNKNOWN"] * 2
+    assert study_caption_positions(["Lateral", "Lateral"]) == ["UNKNOWN", "UNKNOWN"]  # shared: says nothing
+    assert study_caption_positions(["PA", "Lateral"]) == ["PA", "LATERAL"]  # per image: trusted
+    assert study_caption_positions(["Lateral"]) == ["LATERAL"] and study_caption_positions([exam]) == ["UNKNOWN"]
+    root = other.make_iu_xray(tmp_path / "iu")
+    adapter = make_adapter("iu_xray", {"root": str(root), "view_from_content": False}, seed=0)
+    by_id = loaded(adapter)
+    assert [v.position for v in by_id["CXR10"].views] == ["UNKNOWN", "UNKNOWN"]  # kept, in XML order
+    assert [v.position for v in by_id["CXR12"].views] == ["UNKNOWN"]  # one image: kept, nothing says lateral
+    assert adapter.skips().counts["no_frontal"] == 1  # CXR7 only: its caption names its one image
+
+
 def test_iu_xray_projections_file_gives_frontal_and_lateral(tmp_path):
     root = other.make_iu_xray(tmp_path / "iu")
     adapter = make_adapter("iu_xray", {"root": str(root), "projections": "indiana_projections.csv"}, seed=0)
-    by_id = {s.study_id: s for s in map(adapter.load, range(len(adapter.entries())))}
+    by_id = loaded(adapter)
     iu = other.iu_image_id
     assert [(v.position, os.path.basename(v.path)) for v in by_id["CXR1"].views] == [
         ("FRONTAL", f"{iu(1, 1)}.png"), ("LATERAL", f"{iu(1, 0)}.png")]  # the file's Frontal is view 0
+    assert by_id["CXR1"].meta["view_sources"] == ["projections", "projections"]
     assert [v.position for v in by_id["CXR2"].views] == ["FRONTAL"] and [v.position for v in by_id["CXR6"].views] == [
         "PA", "LATERAL"]
     with pytest.raises(AdapterError, match=r"iu_xray: projections: no such file .*/iu/nope\.csv"):
         make_adapter("iu_xray", {"root": str(root), "projections": "nope.csv"}, seed=0)
+
+
+def test_view_content_cue_separates_phantom_frontals_from_laterals():
+    """The pixel cue on rrg's phantoms: every frontal is decided frontal and every lateral lateral, alone
+    or paired (thresholds have margin on both sides); a pair of look-alikes stays undecided."""
+    import numpy as np
+
+    from shards.demo_image import render_frontal, render_lateral, sample_anatomy
+    from shards.fixture_trees import radiograph
+    from shards.viewclass import classify, mediastinum_contrast
+
+    fr, la = [], []
+    for seed in range(100, 120):
+        an = sample_anatomy(np.random.default_rng(seed))
+        fr.append(mediastinum_contrast(render_frontal(an, {}, 128, np.random.default_rng(seed))[0]))
+        la.append(mediastinum_contrast(render_lateral(an, {}, 128, np.random.default_rng(seed))))
+    assert classify(fr, alone=True) == ["FRONTAL"] * 20 and classify(la, alone=True) == ["LATERAL"] * 20
+    assert all(classify([l, f], alone=False) == ["LATERAL", "FRONTAL"] for f, l in zip(fr, la))
+    g = [mediastinum_contrast(radiograph(64, 60, s)) for s in (1, 2)]
+    assert classify(g, alone=False) == ["UNKNOWN", "UNKNOWN"]
 
 
 def test_r2gen_json(tmp_path):

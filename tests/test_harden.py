@@ -180,3 +180,138 @@ def test_driver_reads_name_a_truncated_shard_and_a_stale_manifest_is_not_rebuilt
     with pytest.raises(ManifestError, match=f"fingerprint .*{data['shards'][0]['file']} sha256 .*listed 000000"):
         ensure_shards(load_config(TINY, [f"data.shards_dir={copy}"]))
     assert sorted(p.name for p in copy.iterdir()) == before, "the shard directory was rebuilt"
+
+
+# -- one run per output_dir (trainer/runlock.py) -------------------------------------------------------------
+_HOLD = ("import sys, time\nfrom trainer.runlock import run_lock\n"
+         "with run_lock(sys.argv[1], stale_s=float(sys.argv[2])):\n    print('HELD', flush=True); time.sleep(120)")
+
+
+def _holder(out: Path, stale_s: float = 120.0) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(out), str(stale_s)], cwd=ROOT, stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "HELD"
+    return proc
+
+
+def test_run_lock_refuses_a_live_run_takes_over_a_dead_one_and_waits_for_its_orphaned_workers(tmp_path, capsys):
+    import socket
+
+    from trainer.runlock import LOCK_NAME, RunLockedError, acquire
+
+    out = tmp_path / "run"
+    holder = _holder(out)
+    try:
+        record = json.loads((out / LOCK_NAME).read_text())
+        assert (record["pid"], record["host"]) == (holder.pid, socket.gethostname()) and record["started"] <= time.time()
+        t0 = time.monotonic()
+        with pytest.raises(RunLockedError, match=f"in use by another training run: pid {holder.pid} on "
+                                                 f"{socket.gethostname()} \\(started "):
+            acquire(out, wait_s=1.0, poll_s=0.1)
+        assert time.monotonic() - t0 >= 1.0, "did not wait lock_wait_s before refusing"
+    finally:
+        holder.kill()
+        holder.wait()
+    # the SIGKILLed holder's lock is still there; a worker it started is still alive: wait for it, then refuse
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (out / "pids").mkdir()
+        (out / "pids" / "rank_0.json").write_text(json.dumps({"pid": worker.pid, "host": socket.gethostname(),
+                                                              "started": time.time()}))
+        with pytest.raises(RunLockedError, match=f"its driver is gone but its workers \\(pids {worker.pid}\\)"):
+            acquire(out, stale_s=1.0, poll_s=0.1)
+    finally:
+        worker.kill()
+        worker.wait()
+    lock = acquire(out, stale_s=1.0)  # nothing of the old run is alive: taken over, and said so
+    try:
+        assert f"taking over the stale run lock {out / LOCK_NAME} of pid {holder.pid}" in capsys.readouterr().out
+        assert json.loads((out / LOCK_NAME).read_text())["pid"] == os.getpid()
+        mtime = (out / LOCK_NAME).stat().st_mtime
+        time.sleep(1.0)
+        assert (out / LOCK_NAME).stat().st_mtime > mtime, "no heartbeat"
+    finally:
+        lock.release()
+    assert not (out / LOCK_NAME).exists()
+
+
+def test_run_lock_of_another_host_stays_until_silent_and_a_requeued_slurm_job_waits_for_it(tmp_path, monkeypatch,
+                                                                                           capsys):
+    from trainer.runlock import LOCK_NAME, RunLockedError, acquire
+
+    out = tmp_path / "run"
+    out.mkdir()
+    path = out / LOCK_NAME
+    other = {"pid": 4242, "host": "node-b", "started": time.time() - 600, "token": "t-other", "slurm_job_id": "77"}
+    path.write_text(json.dumps(other))  # just touched: node-b's run is alive as far as anyone can tell
+    with pytest.raises(RunLockedError, match="pid 4242 on node-b .*SLURM job 77"):
+        acquire(out, stale_s=60.0)
+    monkeypatch.setenv("SLURM_JOB_ID", "77")  # the same job, requeued on this node: waits for node-b to go silent
+    t0 = time.monotonic()
+    lock = acquire(out, stale_s=1.5, poll_s=0.1)
+    try:
+        assert time.monotonic() - t0 >= 1.0
+        text = capsys.readouterr().out
+        assert "the same SLURM job, requeued" in text and "node-b has not touched it for" in text
+        assert json.loads(path.read_text())["slurm_job_id"] == "77"
+    finally:
+        lock.release()
+    old = time.time() - 3600
+    path.write_text(json.dumps({**other, "slurm_job_id": "12"}))  # another job's lock, silent for an hour
+    os.utime(path, (old, old))
+    lock = acquire(out, stale_s=60.0)
+    lock.release()
+
+
+def test_second_rrg_train_into_a_running_run_dir_is_one_line_exit_4(tmp_path):
+    out = tmp_path / "run"
+    holder = _holder(out)
+    try:
+        proc = _rrg("train", TINY, f"output_dir={out}", "data.shards_dir=/nonexistent")  # refused before anything
+        assert proc.returncode == 4, proc.stdout[-2000:] + proc.stderr[-2000:]
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("rrg: ") and f"pid {holder.pid} on" in lines[0], proc.stderr
+        assert sorted(p.name for p in out.iterdir()) == [".run.lock"], "the refused run wrote into the directory"
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# -- known errors: one registry, never retried by Ray ---------------------------------------------------------
+class _ModelFilesError(RuntimeError):
+    """Stands for an error class another module registers (e.g. a model-loading error)."""
+
+
+def test_a_registered_error_is_known_recorded_with_its_traceback_and_not_retried_by_ray(tmp_path, monkeypatch):
+    from ray.exceptions import ActorDiedError
+    from ray.train import FailureConfig
+    from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
+    from ray.train.v2._internal.execution.failure_handling.failure_policy import FailureDecision
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from cluster.ray_train import _failure_policy_cls
+    from trainer import runguard
+    from trainer.nonfinite import NonFiniteError
+
+    # registering is one line in KNOWN_ERRORS
+    monkeypatch.setattr(runguard, "KNOWN_ERRORS", runguard.KNOWN_ERRORS + [(f"{__name__}:_ModelFilesError", 4)])
+    assert runguard.known_error(_ModelFilesError("x")) == ("_ModelFilesError", 4)
+    assert runguard.known_error(ValueError("x")) is None
+    try:
+        raise _ModelFilesError("/models/lm: config.json is not valid JSON")
+    except _ModelFilesError as err:
+        assert runguard.record_fatal(tmp_path, err, rank=1)
+    fatal = json.loads((tmp_path / runguard.FATAL).read_text())
+    assert fatal["type"] == "_ModelFilesError" and fatal["exit_code"] == 4 and fatal["rank"] == 1
+    log = (tmp_path / runguard.ERROR_LOG).read_text()
+    assert "rank 1" in log and "Traceback (most recent call last)" in log and "config.json is not valid" in log
+    with pytest.raises(_ModelFilesError, match=r"not valid JSON \[raised in rank 1; traceback: .*worker_errors.log\]"):
+        runguard.raise_recorded_fatal(tmp_path)
+
+    policy = _failure_policy_cls()(FailureConfig(max_failures=2))
+    def group(err):
+        return WorkerGroupError("snippet", {0: UserExceptionWithTraceback(err, "tb"), 1: ActorDiedError()})
+    assert policy.make_decision(group(_ModelFilesError("bad"))) == FailureDecision.RAISE
+    assert policy.make_decision(group(NonFiniteError("nan"))) == FailureDecision.RAISE
+    killed = WorkerGroupError("snippet", {1: ActorDiedError()})  # a SIGKILLed worker, a lost node: retried
+    assert [policy.make_decision(killed) for _ in range(3)] == [FailureDecision.RETRY] * 2 + [FailureDecision.RAISE]

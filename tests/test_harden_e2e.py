@@ -182,8 +182,11 @@ def test_diverging_run_stops_without_checkpointing_nan_state(shards, tmp_path):
     proc = rrg(["train", TINY, "cluster.backend=torchrun", "cluster.num_workers=1", f"data.shards_dir={shards}",
                 f"output_dir={out}", "train.lr=1e30", "checkpoint.every_steps=1", "checkpoint.keep_last=2",
                 "train.max_nonfinite_steps=2"], env=env_offline(tmp_path))
-    code, line = _one_line(proc)
-    assert code == 6 and "not finite" in line, line
+    log, _ = proc.communicate(timeout=300)
+    code, line = proc.returncode, [ln for ln in log.splitlines() if ln.startswith("rrg: ")][-1]
+    assert code == 6 and "not finite" in line and "worker_errors.log" in line, line
+    assert "Traceback" not in log and "ChildFailedError" not in log, log[-4000:]  # neither the worker's nor torchrun's
+    assert sum("not finite" in ln for ln in log.splitlines() if ln.startswith("rrg: ")) == 1, log[-3000:]
     records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     first_bad = min(r["step"] for r in records if set(r) == {"step", "loss"} and not r["loss"] < float("inf"))
     saved = sorted(int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*"))
@@ -202,7 +205,7 @@ def _truncated_copy(shards: str, dest: Path) -> str:
 
 
 @pytest.mark.slow
-def test_a_bad_shard_is_one_line_exit_3_on_the_driver_and_in_the_workers_and_not_rerun(run, shards, tmp_path):
+def test_a_bad_shard_is_one_line_exit_3_on_the_driver_and_in_the_workers_and_never_retried(run, shards, tmp_path):
     run_dir, _, _ = run
     bad = _truncated_copy(shards, tmp_path / "shards")
     common = [f"data.shards_dir={tmp_path / 'shards'}", RAY_TMP, "cluster.max_failures=2"]
@@ -216,14 +219,18 @@ def test_a_bad_shard_is_one_line_exit_3_on_the_driver_and_in_the_workers_and_not
     shutil.copytree(run_dir, out, ignore=shutil.ignore_patterns("ray", "wandb"))
     proc = rrg(["train", TINY, "train.max_steps=40", f"output_dir={out}", *common], env=env_offline(tmp_path))
     log, _ = proc.communicate(timeout=600)
-    last = [ln for ln in log.splitlines() if ln.startswith("rrg: ")][-1]
-    assert proc.returncode == 3 and bad in last and "Traceback" not in last, log[-4000:]
-    assert json.loads((out / "FATAL.json").read_text())["type"] == "DataError"
-    # Ray restarts the worker group (max_failures), but the restarted group returns at once: it reads
-    # no data and trains no step
-    groups = log.split("Started training worker group")
-    assert len(groups) >= 2 and "resumed from" in groups[1], log[-4000:]
-    assert not any("resumed from" in g or ": loss=" in g for g in groups[2:]), "the worker group re-ran the doomed work"
+    lines = [ln for ln in log.splitlines() if ln.startswith("rrg: ")]
+    errors = [ln for ln in lines if bad in ln]
+    assert proc.returncode == 3 and len(errors) == 1 and errors[0] == lines[-1], log[-4000:]  # printed once, last
+    fatal = json.loads((out / "FATAL.json").read_text())
+    assert fatal["type"] == "DataError" and fatal["exit_code"] == 3
+    # the worker's traceback is in the log file the line names, not on the console
+    assert f"traceback: {out / 'logs' / 'worker_errors.log'}]" in errors[0]
+    assert "Traceback" not in log and "Error in training function" not in log, log[-4000:]
+    assert "Traceback (most recent call last)" in (out / "logs" / "worker_errors.log").read_text()
+    # a known error is not retried: one worker group, although cluster.max_failures=2
+    assert log.count("Started training worker group") == 1, log[-4000:]
+    assert "[FailurePolicy]" not in log
     assert not (out / "result.json").exists()
 
 
@@ -287,3 +294,41 @@ def test_workers_without_resources_fail_after_the_start_timeout_and_sigterm_stop
             head.wait(timeout=90)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_a_full_disk_in_the_workers_is_one_line_exit_5_without_tracebacks_or_retries(shards, tmp_path):
+    """The full-disk probe without a small file system: every checkpoint that appears gets a sparse 8 TiB
+    file (no blocks on disk), so the next save's free-space check (the previous checkpoint's size +5%)
+    fails in every worker, as it does when the disk fills up."""
+    import time
+
+    out = tmp_path / "full"
+    proc = rrg(["train", TINY, "train.max_steps=60", "checkpoint.every_steps=2", "checkpoint.keep_last=10",
+                f"data.shards_dir={shards}", f"output_dir={out}", RAY_TMP, "cluster.max_failures=2"],
+               env=env_offline(tmp_path))
+    padded: set[str] = set()
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.append(proc.stdout.read()), daemon=True)
+    reader.start()  # a full pipe would stall the run
+    try:
+        while proc.poll() is None:
+            for ck in (out / "checkpoints").glob("step_*"):
+                if ck.name not in padded:
+                    with open(ck / "pad", "wb") as f:
+                        f.truncate(1 << 43)  # 8 TiB apparent (ext4 allows 16), no block written
+                    padded.add(ck.name)
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(60)
+    log = output[0]
+    lines = [ln for ln in log.splitlines() if ln.startswith("rrg: ")]
+    assert proc.returncode == 5, log[-4000:]
+    assert "cannot write a checkpoint to" in lines[-1] and "MiB free" in lines[-1] and "[Errno" not in lines[-1]
+    assert f"traceback: {out / 'logs' / 'worker_errors.log'}]" in lines[-1]
+    assert sum("cannot write a checkpoint" in ln for ln in lines) == 1, lines
+    assert "Traceback" not in log and log.count("Started training worker group") == 1, log[-4000:]
+    assert "StorageError" in (out / "logs" / "worker_errors.log").read_text()
+    assert json.loads((out / "FATAL.json").read_text())["exit_code"] == 5

@@ -41,6 +41,8 @@ def test_dry_run_prints_a_manifest_that_validates():
     assert all(g["rayStartParams"] == {} for g in spec["rayClusterSpec"]["workerGroupSpecs"])
     run_yaml = yaml.safe_load(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["run.yaml"])
     assert run_yaml["train"]["max_steps"] == 300  # the resolved demo config travels with the job
+    # a retry waits for an evicted pod's run lock to go silent (trainer/runlock.py) rather than failing
+    assert run_yaml["checkpoint"]["lock_wait_s"] == 2 * run_yaml["checkpoint"]["lock_stale_s"] == 240
 
 
 def test_generated_manifest_carries_resources_storage_and_gpus(rayjob):

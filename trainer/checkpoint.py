@@ -45,6 +45,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from configs.atomic import atomic_write_text
+from trainer import chaos
 from trainer.runguard import check_free_space, dir_size, storage_errors
 from trainer.safe_load import verify_checkpoint, write_complete
 
@@ -197,6 +198,7 @@ class CheckpointManager:
         client_dir = tmp / "client"
         _atomic_write(client_dir / f"rank_{self.rank:05d}.json", json.dumps({**client, "rng": rng_meta}))
         save_file(rng_tensors, str(client_dir / f"rank_{self.rank:05d}.rng.safetensors"))
+        chaos.point("checkpoint_write", step, self.rank)  # every file written, no COMPLETE yet
         self.barrier()
         if self.rank == 0:
             _atomic_write(tmp / "meta.json", json.dumps({**meta, "global_step": step,
@@ -225,8 +227,19 @@ class CheckpointManager:
                 trash = old.with_name(f".trash-{old.name}")
                 shutil.rmtree(trash, ignore_errors=True)
                 os.rename(old, trash)  # from here on it is not a checkpoint; a crash leaves only trash
+                chaos.point("prune", int(keep.name[len(STEP_PREFIX):]), self.rank)
         for stale in [*self.root.glob(".trash-*"), *self.root.glob(".tmp-*")]:
             shutil.rmtree(stale, ignore_errors=True)
+
+    def remove_leftovers(self) -> list[Path]:
+        """``.tmp-*`` (interrupted saves) and ``.trash-*`` (interrupted pruning) directories; only safe
+        while no other run writes here, i.e. with the run lock held (trainer/runlock.py)."""
+        if not self.root.is_dir():
+            return []
+        found = sorted([*self.root.glob(".tmp-*"), *self.root.glob(".trash-*")])
+        for p in found:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        return found
 
     # -- world-size changes -----------------------------------------------------------------
     def ensure_universal(self, point: ResumePoint) -> str:

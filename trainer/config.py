@@ -131,12 +131,20 @@ class CheckpointConfig:
     export: Literal["merged", "adapter", "none"] = "merged"  # final Hugging Face export
     overwrite: Optional[Literal["move", "delete"]] = None  # --overwrite: clear an old run's checkpoints
     trust: bool = False  # --trust-checkpoint: load without hash checks and with full pickle (can run code)
+    # one run per output_dir (trainer/runlock.py): a lock another host has not touched for lock_stale_s is
+    # stale and taken over; a second run waits lock_wait_s for the first to finish, then refuses
+    lock_stale_s: float = 120.0
+    lock_wait_s: float = 0.0
 
     def validate(self, key: str = "checkpoint") -> None:
         if self.every_steps < 1:
             raise ConfigError(f"{key}.every_steps", "must be >= 1")
         if self.keep_last < 1:
             raise ConfigError(f"{key}.keep_last", "must be >= 1")
+        if not 0 < self.lock_stale_s < float("inf"):
+            raise ConfigError(f"{key}.lock_stale_s", f"must be a finite number of seconds > 0, got {self.lock_stale_s}")
+        if not 0 <= self.lock_wait_s < float("inf"):
+            raise ConfigError(f"{key}.lock_wait_s", f"must be a finite number of seconds >= 0, got {self.lock_wait_s}")
 
 
 @dataclass

@@ -3,10 +3,19 @@
 Weights are gathered from the engine (one parameter at a time under ZeRO-3) on
 rank 0, loaded into a clean, undistributed copy of the model, checked, and saved
 with the family's ``save_pretrained`` (merged LoRA, or base + adapter).
+
+A training run's final export is published atomically (:func:`staged_dir`): written into
+``.<name>.tmp-<pid>`` beside the target, then swapped in, so a crash mid-export leaves the previous
+export (or none), never half of one; the next run removes the staging leftovers
+(:func:`remove_staging_leftovers`).
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from safetensors.torch import save_file
@@ -67,15 +76,56 @@ def write_run_config(cfg, out_dir: Path) -> None:
     (Path(out_dir) / RUN_CONFIG).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
+_STAGING = ".tmp-"
+
+
+@contextlib.contextmanager
+def staged_dir(out_dir: Path) -> Iterator[Path]:
+    """Yield a staging dir beside ``out_dir``; on success it replaces ``out_dir`` (the old one, if
+    any, is removed only after the swap); on failure it is removed."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}{_STAGING}{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    from configs.atomic import fsync_dir
+
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    fsync_dir(out_dir.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_staging_leftovers(out_dir: Path) -> list[Path]:
+    """Staging and swap dirs a crashed export left beside ``out_dir`` (call with the run lock held)."""
+    out_dir = Path(out_dir)
+    found = sorted(out_dir.parent.glob(f".{out_dir.name}{_STAGING}*")) + \
+        sorted(out_dir.parent.glob(f".{out_dir.name}.old-*"))
+    for p in found:
+        shutil.rmtree(p, ignore_errors=True)
+    return found
+
+
 def export_model(strategy, family, tokenizer, cfg, out_dir: Path, *, rank: int, spec) -> Path | None:
-    """Collective: every rank calls; rank 0 writes ``out_dir`` and returns it."""
+    """Collective: every rank calls; rank 0 writes ``out_dir`` (atomically) and returns it."""
+    from trainer import chaos
+
     state = strategy.full_state_dict()
     if rank != 0:
         return None
     strategy.release_model_init_context()
-    write_export(family, tokenizer, spec, state, out_dir, merge=cfg.checkpoint.export == "merged",
-                 where="export", shards_dir=cfg.data.shards_dir)
-    write_run_config(cfg, out_dir)
+    with staged_dir(out_dir) as tmp:
+        write_export(family, tokenizer, spec, state, tmp, merge=cfg.checkpoint.export == "merged",
+                     where="export", shards_dir=cfg.data.shards_dir)
+        write_run_config(cfg, tmp)
+        chaos.point("export", cfg.train.max_steps, rank)
     return out_dir
 
 

@@ -9,6 +9,8 @@ from typing import Any, Callable, Optional
 import torch
 import torch.distributed as dist
 
+from trainer import chaos
+
 
 @dataclass
 class LoopState:
@@ -107,6 +109,7 @@ class Trainer:
                 st.step_losses.append((st.step + 1, loss.detach().float()))
                 if micro % train.grad_accum:
                     continue
+                chaos.point("step", st.step + 1, self.rank)  # updated, not yet counted (trainer/chaos.py)
                 st.step += 1
                 self.logger.advance()
                 log_step = st.step % self.cfg.logging.every_steps == 0 or st.step == until

@@ -37,7 +37,8 @@ def worker_env(cfg: RunConfig) -> dict[str, str]:
         "OMP_NUM_THREADS": str(max(1, int(cfg.cluster.cpus_per_worker))),
     }
     for key in ("WANDB_MODE", "WANDB_API_KEY", "TORCH_EXTENSIONS_DIR", "HF_HOME", "PYTHONPATH",
-                "RRG_JOB_ID", "RRG_CACHE_DIR", "SLURM_JOB_ID", "SLURM_RESTART_COUNT", "SLURM_JOB_NODELIST"):
+                "RRG_JOB_ID", "RRG_CACHE_DIR", "SLURM_JOB_ID", "SLURM_RESTART_COUNT", "SLURM_JOB_NODELIST",
+                "RRG_CHAOS_DIR"):
         if os.environ.get(key):
             env[key] = os.environ[key]
     # object storage (shards/storage.py): credentials, region, endpoint (AWS_ENDPOINT_URL[_S3]), profile
@@ -192,6 +193,19 @@ def _stage_remote_checkpoint(cfg: RunConfig) -> None:
         (out / "wandb_run_id").write_text(wandb_id)
 
 
+def remove_partial_outputs(cfg: RunConfig) -> None:
+    """What an interrupted run left half-written: checkpoint saves (``.tmp-step_N``), pruned
+    checkpoints (``.trash-step_N``) and export staging dirs.  Runs under the run lock only."""
+    from trainer.checkpoint import CheckpointManager
+    from trainer.export import remove_staging_leftovers
+
+    found = CheckpointManager(cfg.checkpoint_dir, rank=0, world_size=1, keep_last=1).remove_leftovers()
+    found += remove_staging_leftovers(Path(cfg.output_dir) / "export")
+    if found:
+        print(f"rrg: removed what an interrupted run left half-written: {', '.join(p.name for p in found)}",
+              flush=True)
+
+
 def prepare_run(cfg: RunConfig, pool: Optional[TaskPool] = None) -> dict[str, Any]:
     """Driver-side preparation shared by the Ray and torchrun paths; returns the workers' loop config.
 
@@ -215,6 +229,7 @@ def prepare_run(cfg: RunConfig, pool: Optional[TaskPool] = None) -> dict[str, An
     stage_remote_checkpoint(cfg)
     manifest = ensure_shards(cfg, pool)
     check_resume(cfg, manifest)
+    remove_partial_outputs(cfg)
     cfg.dump(out / "config.yaml")
     tokenizer_dir = prepare_tokenizer(cfg, manifest)
     stop_file = out / "STOP"

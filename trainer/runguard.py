@@ -176,58 +176,116 @@ def tokenizer_hash(tokenizer_dir: Path) -> str:
     return h.hexdigest()
 
 
-# -- errors rrg knows, raised in a worker: recorded so a restarted worker group does not re-run -------------
+# -- errors rrg knows: one line, an exit code, never retried -----------------------------------------------
 FATAL = "FATAL.json"
+ERROR_LOG = "logs/worker_errors.log"  # below output_dir: the full tracebacks of the known errors workers raised
+
+# Every error class rrg knows, as "module:Class" and its exit code: 2 config, 3 data, 4 checkpoint / run
+# directory / model files, 5 disk, 6 diverged.  All of them are *non-transient*: the same inputs fail the
+# same way again, so a Ray worker group that raised one is not restarted (cluster/ray_train.py), the
+# command prints the error's message as one line and exits with the code (launcher/cli.py), and the
+# workers' tracebacks go to <output_dir>/logs/worker_errors.log, not to the console.
+# To register another error: add one line here (a subclass of a listed class is covered already).
+# Only classes of the trainer floor or below belong here; the cluster floor adds its own in the CLI.
+KNOWN_ERRORS: list[tuple[str, int]] = [
+    ("configs.schema:ConfigError", 2),
+    ("modeling.formats:ModelFormatError", 2),  # a model directory rrg cannot read as configured
+    ("shards.manifest:ManifestError", 3),
+    ("shards.reader:DataError", 3),
+    ("shards.adapters:AdapterError", 3),
+    ("shards.sidecars:SidecarError", 3),
+    ("shards.buildlock:BuildLockedError", 3),
+    ("shards.labeling.registry:LabelInputError", 3),
+    ("modeling.family:TargetError", 3),
+    ("trainer.topic_annotate:TopicAnnotationError", 3),
+    ("trainer.kg:KGError", 3),
+    ("trainer.safe_load:CheckpointTrustError", 4),
+    ("trainer.runguard:RunDirError", 4),
+    ("trainer.runlock:RunLockedError", 4),
+    ("trainer.runguard:StorageError", 5),
+    ("trainer.nonfinite:NonFiniteError", 6),
+]
+
+
+def _resolve(spec: str) -> type:
+    import importlib
+
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def known_errors() -> list[tuple[tuple[type, ...], int]]:
-    """rrg's own errors below the cluster floor and their exit codes: 2 config, 3 data, 4 checkpoint /
-    run directory, 5 disk, 6 diverged.  The CLI prints them as one line; a worker records them in
-    ``FATAL.json`` so the driver can, and Ray does not rerun the work."""
-    from configs.schema import ConfigError
-    from modeling.family import TargetError
-    from modeling.formats import ModelFormatError
-    from shards.adapters import AdapterError
-    from shards.buildlock import BuildLockedError
-    from shards.labeling.registry import LabelInputError
-    from shards.manifest import ManifestError
-    from shards.reader import DataError
-    from shards.sidecars import SidecarError
-    from trainer.kg import KGError
-    from trainer.nonfinite import NonFiniteError
-    from trainer.safe_load import CheckpointTrustError
-    from trainer.topic_annotate import TopicAnnotationError
-
-    return [((ConfigError, ModelFormatError), 2),
-            ((ManifestError, DataError, AdapterError, SidecarError, BuildLockedError, LabelInputError, TargetError,
-              TopicAnnotationError, KGError), 3),
-            ((CheckpointTrustError, RunDirError), 4), ((StorageError,), 5), ((NonFiniteError,), 6)]
+    """:data:`KNOWN_ERRORS` as ``[(classes, exit code)]``, one entry per code, in the table's order."""
+    grouped: dict[int, list[type]] = {}
+    for spec, code in KNOWN_ERRORS:
+        grouped.setdefault(code, []).append(_resolve(spec))
+    return [(tuple(types), code) for code, types in grouped.items()]
 
 
 def known_error_types() -> dict[str, type]:
     return {t.__name__: t for types, _ in known_errors() for t in types}
 
 
-def record_fatal(output_dir: str | os.PathLike, err: BaseException) -> bool:
-    """Write ``FATAL.json`` for an error rrg knows (the first one wins); True if it was one."""
-    known = known_error_types()
-    name = next((c.__name__ for c in type(err).__mro__ if known.get(c.__name__) is c), None)
-    if name is None:
+def known_error(err: BaseException) -> Optional[tuple[str, int]]:
+    """(registered class name, exit code) when ``err`` is an error rrg knows, else None."""
+    for types, code in known_errors():
+        for t in types:
+            if isinstance(err, t):
+                return t.__name__, code
+    return None
+
+
+_RECORDED: list[str] = []  # this process recorded a known error (Ray Train's own traceback log is then dropped)
+
+
+def record_fatal(output_dir: str | os.PathLike, err: BaseException, rank: Optional[int] = None) -> bool:
+    """For an error rrg knows: its traceback appended to ``logs/worker_errors.log`` and ``FATAL.json``
+    written (the first one wins).  True if it was one; anything else is left to the caller."""
+    import socket
+    import traceback
+
+    found = known_error(err)
+    if found is None:
         return False
-    path = Path(output_dir) / FATAL
+    name, code = found
+    out = Path(output_dir)
+    log = out / ERROR_LOG
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+        head = (f"=== {time.strftime('%Y-%m-%dT%H:%M:%S')} rank {rank if rank is not None else '?'} "
+                f"pid {os.getpid()} on {socket.gethostname()}: {name} (exit {code})\n")
+        with open(log, "a") as f:  # one write per record: ranks appending at once do not interleave lines
+            f.write(head + text + "\n")
+    except OSError:  # a full disk is one of these errors: the record below still says what happened
+        log = None
+    path = out / FATAL
     if not path.exists():
         from configs.atomic import atomic_write_json
 
-        atomic_write_json(path, {"type": name, "message": str(err)})
+        try:
+            message = err.strerror if isinstance(err, OSError) and err.strerror else str(err)  # no "[Errno 28]"
+            atomic_write_json(path, {"type": name, "message": message, "exit_code": code, "rank": rank,
+                                     "traceback_log": str(log) if log else None})
+        except OSError:
+            pass
+    _RECORDED.append(name)
     return True
 
 
+def recorded_in_this_process() -> bool:
+    return bool(_RECORDED)
+
+
 def raise_recorded_fatal(output_dir: str | os.PathLike) -> None:
-    """Re-raise, on the driver, the known error a worker recorded."""
+    """Re-raise, on the driver, the known error a worker recorded (its message names the traceback log)."""
     path = Path(output_dir) / FATAL
     if not path.is_file():
         return
     data = json.loads(path.read_text())
     cls = known_error_types().get(data.get("type"), RuntimeError)
     message = data.get("message", "")
+    if data.get("traceback_log"):
+        where = f"rank {data['rank']}" if data.get("rank") is not None else "a worker"
+        message += f" [raised in {where}; traceback: {data['traceback_log']}]"
     raise cls("", message) if cls.__name__ == "ConfigError" else cls(message)

@@ -236,6 +236,9 @@ class TrainingRun:
         pid_dir = Path(cfg.output_dir) / "pids"
         pid_dir.mkdir(parents=True, exist_ok=True)
         (pid_dir / f"rank_{self.rank}.pid").write_text(str(os.getpid()))
+        from trainer.runlock import write_worker_record
+
+        write_worker_record(Path(cfg.output_dir), self.rank)  # a later run's lock waits for live workers
         state = self.loop_state = LoopState()
         self.universal = False
         if self.resume is not None:
@@ -321,6 +324,25 @@ def load_plain_state(model: torch.nn.Module, state: dict[str, torch.Tensor], whe
                            f"unexpected={unexpected[:5]}")
 
 
+class _KnownErrorLogFilter:
+    """Ray Train logs every exception leaving the training function, traceback and all ("Error in
+    training function"); for an error rrg knows and has recorded (:func:`trainer.runguard.record_fatal`)
+    that record is dropped: the traceback is in the run's error log, the console gets one line."""
+
+    def filter(self, record) -> bool:
+        from trainer.runguard import recorded_in_this_process
+
+        return not (recorded_in_this_process() and record.getMessage().startswith("Error in training function"))
+
+
+def _drop_ray_traceback_log_of_known_errors() -> None:
+    import logging
+
+    log = logging.getLogger("ray.train.v2._internal.util")
+    if not any(isinstance(f, _KnownErrorLogFilter) for f in log.filters):
+        log.addFilter(_KnownErrorLogFilter())
+
+
 def train_worker(loop_config: dict[str, Any]) -> None:
     for key, value in loop_config.get("env", {}).items():
         os.environ.setdefault(key, str(value))
@@ -329,10 +351,13 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     cfg = config_from_dict(loop_config["config"])
     if (Path(cfg.output_dir) / FATAL).exists():
         return  # a restarted worker group after an error rrg knows: the driver reports it, nothing re-runs
+    _drop_ray_traceback_log_of_known_errors()
     try:
         result = TrainingRun(cfg, loop_config).run()
     except Exception as err:
-        record_fatal(cfg.output_dir, err)  # data/config/checkpoint errors are not retried
+        # an error rrg knows: its traceback goes to logs/worker_errors.log (not the console), FATAL.json
+        # tells the driver, and cluster/ray_train.py's failure policy does not restart the worker group
+        record_fatal(cfg.output_dir, err, rank=dist_info()[0])
         raise
     try:
         import ray.train
@@ -357,27 +382,41 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(args[0] if args and "=" not in args[0] else None,
                       [a for a in args if "=" in a])
     DeepSpeedStrategy.init_distributed(cfg.cluster.use_gpu)
-    loop_config = broadcast_json(prepare_run(cfg) if dist.get_rank() == 0 else None)
-    cfg = config_from_dict(loop_config["config"])
-    # SIGTERM/SIGUSR1 (srun, torchrun's agent, a SLURM preemption) to any rank: checkpoint at the next step, stop
-    install_stop_handlers(Path(loop_config["stop_file"]))
+    lock = None
     try:
-        TrainingRun(cfg, loop_config).run()
-    except Exception as err:
-        from trainer.runguard import known_errors, record_fatal
+        if dist.get_rank() == 0:  # plain torchrun users: rank 0 is the driver (under `rrg train`, its lock)
+            from trainer.runlock import acquire_checked
 
-        if not record_fatal(cfg.output_dir, err):  # the same record as under Ray, for the job's wrapper
-            raise
-        code = next(c for types, c in known_errors() if isinstance(err, types))
-        print(f"rrg: rank {dist.get_rank()}: {err}", file=sys.stderr, flush=True)  # rrg's own error: no traceback
-        sys.exit(code)
-    if dist.get_rank() == 0:
-        try:
+            lock = acquire_checked(Path(cfg.output_dir).resolve(), stale_s=cfg.checkpoint.lock_stale_s,
+                                   wait_s=cfg.checkpoint.lock_wait_s)
+        loop_config = broadcast_json(prepare_run(cfg) if dist.get_rank() == 0 else None)
+        cfg = config_from_dict(loop_config["config"])
+        # SIGTERM/SIGUSR1 (srun, torchrun's agent, a SLURM preemption) to any rank: checkpoint at the next step, stop
+        install_stop_handlers(Path(loop_config["stop_file"]))
+        TrainingRun(cfg, loop_config).run()
+        if dist.get_rank() == 0:
             finish_run(cfg)
-        finally:
-            dist.destroy_process_group()
-    else:
-        dist.destroy_process_group()
+    except Exception as err:
+        from trainer.runguard import ERROR_LOG, known_error, record_fatal
+
+        if not record_fatal(cfg.output_dir, err, rank=dist.get_rank()):  # the same record as under Ray
+            raise
+        code = known_error(err)[1]
+        if os.environ.get(DRIVER_ENV) != "torchrun":  # under `rrg train`, its driver prints the one line
+            print(f"rrg: rank {dist.get_rank()}: {err} [exit {code}; traceback: {Path(cfg.output_dir) / ERROR_LOG}]",
+                  file=sys.stderr, flush=True)  # rrg's own error: one line, the traceback in the log
+        sys.exit(code)
+    finally:
+        if lock is not None:
+            lock.release()
+        if dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception:  # noqa: BLE001 - a peer that died first: nothing left to tear down cleanly
+                pass
+
+
+DRIVER_ENV = "RRG_DRIVER"  # set by cluster/torchrun.py for the workers it starts
 
 
 if __name__ == "__main__":

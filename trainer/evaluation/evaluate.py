@@ -361,6 +361,9 @@ class InTrainingEvaluator:
         dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
         preds = list(generate_batches(engine.module, run.family, run.tokenizer, batches, gen,
                                       device=engine.device, dtype=dtype))
+        from trainer import chaos
+
+        chaos.point("eval", step, run.rank)  # generated, not yet gathered or scored (trainer/chaos.py)
         engine.train()
         gathered = gather_json(preds)
         if run.rank == 0:
