@@ -19,8 +19,8 @@ def test_invalid_config_fails_fast_and_names_the_key(tmp_path):
         f"model.lm.path={tmp_path / 'missing-model'}": "model.lm.path",
         "data.loader_workers=-1": "data.loader_workers",
     }
-    # "fast" means before anything is set up: no run directory, no Ray, no workers (how long that takes
-    # on a loaded machine is not a test; `rrg bench` measures performance)
+    # "fast" means before anything is set up (no run directory yet), with one line naming the key; how
+    # many seconds that takes on a loaded machine is no test (performance is `rrg bench`'s)
     for override, key in cases.items():
         proc = subprocess.run([sys.executable, "-m", "launcher.cli", "train", TINY, override,
                                f"output_dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
