@@ -13,14 +13,46 @@ CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").rglob("*.y
 DEMO = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
 
+def _leaves(data: dict, prefix: str = ""):
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, name)
+        else:
+            yield name, value
+
+
+def _at(data: dict, dotted: str):
+    for part in dotted.split("."):
+        data = data[part]
+    return data
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_every_shipped_config_loads_and_validates(path):
+def test_every_shipped_config_loads_and_validates(path, tmp_path):
+    """Each shipped file loads, validates, and means what it says: every value written in it (and in
+    its ``base:`` chain) is the resolved config's value, none dropped or misplaced; stages set
+    ``max_steps``; the resolved dump (every default spelled out) loads back equal."""
+    from configs.schema import read_yaml_chain
     from modeling.config import without_path_checks
+    from trainer.config import _merge_base
 
     with without_path_checks():  # real-scale configs name placeholder model directories
         cfg = load_config(path)
-    assert isinstance(cfg, RunConfig)
-    assert cfg.model.family and cfg.data.shards_dir and cfg.train.max_steps >= 1
+        assert isinstance(cfg, RunConfig)
+        written = read_yaml_chain(path.resolve(), merge=_merge_base)
+        resolved = cfg.to_dict()
+        for key, value in _leaves(written):
+            got = _at(resolved, key)
+            if key == "train.max_steps" and cfg.train.stages:
+                assert got == sum(s.steps for s in cfg.train.stages), key  # the stages decide
+            elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                assert len(got) == len(value) and all(g.items() >= v.items() for g, v in zip(got, value)), key
+            else:
+                assert got == value, (key, value, got)
+        assert sum(s.steps for s in cfg.train.resolved_stages()) == cfg.train.max_steps >= 1
+        cfg.dump(tmp_path / "resolved.yaml")
+        assert load_config(tmp_path / "resolved.yaml") == cfg
 
 
 def test_overrides_are_typed_and_nested():

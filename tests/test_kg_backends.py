@@ -46,7 +46,57 @@ def test_token_classification_backend_runs_and_keeps_negation(tok_dir, tmp_path)
     out = ex(REPORT)
     assert out.entities and {t for t, _ in out.entities} <= {"finding", "anatomy", "modifier"}
     assert ("finding", "effusion") not in out.entities  # the negated sentence gives nothing, whatever the model says
-    assert ex.model_entities("no pleural effusion") is None or not ex("FINDINGS: No pleural effusion.").triples
+
+
+def _effusion_tagger(tok_dir, out, labels):
+    """A BertForTokenClassification (real layout) whose weights are set so that it tags every token
+    spelling "effusion" B-FINDING and every other token O: a known proposal to test negation against.
+
+    The encoder layer's projections are zeroed, so each position's output is its LayerNorm'd word
+    embedding; the word embeddings are two orthogonal zero-mean +-1 patterns, and the classifier reads
+    one pattern as B-FINDING and the other as O."""
+    import torch
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    cfg = BertConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                     num_attention_heads=2, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                     label2id={l: i for i, l in enumerate(labels)})
+    model = BertForTokenClassification(cfg)
+    finding = torch.tensor([1.0, -1.0] * 16)  # zero mean, unit variance: LayerNorm leaves it as it is
+    other = torch.tensor([1.0, 1.0, -1.0, -1.0] * 8)  # orthogonal to ``finding``
+    ids = [i for t, i in tok.get_vocab().items() if t.lstrip("Ġ▁").lower() == "effusion"]
+    assert ids, "the tokenizer has no whole-word 'effusion' token"
+    with torch.no_grad():
+        for name, p in model.bert.encoder.named_parameters():
+            if "LayerNorm" not in name:
+                p.zero_()
+        emb = model.bert.embeddings
+        emb.position_embeddings.weight.zero_()
+        emb.token_type_embeddings.weight.zero_()
+        emb.word_embeddings.weight[:] = other
+        emb.word_embeddings.weight[ids] = finding
+        model.classifier.weight.zero_()
+        model.classifier.bias.zero_()
+        model.classifier.weight[labels.index("B-FINDING")] = finding
+        model.classifier.weight[labels.index("O")] = other
+    return _save(model, tok_dir, out)
+
+
+def test_token_classification_backend_proposal_is_overruled_by_negation(tok_dir, tmp_path):
+    labels = ["O", "B-FINDING", "I-FINDING", "B-ANATOMY", "I-ANATOMY", "B-MODIFIER", "I-MODIFIER"]
+    ex = TokenClassExtractor(KGConfig(extractor="hf_token",
+                                      extractor_dir=_effusion_tagger(tok_dir, tmp_path / "tagger", labels)))
+    proposal = {"finding": ["effusion"], "anatomy": [], "modifier": []}
+    # the model proposes "effusion" in both sentences ...
+    assert ex.model_entities("No pleural effusion.") == proposal
+    assert ex.model_entities("Pleural effusion.") == proposal
+    # ... its proposal is used where the finding is present (the rules would also give "pleural effusion")
+    present = ex("FINDINGS: Pleural effusion.")
+    assert present.entities == {("finding", "effusion")} and present.fallbacks == 0
+    # ... and the negation scope drops it where the report negates it: nothing at all comes out
+    negated = ex("FINDINGS: No pleural effusion.")
+    assert negated.entities == set() and negated.triples == set() and negated.fallbacks == 0
 
 
 def test_node_features_hashed_deterministic_and_local_encoder(tok_dir, tmp_path):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoConfig
 
 from modeling.config import without_path_checks
 from trainer.config import load_config
@@ -27,10 +28,72 @@ def _cfg(path, *overrides):
         return load_config(path, list(overrides))
 
 
+def _lm_params(hf: dict, vocab: int, tied: bool) -> int:
+    """A Llama / Gemma 3 decoder's parameter count in closed form (no biases)."""
+    h, f, layers = hf["hidden_size"], hf["intermediate_size"], hf["num_hidden_layers"]
+    d = hf.get("head_dim") or h // hf["num_attention_heads"]
+    q, kv = hf["num_attention_heads"] * d, (hf.get("num_key_value_heads") or hf["num_attention_heads"]) * d
+    gemma3 = hf["model_type"].startswith("gemma3")
+    norms = 4 * h + 2 * d if gemma3 else 2 * h  # Gemma 3: pre/post norms around both blocks + q/k norms
+    layer = 2 * h * q + 2 * h * kv + 3 * h * f + norms
+    return vocab * h * (1 if tied else 2) + layers * layer + h
+
+
+def _lora_params(hf: dict, r: int, targets: list[str]) -> int:
+    """LoRA r x (in + out) per targeted projection of every decoder layer."""
+    h, f = hf["hidden_size"], hf["intermediate_size"]
+    d = hf.get("head_dim") or h // hf["num_attention_heads"]
+    q, kv = hf["num_attention_heads"] * d, (hf.get("num_key_value_heads") or hf["num_attention_heads"]) * d
+    shapes = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+              "gate_proj": (h, f), "up_proj": (h, f), "down_proj": (f, h)}
+    return hf["num_hidden_layers"] * sum(r * sum(shapes[t]) for t in targets)
+
+
 @pytest.mark.parametrize("path", REAL_SCALE, ids=lambda p: p.name)
 def test_every_real_scale_config_is_planned(path):
-    out = run_plan(_cfg(path), gpus=8, studies=200_000)
-    assert out["stages"] and all(s["trainable"] > 0 and s["hours_per_epoch"] > 0 for s in out["stages"])
+    """Every figure of the plan that has a closed form, recomputed here from the config's numbers:
+    the global batch, the LM's parameter count, the LoRA count, which modules each tuning trains,
+    weights / gradients / AdamW bytes per GPU, and the hours per epoch from the FLOPs per step."""
+    cfg = _cfg(path)
+    gpus, studies, t = 8, 200_000, cfg.train
+    with contextlib.redirect_stdout(io.StringIO()):
+        out = run_plan(cfg, gpus=gpus, studies=studies)
+    plans, (family, _) = plan_stages(cfg)
+    hf = family.cfg.lm.hf_config  # the architecture the plan built (inline, or a directory's config.json)
+    tied = AutoConfig.for_model(**hf).tie_word_embeddings  # the model type's default unless the config says
+    bf16 = t.precision == "bf16"
+    global_batch = t.micro_batch_size * t.grad_accum * gpus
+    assert out["global_batch"] == global_batch
+    assert len(out["stages"]) == len(plans) == len(t.resolved_stages())
+    for stage, sp, st in zip(t.resolved_stages(), plans, out["stages"]):
+        rows = {name: (total, train) for name, total, train in sp.rows}
+        assert (st["total"], st["trainable"]) == (sum(r[0] for r in rows.values()), sum(r[1] for r in rows.values()))
+        assert rows["lm"][0] == sp.lm_params == _lm_params(hf, sp.vocab, tied), stage
+        assert rows["lm"][1] == (sp.lm_params if stage.tuning == "full" else 0), stage
+        # a trained encoder trains all but what the features never reach (SigLIP's pooling head)
+        assert (0 < rows["vision"][1] <= rows["vision"][0]) if stage.train_vision else rows["vision"][1] == 0, stage
+        if stage.tuning == "lora":
+            assert rows["lora"] == (_lora_params(hf, t.lora.r, t.lora.target_modules),) * 2, stage
+        else:
+            assert "lora" not in rows, stage
+        if stage.tuning == "projector":  # nothing of the LM or the encoder, the projector in full
+            assert rows["projector"][0] == rows["projector"][1] > 0 and st["trainable"] <= sum(
+                total for name, (total, _) in rows.items() if name not in ("lm", "vision")), stage
+        p, n = st["total"], st["trainable"]
+        want = {"weights": (2 if bf16 else 4) * p / (gpus if t.zero_stage >= 3 else 1),
+                "gradients": (2 if bf16 else 4) * n / (gpus if t.zero_stage >= 2 else 1),
+                "optimizer": 0 if t.offload_optimizer else (12 if bf16 else 8) * n / (gpus if t.zero_stage >= 1 else 1)}
+        for ckpt in ("False", "True"):
+            got = st["memory_bytes"][ckpt]
+            assert {k: got[k] for k in want} == pytest.approx(want, rel=1e-12), (stage, ckpt)
+            assert got["activations"] > 0
+        assert st["memory_bytes"]["True"]["activations"] < st["memory_bytes"]["False"]["activations"], stage
+        # FLOPs/step: the LM part in closed form (6N full, 4N LoRA/projector) is its largest term
+        lm_per_token = (6 if stage.tuning == "full" else 4) * sp.lm_params
+        assert st["flops_per_step"] > global_batch * out["seq_len"] * lm_per_token, stage
+        steps = -(-studies // global_batch)
+        assert st["hours_per_epoch"] == pytest.approx(steps * st["flops_per_step"] / (gpus * 989e12 * 0.40) / 3600,
+                                                      rel=1e-12), stage
 
 
 def test_radixpert_trains_about_126m_parameters():

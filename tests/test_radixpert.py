@@ -85,8 +85,31 @@ def test_masks_reach_generation_and_the_ablations(fam_tok_model):
         assert not torch.allclose(model.image_features(zeroed["pixel_values"], zeroed["masks"]), ref)
         black = fam.ablate(batch, "black")
         assert float(black["masks"].abs().sum()) == 0 and not torch.equal(black["pixel_values"], batch["pixel_values"])
-    gens = fam.generate(model, tok, batch, GenConfig(max_new_tokens=5))
+    # what generation feeds the LM: the first forward call of ``lm.generate`` (the whole prompt)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def first_call(module, args, kwargs, output):
+        if not seen:
+            seen.append((kwargs["inputs_embeds"].detach().clone(), output.logits[:, -1].detach().clone()))
+
+    def generation_inputs(b):
+        seen.clear()
+        handle = model.lm.register_forward_hook(first_call, with_kwargs=True)
+        try:
+            gens = fam.generate(model, tok, b, GenConfig(max_new_tokens=5))
+        finally:
+            handle.remove()
+        return gens, seen[0]
+
+    gens, (embeds, logits) = generation_inputs(batch)
     assert [g.id for g in gens] == ["s0", "s1"]
+    _, (embeds0, logits0) = generation_inputs(zeroed)
+    assert embeds.shape == embeds0.shape
+    moved = (embeds - embeds0).abs().amax(-1) > 1e-6  # (rows, positions) the masks changed
+    # exactly each row's image tokens, and they hold the image features computed with the masks
+    assert moved.sum(1).tolist() == [ref.shape[1]] * 2, "zeroed masks left the generation inputs alone"
+    torch.testing.assert_close(embeds[moved].reshape(ref.shape), ref)
+    assert not torch.allclose(logits, logits0), "zeroed masks left the first-token logits alone"
     with pytest.raises(Exception, match="no ablation 'kg'"):
         fam.ablate(batch, "kg")
 

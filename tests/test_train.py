@@ -5,7 +5,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,14 +19,15 @@ def test_invalid_config_fails_fast_and_names_the_key(tmp_path):
         f"model.lm.path={tmp_path / 'missing-model'}": "model.lm.path",
         "data.loader_workers=-1": "data.loader_workers",
     }
+    # "fast" means before anything is set up (no run directory yet), with one line naming the key; how
+    # many seconds that takes on a loaded machine is no test (performance is `rrg bench`'s)
     for override, key in cases.items():
-        t0 = time.time()
         proc = subprocess.run([sys.executable, "-m", "launcher.cli", "train", TINY, override,
-                               f"output_dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True, text=True, timeout=60)
-        elapsed = time.time() - t0
+                               f"output_dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2, proc.stderr
         assert f"'{key}'" in proc.stderr, proc.stderr
-        assert elapsed < 10, f"{override}: took {elapsed:.1f}s"
+        lines = [line for line in proc.stderr.splitlines() if line.startswith("rrg:")]
+        assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr  # one clear line, no stack
         assert not (tmp_path / "run").exists(), "a run directory was created before validation"
 
 
@@ -48,22 +48,71 @@ def test_resume_in_new_process_is_bit_identical(shards, tmp_path, stage, tuning)
     assert full[8] < full[1], "loss did not fall"
 
 
+def global_steps(output_dir: Path) -> dict[int, dict]:
+    """The all-rank metrics of each step (``loss`` is the mean over every rank's micro-batches)."""
+    recs = [json.loads(line) for line in (Path(output_dir) / "train_log.jsonl").read_text().splitlines()]
+    return {r["step"]: r for r in recs if "lr" in r}
+
+
+def global_batches(output_dir: Path) -> dict[int, list[frozenset]]:
+    """Each step's micro-batches, as sets of study keys, over every rank (``logging.batch_rows``)."""
+    steps: dict[int, list[frozenset]] = {}
+    for path in sorted(Path(output_dir).glob("batch_rows.rank*.jsonl")):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            steps.setdefault(row["step"], []).append(frozenset(row["keys"]))
+    return {s: sorted(b, key=sorted) for s, b in steps.items()}
+
+
+# Measured on the reference CPU (fp32, gloo, ZeRO-2): the resumed losses differ from the uninterrupted
+# run's by at most 4.8e-7 (one float32 ulp at a loss of 5.5; 0 on 3 of 4 steps), the gradient norms by
+# at most 6e-8; GUIDE.md measured 2.4e-7 for 2 ranks -> 1 rank x 2 accumulation on this stack.
+UNIVERSAL_TOLERANCE = 2e-6
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("before,after", [(2, 1), (1, 2)])
 def test_resume_with_another_world_size(shards, tmp_path, before, after):
-    # same global batch: 2 ranks x 4, or 1 rank x 4 x 2 accumulation steps
+    """A universal-checkpoint resume on another world size, same global batch, continues the curve exactly.
+
+    2 ranks x micro-batch 10 x accumulation 1, or 1 rank x 10 x 2: 20 samples per step either way. The
+    data must be the same too, and the reader decides that: it gives each rank a contiguous range of
+    the epoch's order (shards/plan.py, stage 3), so mid-epoch a 2-rank step holds one batch from each
+    half of the epoch and a 1-rank step two consecutive batches from its front. After a mid-epoch
+    world-size change the re-split keeps every remaining sample exactly once (tests/test_reader.py),
+    but in other global batches, and the losses can then only follow the original curve loosely. So
+    this test trains on the 21-study validate split (two shards, 16 + 5), where an epoch is exactly
+    one global step for both layouts: ranks take order[0:10] and order[10:20], one rank takes the
+    same two runs as its two micro-batches (shuffle blocks of 10 keep them apart), order[20] is dropped
+    by both. The shard order changes every epoch, so a resume in the wrong epoch or with the wrong
+    reader state sees other batches. With the same samples in the same micro-batches, restored
+    weights, AdamW moments and schedule, every following loss and gradient norm must match the
+    uninterrupted run to float32 rounding (UNIVERSAL_TOLERANCE, above: measured, then 4x margin).
+    """
     accum = {1: 2, 2: 1}
-    base = [f"data.shards_dir={shards}", "train.zero_stage=2"]
+    base = [f"data.shards_dir={shards}", "train.zero_stage=2", "data.train_split=validate", "data.eval_split=test",
+            "train.micro_batch_size=10", "data.shuffle_buffer=10", "logging.batch_rows=true"]
     torchrun(before, base + [f"train.grad_accum={accum[before]}", f"output_dir={tmp_path / 'a'}"])
     ckpt = tmp_path / "a" / "checkpoints" / "step_0000004"
+    assert json.loads((ckpt / "meta.json").read_text())["world_size"] == before
     torchrun(after, base + [f"train.grad_accum={accum[after]}", f"output_dir={tmp_path / 'b'}",
                             f"checkpoint.resume={ckpt}"])
-    a, b = step_losses(tmp_path / "a"), step_losses(tmp_path / "b")
-    assert sorted(b) == [5, 6, 7, 8]
     assert (ckpt / "universal" / "COMPLETE").is_file(), "rrg did not convert to a universal checkpoint"
-    # same weights and optimizer state, re-split (not repeated) data: the curve continues where it was
+    a, b = global_steps(tmp_path / "a"), global_steps(tmp_path / "b")
+    assert sorted(b) == [5, 6, 7, 8] and sorted(step_losses(tmp_path / "b")) == [5, 6, 7, 8]
+    # the same samples in the same micro-batches, step by step (the order inside a micro-batch may differ)
+    batches_a, batches_b = global_batches(tmp_path / "a"), global_batches(tmp_path / "b")
     for s in range(5, 9):
-        assert abs(b[s] - a[s]) < 0.25 * a[s], (s, a[s], b[s])
+        assert batches_b[s] == batches_a[s], f"step {s}: the resumed run trains on other micro-batches"
+        assert [len(m) for m in batches_b[s]] == [10, 10]
+    # the shard order changes between epochs (step 7 differs from 5, 6 and 8): a wrong epoch would show
+    assert len({tuple(batches_a[s]) for s in range(5, 9)}) > 1, "every epoch has the same batches: a blind check"
+    for s in range(5, 9):
+        assert abs(b[s]["loss"] - a[s]["loss"]) <= UNIVERSAL_TOLERANCE, (s, a[s]["loss"], b[s]["loss"])
+        assert abs(b[s]["grad_norm"] - a[s]["grad_norm"]) <= UNIVERSAL_TOLERANCE, (s, a[s]["grad_norm"],
+                                                                                  b[s]["grad_norm"])
+        assert b[s]["lr"] == pytest.approx(a[s]["lr"], rel=1e-12), s
+    assert a[4]["loss"] - a[8]["loss"] > 100 * UNIVERSAL_TOLERANCE, "too flat a curve to tell a resume apart"
     assert result(tmp_path / "b")["step"] == 8
 
 
