@@ -180,3 +180,40 @@ def test_real_scale_config_on_real_layout_checkpoints_trains_exports_and_generat
         # a random tiny LM writes something (LVMed-R2's report is what follows "Final report:" in its chain, which a
         # random LM never writes: its chain is the text), so the equality means something
         assert any(text or trace for text, trace in from_export.values()), from_export
+
+
+@pytest.mark.slow
+def test_unreadable_or_partial_checkpoints_are_one_line_and_never_retried(world, tmp_path):
+    """A directory of a format rrg does not read: one line, exit 2, before Ray starts.  A checkpoint that passes
+    the format check but lacks a weight (a partial download): the workers' loading error is one line, exit 2, and
+    Ray does not restart the worker group, although cluster.max_failures allows it."""
+    import shutil as sh
+
+    from tests.trainkit import env_offline, rrg
+
+    cfg = write_config(world, "llava_rad_7b", zero=2, full=False)
+    common = [f"output_dir={tmp_path / 'run'}", "cluster.backend=ray", "cluster.num_workers=2",
+              "cluster.max_failures=2", "cluster.ray_temp_dir=/tmp/rr-rc"]
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "model.ckpt").write_bytes(b"\0" * 16)
+    proc = rrg(["train", str(cfg), *common, f"model.vision.path={odd}"], env=env_offline(tmp_path))
+    log, _ = proc.communicate(timeout=300)
+    lines = [ln for ln in log.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and "model.vision.path" in lines[-1] and "model.ckpt" in lines[-1], log[-3000:]
+    assert "Started training worker group" not in log and not (tmp_path / "run" / "ray").exists()
+
+    partial = tmp_path / "vicuna_partial"
+    sh.copytree(world["ck"]["vicuna"], partial)
+    shard = partial / "pytorch_model-00002-of-00002.bin"
+    state = torch.load(shard, weights_only=True)
+    dropped = sorted(state)[0]
+    del state[dropped]
+    torch.save(state, shard)
+    proc = rrg(["train", str(cfg), *common, f"model.lm.path={partial}"], env=env_offline(tmp_path))
+    log, _ = proc.communicate(timeout=600)
+    errors = [ln for ln in log.splitlines() if ln.startswith("rrg: ") and "lacks 1 weights" in ln]
+    assert proc.returncode == 2 and len(errors) == 1, log[-4000:]
+    assert dropped in errors[0] or "lacks 1 weights" in errors[0]
+    assert log.count("Started training worker group") == 1 and "Traceback" not in log, log[-4000:]
+    assert json.loads((tmp_path / "run" / "FATAL.json").read_text())["type"] == "ModelFormatError"
