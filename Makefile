@@ -33,7 +33,7 @@ system-deps:
 
 # the whole suite, slow end-to-end tests included (CI runs exactly this)
 test: install system-deps
-	$(PY) -m pytest -v --durations=15 -n 2 --dist loadfile --no-loadscope-reorder
+	$(PY) -m pytest -v --durations=0 -n 2 --dist loadfile --no-loadscope-reorder
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"

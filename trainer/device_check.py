@@ -258,7 +258,7 @@ def training(device, quick: bool) -> list[dict[str, Any]]:
 
     cfg = load_config(str(ROOT / "configs" / "demo.yaml"))
     lm, vision = ("tiny", "tiny") if quick else ("llama-1b", "vit-l")
-    rows, seq, steps = (2, 64, 2) if quick else (8, 2048, 20)
+    rows, seq, steps = (2, 128, 2) if quick else (8, 2048, 20)  # quick: 4 packed studies of 32 > 16 patches
     peak = peak_flops(torch.cuda.get_device_name(0)) if device.type == "cuda" else None
     cases = [("full", 2, 0, None), ("lora", 2, 0, None), ("full", 3, 0, None), ("lora", 3, 0, None),
              ("full", 2, 4, "auto"), ("full", 2, 4, "sdpa")]
