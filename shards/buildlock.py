@@ -32,7 +32,8 @@ class BuildLockedError(RuntimeError):
     """Another live build holds the directory."""
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (one owned by another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -64,7 +65,7 @@ def refuse_if_locked(out: str | os.PathLike) -> None:
     path = Path(out) / LOCK_NAME
     holder = _holder(path) if path.is_file() else {}
     pid, host = holder.get("pid"), holder.get("host")
-    if isinstance(pid, int) and (host != socket.gethostname() or _alive(pid)) and pid != os.getpid():
+    if isinstance(pid, int) and (host != socket.gethostname() or pid_alive(pid)) and pid != os.getpid():
         raise BuildLockedError(f"{Path(out)} is being built by pid {pid} on {host} (lock {path}); "
                                f"wait for it, or remove the lock if that process is gone")
 
@@ -77,7 +78,7 @@ def build_lock(out: str | os.PathLike, wait_s: float = 0.0, poll_s: float = 0.5)
     while not _try_take(path):
         holder = _holder(path)
         pid, host = holder.get("pid"), holder.get("host")
-        if host == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
+        if host == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid):
             print(f"rrg: removing a stale build lock {path} (pid {pid} on {host} is gone)", flush=True)
             path.unlink(missing_ok=True)
             continue

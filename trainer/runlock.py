@@ -35,6 +35,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from shards.buildlock import pid_alive
 from trainer.runguard import RunDirError
 
 LOCK_NAME = ".run.lock"
@@ -44,16 +45,6 @@ EMPTY_LOCK_GRACE_S = 30.0  # a holder writes its record microseconds after creat
 
 class RunLockedError(RunDirError):
     """Another live run holds the output directory."""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def process_start_time(pid: int) -> Optional[float]:
@@ -70,7 +61,7 @@ def process_start_time(pid: int) -> Optional[float]:
 
 def same_process(pid: int, written_at: float) -> bool:
     """``pid`` is alive and is the process that wrote a record at ``written_at`` (not a reused pid)."""
-    if not _alive(pid):
+    if not pid_alive(pid):
         return False
     started = process_start_time(pid)
     return started is None or started <= written_at + 2.0  # a reused pid started after the record

@@ -142,27 +142,26 @@ class CheXbertLabeler:
 
     def logits(self, reports: list[str]) -> list:
         """Per report: 14 logit vectors (CHEXBERT_ORDER) -- batched, padding masked."""
-        torch = self._torch
         out = []
-        with torch.no_grad():
-            for i in range(0, len(reports), self.batch_size):
-                enc = self.tokenizer([self.clean(r) for r in reports[i:i + self.batch_size]], padding=True,
-                                     truncation=True, max_length=self.max_tokens, return_tensors="pt")
-                heads = self.model(enc["input_ids"], enc["attention_mask"])
-                out += [[h[j] for h in heads] for j in range(enc["input_ids"].shape[0])]
+        for enc in self._batches(reports):
+            heads = self.model(enc["input_ids"], enc["attention_mask"])
+            out += [[h[j] for h in heads] for j in range(enc["input_ids"].shape[0])]
         return out
+
+    def _batches(self, reports: list[str]):
+        """The reports cleaned and tokenised ``batch_size`` at a time (padding masked), under no_grad."""
+        with self._torch.no_grad():
+            for i in range(0, len(reports), self.batch_size):
+                yield self.tokenizer([self.clean(r) for r in reports[i:i + self.batch_size]], padding=True,
+                                     truncation=True, max_length=self.max_tokens, return_tensors="pt")
 
     def embed(self, reports: list[str]) -> list:
         """Per report: the [CLS] hidden state of the last layer (no dropout), as numpy -- the vector
         CXR-Report-Metric's SembScore compares (``bert_encoder(logits=False)``); an empty report is ``[CLS] [SEP]``."""
-        torch = self._torch
         out = []
-        with torch.no_grad():
-            for i in range(0, len(reports), self.batch_size):
-                enc = self.tokenizer([self.clean(r) for r in reports[i:i + self.batch_size]], padding=True,
-                                     truncation=True, max_length=self.max_tokens, return_tensors="pt")
-                hidden = self.model.bert(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
-                out += list(hidden.last_hidden_state[:, 0].float().numpy())
+        for enc in self._batches(reports):
+            hidden = self.model.bert(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+            out += list(hidden.last_hidden_state[:, 0].float().numpy())
         return out
 
     def __call__(self, reports: list[str]) -> list[Labels]:

@@ -96,7 +96,7 @@ def bleu(refs: Sequence[Sequence[str]], hyps: Sequence[str], n: int = 4) -> list
     return bleu_from_stats([bleu_stats(r, h, n) for r, h in zip(refs, hyps)], n)
 
 
-def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
+def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
     prev = [0] * (len(b) + 1)
     for x in a:
         cur = [0]
@@ -114,7 +114,7 @@ def rouge_l(refs: Sequence[Sequence[str]], hyps: Sequence[str], beta: float = 1.
         precs, recs = [], []
         for ref in rs:
             rw = ref.split(" ")
-            lcs = _lcs(rw, hw)
+            lcs = lcs_length(rw, hw)
             precs.append(lcs / len(hw))
             recs.append(lcs / len(rw))
         p, r = max(precs), max(recs)

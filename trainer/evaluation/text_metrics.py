@@ -46,6 +46,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from trainer.evaluation.nlg import lcs_length
+
 # bert_score rescale_baseline/en/<model>.tsv, row = layer, columns P, R, F (Tiiiger/bert_score, MIT)
 BASELINES = {
     ("distilroberta-base", 5): (0.84732, 0.84759504, 0.8473319),
@@ -106,16 +108,6 @@ def _fmeasure(overlap: int, n_ref: int, n_hyp: int) -> float:
     return 2 * p * r / (p + r) if p + r > 0 else 0.0
 
 
-def _lcs(a: list[str], b: list[str]) -> int:
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
-
-
 def rouge_scores(ref: str, hyp: str, stem: bool = True) -> dict[str, float]:
     """{rouge_1, rouge_2, rouge_l_f1} of one pair (rouge_score's ``RougeScorer(..).score(ref, hyp)`` F-measures)."""
     r, h = rouge_tokens(ref, stem), rouge_tokens(hyp, stem)
@@ -124,7 +116,7 @@ def rouge_scores(ref: str, hyp: str, stem: bool = True) -> dict[str, float]:
         rc = Counter(tuple(r[i:i + n]) for i in range(len(r) - n + 1))
         hc = Counter(tuple(h[i:i + n]) for i in range(len(h) - n + 1))
         out[f"rouge_{n}"] = _fmeasure(sum((rc & hc).values()), sum(rc.values()), sum(hc.values()))
-    out["rouge_l_f1"] = _fmeasure(_lcs(r, h), len(r), len(h)) if r and h else 0.0
+    out["rouge_l_f1"] = _fmeasure(lcs_length(r, h), len(r), len(h)) if r and h else 0.0
     return out
 
 
