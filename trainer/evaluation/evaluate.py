@@ -34,7 +34,7 @@ from typing import Any, Optional
 import numpy as np
 
 from configs.schema import ConfigError
-from trainer.evaluation.eval_hooks import card_html, extra_scores
+from trainer.evaluation.eval_hooks import card_html, extra_scores, sections_html
 from trainer.evaluation.scoring import clinical_scores, label_prior_baseline, retrieval_baseline, score, score_predictions_file
 
 __all__ = ["run_eval", "score_predictions_file", "InTrainingEvaluator"]
@@ -253,6 +253,8 @@ def run_eval(cfg, *, pool, checkpoint: Optional[str] = None, model_dir: Optional
     samples = [{**s, "card_html": card_html(family, s)} for s in _report_samples(cfg, runs["model"])]
     report = write_report(out_dir, metrics=metrics, baselines=baselines, ablations=ablation_metrics,
                           samples=samples, variants=variant_metrics, narrative=narrative_rows,
+                          extra_html=sections_html(family, {v: runs[v] for v in variant_metrics} or
+                                                   {"model": runs["model"]}),
                           title=f"rrg evaluation: {cfg.name}, {cfg.eval.split} split, {name}")
     _print_summary(metrics, baselines, {**ablation_metrics, **variant_metrics})
     lap("report")
