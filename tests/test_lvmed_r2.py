@@ -326,3 +326,23 @@ def test_reflection_statistics_on_hand_made_traces():
     fam = build_family(load_config(ROOT / "configs" / "tiny.yaml", ["model.family=lvmed_r2"]).model)
     page = sections_html(fam, {"reflection_on": records, "reflection_off": records[2:]})
     assert "Reflections (reflection_on)" in page and "no generated chain reflects" in page
+
+
+def test_compare_scores_another_runs_predictions_on_the_same_studies(tmp_path):
+    from configs.schema import ConfigError
+    from trainer.evaluation.evaluate import _score_compare, make_eval_labeler
+    from trainer.evaluation.scoring import score
+
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", ["eval.bootstrap=0", "eval.meteor=false"])
+    labeler = make_eval_labeler(cfg)
+    records = [{"id": f"s{i}", "reference": r} for i, r in enumerate([REPORT, *OTHERS])]
+    other = [REPORT, OTHERS[0], OTHERS[0]]
+    path = tmp_path / "predictions.jsonl"
+    path.write_text("".join(json.dumps({"id": f"s{i}", "generated": g}) + "\n" for i, g in enumerate(other)))
+    got = _score_compare("sft", str(path), records, cfg, labeler)
+    want = score([{**r, "generated": g} for r, g in zip(records, other)], bootstrap=0, labeler=labeler, meteor=False)
+    assert got["ce_macro_f1_14"] == want["ce_macro_f1_14"] and got["bleu_4"] == want["bleu_4"]
+    assert (got["generated_distinct_reports"], round(got["generated_top_report_share"], 3)) == (2, 0.667)
+    path.write_text(json.dumps({"id": "s0", "generated": REPORT}) + "\n")
+    with pytest.raises(ConfigError, match="lacks 2"):
+        _score_compare("sft", str(path), records, cfg, labeler)
