@@ -144,8 +144,10 @@ def test_local_lm_backend_keeps_a_parseable_chain(shards, tmp_path):
     for a in train.values():
         assert a["backend"] == "hf_lm" and not a.get("malformed") and a["reasoning"] == FORCED
         assert a["final_report"] == parse_chain(FORCED)["final report"] == FORCED.split("Final report:\n")[1]
-    reflected = [a for a in train.values() if a["reflection"]]
+    reflected = [a for a in train.values() if a["corruption"]]
     assert reflected and all("Reflection:" in a["reflection"][a["corrupt_span"][1]:] for a in reflected)
+    plain = [a for a in train.values() if not a["corruption"]]  # planned not to reflect: the LM's own chain
+    assert plain and all(a["reflection"] == FORCED and a["corrupt_span"] is None for a in plain)
     assert all(a is None for a in _annotations(copy, "test").values())
 
 
