@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "max_k) with the real and a black image, and report the real-image gain per K (an oracle input)")
     p.add_argument("--compare", action="append", default=[], metavar="NAME=PREDICTIONS",
                    help="also score another run's predictions.jsonl on the same studies, side by side in "
-                        "metrics.json as compare_<NAME>_<metric> (e.g. direct_sft=runs/lvmed_r2_sft/eval/test-step_000460/predictions.jsonl)")
+                        "metrics.json as compare_<NAME>_<metric> (e.g. direct_sft=runs/lvmed_r2_sft/eval/test-step_0000460/predictions.jsonl)")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--no-meteor", action="store_true", help="--predictions: skip METEOR (a Java subprocess)")
     p.add_argument("--max-chars", type=int, default=20_000, help="--predictions: truncate longer texts (counted)")

@@ -262,7 +262,7 @@ def run_eval(cfg, *, pool, checkpoint: Optional[str] = None, model_dir: Optional
     samples = [{**s, "card_html": card_html(family, s)} for s in _report_samples(cfg, runs["model"])]
     report = write_report(out_dir, metrics=metrics, baselines=baselines, ablations=ablation_metrics,
                           samples=samples, variants=variant_metrics, narrative=narrative_rows,
-                          extra_html=sections_html(family, {v: runs[v] for v in variant_metrics} or
+                          extra_html=sections_html(family, {v: runs[v] for v in variant_metrics if v in runs} or
                                                    {"model": runs["model"]}),
                           title=f"rrg evaluation: {cfg.name}, {cfg.eval.split} split, {name}")
     _print_summary(metrics, baselines, {**ablation_metrics, **variant_metrics})
