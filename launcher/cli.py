@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 from configs.schema import ConfigError
 
@@ -191,7 +192,20 @@ def cmd_eval(args):
     cfg = _load(args)
     _trust(cfg, args)
     run_eval(cfg, pool=_pool(cfg, args.address), checkpoint=args.checkpoint, model_dir=args.model_dir,
-             out=args.out, image_ablation=args.image_ablation, narrative_bias=args.narrative_bias)
+             out=args.out, image_ablation=args.image_ablation, narrative_bias=args.narrative_bias,
+             compare=_compare_args(args.compare))
+
+
+def _compare_args(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ConfigError("--compare", f"NAME=PREDICTIONS.jsonl, got {item!r}")
+        if not Path(path).is_file():
+            raise ConfigError("--compare", f"{path} is not a file (run that eval first)")
+        out[name.strip()] = path.strip()
+    return out
 
 
 def cmd_kg_build(args):
@@ -333,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--narrative-bias", action="store_true",
                    help="also complete the last K sentences from the true report's start (K = 1..eval.narrative_bias."
                         "max_k) with the real and a black image, and report the real-image gain per K (an oracle input)")
+    p.add_argument("--compare", action="append", default=[], metavar="NAME=PREDICTIONS",
+                   help="also score another run's predictions.jsonl on the same studies, side by side in "
+                        "metrics.json as compare_<NAME>_<metric> (e.g. direct_sft=runs/lvmed_r2_sft/eval/test-step_0000460/predictions.jsonl)")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--no-meteor", action="store_true", help="--predictions: skip METEOR (a Java subprocess)")
     p.add_argument("--max-chars", type=int, default=20_000, help="--predictions: truncate longer texts (counted)")

@@ -160,6 +160,7 @@ class ModelFamily(ABC):
     # and extra HTML per study card; a family names them, the evaluator never branches on families
     extra_scores: tuple[str, ...] = ()
     report_rows: tuple[str, ...] = ()
+    report_sections: tuple[str, ...] = ()  # trainer/evaluation/eval_hooks.py SECTION_HOOKS: (run name, records) -> html
 
     def eval_variants(self, gen: GenConfig) -> dict[str, GenConfig]:
         """Named variants of ``gen`` scored beside the headline run (default: none)."""

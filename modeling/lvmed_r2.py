@@ -137,13 +137,15 @@ class LvmedR2(LlavaRad):
 def chain_vocabulary() -> list[str]:
     """The fixed text of every chain (thinking sentences, headers, ontology knowledge, organ and condition
     names): the tokenizer learns it beside the training reports, so chains tokenize compactly."""
-    from shards.reasoning.chain import HEADERS, REFLECTION, THINKING
+    from shards.reasoning.chain import HEADERS, REFLECTION, REFLECTION_COMPACT, THINKING
     from shards.reasoning.ontology import ONTOLOGY, conditions
 
-    out = [*THINKING, *HEADERS]
+    out = [*THINKING, *HEADERS, "Fine-grained report: no abnormality"]
     for organ, o in ONTOLOGY.items():
         out += [f"- {organ.capitalize()}: {o['knowledge']}", REFLECTION.format(organ=organ),
-                *(f"- {organ.capitalize()} ({c}):" for c in conditions(organ))]
+                REFLECTION_COMPACT.format(organ=organ), f"{organ}: {', '.join(o['conditions'])}",
+                *(f"- {organ.capitalize()} ({c}):" for c in conditions(organ)),
+                *(f"- {organ.capitalize()} ({c})" for c in conditions(organ))]
     return out
 
 
@@ -154,6 +156,10 @@ class LvmedR2Family(LlavaRadFamily):
     name = "lvmed_r2"
     Options = LvmedR2Options
     model_class = LvmedR2
+    # trainer/evaluation/eval_hooks.py: reflection statistics in metrics.json, reflections in report.html
+    extra_scores = ("reflection_stats",)
+    report_rows = ("reflection_rows",)
+    report_sections = ("reflection_section",)
 
     def __init__(self, cfg: ModelConfig):  # noqa: D107
         super().__init__(cfg)

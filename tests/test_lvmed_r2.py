@@ -295,3 +295,54 @@ def test_two_stage_curriculum_resumes_inside_stage_two_bit_exactly(shards, tmp_p
     torchrun(1, common + [f"output_dir={tmp_path / 'resumed'}", f"checkpoint.resume={ckpt}"])
     full, resumed = step_losses(tmp_path / "full"), step_losses(tmp_path / "resumed")
     assert sorted(resumed) == [5, 6] and [resumed[s] for s in (5, 6)] == [full[s] for s in (5, 6)]
+
+
+def test_reflection_statistics_on_hand_made_traces():
+    from trainer.evaluation.eval_hooks import sections_html
+    from trainer.evaluation.reflection_stats import reflection_rows_html, reflection_stats
+
+    ref = ("FINDINGS: Moderate cardiomegaly. Moderate left pleural effusion. The lungs are clear.\nIMPRESSION: x.")
+    twice = ("Perception:\n- Heart (normal)\n- Pleura (effusion)\n- Lungs (normal)\n"
+             "Reflection: heart again, corrected:\n- Heart (cardiomegaly)\n"
+             "Reflection: Looking at the pleura again, that description does not fit the image; I correct it.\n"
+             "- Pleura (normal): No pleural effusion.\nFinal report:\nCardiomegaly.")
+    same = "Perception:\n- Lungs (edema)\nReflection: lungs again, corrected:\n- Lungs (edema)\nFinal report:\nEdema."
+    records = [{"id": "a", "reference": ref, "generated": "Cardiomegaly.", "trace": twice},
+               {"id": "b", "reference": ref, "generated": "Edema.", "trace": same},
+               {"id": "c", "reference": ref, "generated": "Edema.", "trace": "Perception:\n- Heart (normal)\n"
+                                                                            "Final report:\nEdema."},
+               {"id": "d", "reference": ref, "generated": "Normal.", "trace": ""}]
+    s = reflection_stats(records)
+    assert (s["reflection_fires"], s["reflection_fires_rate"], s["reflection_multi"], s["reflection_count"]) == \
+        (2, 0.5, 1, 3)
+    assert (s["reflection_organ_heart"], s["reflection_organ_pleura"], s["reflection_organ_lungs"]) == (1, 1, 1)
+    # heart normal->cardiomegaly is right (reference: cardiomegaly); pleura effusion->normal is wrong; lungs unchanged
+    assert (s["reflection_changes_finding"], s["reflection_normal_to_abnormal"], s["reflection_abnormal_to_normal"],
+            s["reflection_abnormal_to_abnormal"]) == (2, 1, 1, 0)
+    assert (s["reflection_change_right"], s["reflection_claim_right"], s["reflection_change_right_rate"]) == (1, 1, 0.5)
+    assert (s["generated_distinct_reports"], s["generated_top_report_share"]) == (3, 0.5)
+    html = reflection_rows_html(records[0])
+    assert html.count("<tr>") == 3 and "cardiomegaly" in html and "effusion" in html
+    fam = build_family(load_config(ROOT / "configs" / "tiny.yaml", ["model.family=lvmed_r2"]).model)
+    page = sections_html(fam, {"reflection_on": records, "reflection_off": records[2:]})
+    assert "Reflections (reflection_on)" in page and "no generated chain reflects" in page
+
+
+def test_compare_scores_another_runs_predictions_on_the_same_studies(tmp_path):
+    from configs.schema import ConfigError
+    from trainer.evaluation.evaluate import _score_compare, make_eval_labeler
+    from trainer.evaluation.scoring import score
+
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", ["eval.bootstrap=0", "eval.meteor=false"])
+    labeler = make_eval_labeler(cfg)
+    records = [{"id": f"s{i}", "reference": r} for i, r in enumerate([REPORT, *OTHERS])]
+    other = [REPORT, OTHERS[0], OTHERS[0]]
+    path = tmp_path / "predictions.jsonl"
+    path.write_text("".join(json.dumps({"id": f"s{i}", "generated": g}) + "\n" for i, g in enumerate(other)))
+    got = _score_compare("sft", str(path), records, cfg, labeler)
+    want = score([{**r, "generated": g} for r, g in zip(records, other)], bootstrap=0, labeler=labeler, meteor=False)
+    assert got["ce_macro_f1_14"] == want["ce_macro_f1_14"] and got["bleu_4"] == want["bleu_4"]
+    assert (got["generated_distinct_reports"], round(got["generated_top_report_share"], 3)) == (2, 0.667)
+    path.write_text(json.dumps({"id": "s0", "generated": REPORT}) + "\n")
+    with pytest.raises(ConfigError, match="lacks 2"):
+        _score_compare("sft", str(path), records, cfg, labeler)

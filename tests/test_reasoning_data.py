@@ -12,8 +12,9 @@ from shards.manifest import load_manifest
 from shards.reader import make_loader
 from shards.config import DataConfig
 from shards.reasoning.annotate import ReasoningConfig, annotate_reasoning, build_perception_tree
-from shards.reasoning.chain import (HEADERS, build_tree, extract_final_report, parse_chain, sentence_counts,
-                                    target_text, template_chain)
+from shards.reasoning.chain import (HEADERS, build_tree, extract_final_report, feasible_directions, parse_chain,
+                                    perception_lines, plan_reflections, sentence_counts, target_text,
+                                    template_chain)
 from shards.reasoning.ontology import classify_sentence, organ_sentences
 from tests.reasoningkit import edit_reports, shard_copy, tiny_causal_lm
 
@@ -143,8 +144,10 @@ def test_local_lm_backend_keeps_a_parseable_chain(shards, tmp_path):
     for a in train.values():
         assert a["backend"] == "hf_lm" and not a.get("malformed") and a["reasoning"] == FORCED
         assert a["final_report"] == parse_chain(FORCED)["final report"] == FORCED.split("Final report:\n")[1]
-    reflected = [a for a in train.values() if a["reflection"]]
+    reflected = [a for a in train.values() if a["corruption"]]
     assert reflected and all("Reflection:" in a["reflection"][a["corrupt_span"][1]:] for a in reflected)
+    plain = [a for a in train.values() if not a["corruption"]]  # planned not to reflect: the LM's own chain
+    assert plain and all(a["reflection"] == FORCED and a["corrupt_span"] is None for a in plain)
     assert all(a is None for a in _annotations(copy, "test").values())
 
 
@@ -172,10 +175,55 @@ def test_cli_annotates_training_studies_only_on_ray(shards, tmp_path):
     assert set(info.shards) == {s.file for s in m.shards if s.split == "train"}
     train = _annotations(copy, "train")
     assert len(train) == m.splits["train"] and all(a and parse_chain(a["reasoning"]) for a in train.values())
-    assert sum(a["reflection"] is not None for a in train.values()) > 0.9 * len(train)
+    assert all(a["reflection"] for a in train.values())  # every study has a reflection-stage row
+    dirs = [a["corruption"]["direction"] for a in train.values() if a["corruption"]]
+    assert 0 < dirs.count("normal_to_abnormal") == dirs.count("abnormal_to_normal") == len(dirs) // 2
     for split in ("validate", "test"):
         held = _annotations(copy, split)
         assert held and all(a is None for a in held.values())
     summary = json.loads(Path(copy, "sidecars", "reasoning.summary.json").read_text())
     assert summary["entries"] == summary["backend_template"] == m.splits["train"]
     assert "reasoning overlay: sidecar: reasoning" in proc.stdout
+
+
+def test_reflection_plan_is_balanced_by_direction_and_corrections_are_the_true_lines():
+    """Half the studies reflect; as many corrections go normal->abnormal as abnormal->normal; each correction
+    is the study's own perception line, in both chain formats."""
+    reports = {f"k{i}": r for i, r in enumerate([REPORT, *OTHERS] * 12)}
+    tree = build_tree(sentence_counts(reports.values()), 2)
+    feas = {k: feasible_directions(perception_lines(r), tree) for k, r in reports.items()}
+    plan = plan_reflections(feas, 0.5, seed=0)
+    assert plan == plan_reflections(feas, 0.5, seed=0) and plan != plan_reflections(feas, 0.5, seed=1)
+    for fmt in ("paper", "compact"):
+        entries = {k: template_chain(r, tree, 0, k, reflect=plan[k], fmt=fmt) for k, r in reports.items()}
+        dirs = [e["corruption"]["direction"] for e in entries.values() if e["corruption"]]
+        assert dirs.count("normal_to_abnormal") == dirs.count("abnormal_to_normal") == len(reports) // 4
+        for k, e in entries.items():
+            if e["corruption"] is None:  # no reflection: the reflection row is the plain chain
+                assert e["reflection"] == e["reasoning"] and "Reflection:" not in e["reflection"]
+                continue
+            a, b = e["corrupt_span"]
+            wrong, rest = e["reflection"][a:b], e["reflection"][b:]
+            fix = rest.split("Reflection:", 1)[1].split("\n")[1]
+            assert fix in e["reasoning"].splitlines() and wrong not in e["reasoning"].splitlines()
+            assert ("(normal)" in wrong) == (e["corruption"]["direction"] == "normal_to_abnormal")
+    compact = template_chain(REPORT, tree, 0, "k0", fmt="compact")["reasoning"]
+    paper = template_chain(REPORT, tree, 0, "k0")["reasoning"]
+    assert len(compact) < 0.6 * len(paper) and extract_final_report(compact) == (REPORT.strip(), False)
+    assert all(h in compact for h in HEADERS)
+    # the seeded rule on its own (reflect="any", the pre-plan behaviour) is not balanced on these studies
+    old = [template_chain(r, tree, 0, k)["corruption"]["direction"] for k, r in reports.items()]
+    assert old.count("normal_to_abnormal") != old.count("abnormal_to_normal")
+
+
+def test_final_report_extraction_with_several_reflections_and_restarts():
+    trace = ("Perception:\n- Heart (normal)\nReflection: heart again, corrected:\n- Heart (cardiomegaly)\n"
+             "Final report:\nThe heart is normal in size.\nReflection: Looking at the lungs again, that description "
+             "does not fit the image; I correct it.\n- Lungs (edema)\n\nFinal report:\nCardiomegaly. Mild edema."
+             "\nThinking: First I recall what can be found in each organ of a chest radiograph.\nKnowledge:\n- Lungs")
+    assert extract_final_report(trace) == ("Cardiomegaly. Mild edema.", False)  # the last one, cut at the restart
+    # an empty last final-report section: the previous one with text is scored
+    assert extract_final_report(trace[:trace.index("Thinking:")] + "\nFinal report:\n") == \
+        ("Cardiomegaly. Mild edema.", False)
+    # a report cut by a perception line (the model started describing again)
+    assert extract_final_report("Final report:\nNo acute disease.\n- Lungs (normal)\n") == ("No acute disease.", False)

@@ -13,7 +13,8 @@ import json
 from typing import Any, Optional
 
 from shards.reasoning.annotate import SIDECAR, in_split
-from shards.reasoning.chain import parse_chain, perception_lines, template_chain
+from shards.reasoning.annotate import planned_chain
+from shards.reasoning.chain import parse_chain, perception_lines
 
 _LOADED: dict[str, Any] = {}
 
@@ -47,10 +48,12 @@ def lm_members(sample, context: dict) -> Optional[dict[str, bytes]]:
     """Sidecar members of one study with the local-LM backend (template fallback when malformed)."""
     if not in_split(sample, context):
         return None
-    entry = template_chain(sample.report, context["tree"], context["seed"], sample.key)
+    entry = planned_chain(sample, context)
     chain = lm_chain(sample.report, context)
     if chain is None:
         entry.update(backend="template_fallback", malformed=True)
     else:
+        if entry.get("corruption") is None and entry.get("reflection") == entry["reasoning"]:
+            entry["reflection"] = chain  # a study planned not to reflect: its reflection row is its chain
         entry.update(reasoning=chain, final_report=parse_chain(chain)["final report"], backend="hf_lm")
     return {f"{SIDECAR}.json": json.dumps(entry).encode()}

@@ -24,7 +24,8 @@ from typing import Any, Literal, Optional
 
 from configs.atomic import atomic_write_json
 from configs.schema import ConfigError
-from shards.reasoning.chain import build_tree, sentence_counts, template_chain
+from shards.reasoning.chain import (FORMATS, build_tree, feasible_directions, perception_lines, plan_reflections,
+                                    sentence_counts, template_chain)
 from shards.reasoning.ontology import ONTOLOGY
 
 TREE_ASSET, SIDECAR = "perception_tree", "reasoning"
@@ -43,8 +44,17 @@ class ReasoningConfig:
     lm_path: Optional[str] = None  # local HF causal-LM directory (backend hf_lm)
     prompt: str = DEFAULT_PROMPT  # {report} and {organs} are filled in
     max_new_tokens: int = 256
+    # share of the training studies whose reflection variant corrects a corrupted line; the others' reflection
+    # row is their plain chain (the model must learn when not to reflect).  The corrections are planned so that
+    # normal->abnormal and abnormal->normal are equally frequent (chain.plan_reflections).
+    reflect_share: float = 0.5
+    format: str = "paper"  # chain text: paper (the paper's four modules in full) or compact (conditions only)
 
     def validate(self, key: str = "data.reasoning") -> None:
+        if not 0.0 <= self.reflect_share <= 1.0:
+            raise ConfigError(f"{key}.reflect_share", "must be in [0, 1]")
+        if self.format not in FORMATS:
+            raise ConfigError(f"{key}.format", f"one of {list(FORMATS)}")
         if self.max_examples < 1:
             raise ConfigError(f"{key}.max_examples", "must be >= 1")
         if self.backend == "hf_lm" and not self.lm_path:
@@ -53,18 +63,23 @@ class ReasoningConfig:
             raise ConfigError(f"{key}.prompt", "must contain {report}")
 
 
-def _count_shard(shards_dir: str, file: str) -> dict[str, Any]:
-    """One task: sentence counts of one training shard (JSON-safe: list of [organ, cond, sent, n])."""
+def _count_shard(shards_dir: str, file: str, split: str = "train") -> dict[str, Any]:
+    """One task: sentence counts of one training shard (JSON-safe: list of [organ, cond, sent, n]) and
+    each study's perception (key -> [[organ, [conditions]]], for the reflection plan)."""
     from shards.manifest import load_manifest
     from shards.reader import iter_decoded
 
     manifest = load_manifest(shards_dir)
     info = next(s for s in manifest.shards if s.file == file)
-    counts = sentence_counts(s.report for s in iter_decoded(manifest, info))
-    return {"counts": [[*k, n] for k, n in counts.items()]}
+    samples = list(iter_decoded(manifest, info))
+    counts = sentence_counts(s.report for s in samples)
+    lines = {s.key: [[o, c] for o, c, _ in perception_lines(s.report)] for s in samples
+             if s.record.get("split", split) == split}
+    return {"counts": [[*k, n] for k, n in counts.items()], "lines": lines}
 
 
-def build_perception_tree(shards_dir: str, cfg: ReasoningConfig, pool=None, split: str = "train"):
+def build_perception_tree(shards_dir: str, cfg: ReasoningConfig, pool=None, split: str = "train",
+                          plan_out: Optional[dict] = None):
     """Publish the ``perception_tree`` asset from the ``split`` shards (the training split)."""
     from configs.parallel import SerialPool
     from shards.manifest import load_manifest
@@ -73,10 +88,15 @@ def build_perception_tree(shards_dir: str, cfg: ReasoningConfig, pool=None, spli
     root = str(Path(shards_dir).resolve())
     files = [s.file for s in load_manifest(root).shards if s.split == split]
     counts: Counter = Counter()
-    for _, res in (pool or SerialPool()).map_unordered(_count_shard, [(root, f) for f in files]):
+    lines: dict[str, list] = {}
+    for _, res in (pool or SerialPool()).map_unordered(_count_shard, [(root, f, split) for f in files]):
         for organ, cond, sent, n in res["counts"]:
             counts[(organ, cond, sent)] += n
+        lines.update(res["lines"])
     tree = build_tree(counts, cfg.max_examples)
+    if plan_out is not None:
+        plan_out.update(plan_reflections({k: feasible_directions([(o, c, "") for o, c in v], tree)
+                                          for k, v in lines.items()}, cfg.reflect_share, cfg.seed))
     files_out = {"tree.json": json.dumps(tree, indent=1, sort_keys=True).encode(),
                  "ontology.json": json.dumps(ONTOLOGY, indent=1).encode()}
     return write_asset(root, TREE_ASSET, files_out, producer={"name": "rrg annotate reasoning", "pass": "tree"},
@@ -88,11 +108,20 @@ def in_split(sample, context: dict) -> bool:
     return sample.record.get("split", context["split"]) == context["split"]
 
 
+def planned_chain(sample, context: dict) -> dict[str, Any]:
+    """The template entry of one study, reflecting as the annotate-wide plan says (``context["plan"]``:
+    key -> direction or None; a study missing from the plan does not reflect)."""
+    plan = context.get("plan")
+    reflect = plan.get(sample.key) if plan is not None else "any"
+    return template_chain(sample.report, context["tree"], context["seed"], sample.key, reflect=reflect,
+                          fmt=context.get("format", "paper"))
+
+
 def template_members(sample, context: dict) -> Optional[dict[str, bytes]]:
     """Sidecar members of one study with the offline template backend."""
     if not in_split(sample, context):
         return None  # belt and braces: the sidecar is built over training shards only
-    entry = template_chain(sample.report, context["tree"], context["seed"], sample.key)
+    entry = planned_chain(sample, context)
     entry["backend"] = "template"
     return {f"{SIDECAR}.json": json.dumps(entry).encode()}
 
@@ -106,7 +135,11 @@ def summarize(info) -> dict[str, Any]:
                 if m.isfile() and m.name.endswith(f".{SIDECAR}.json"):
                     entry = json.loads(tf.extractfile(m).read())
                     stats["entries"] += 1
-                    stats["with_reflection"] += entry.get("reflection") is not None
+                    corr = entry.get("corruption")
+                    stats["with_reflection"] += corr is not None
+                    stats["without_reflection"] += corr is None
+                    if corr:
+                        stats[f"direction_{corr.get('direction', 'unknown')}"] += 1
                     stats[f"backend_{entry.get('backend', 'template')}"] += 1
                     stats["malformed_lm_output"] += bool(entry.get("malformed"))
     return dict(sorted(stats.items()))
@@ -118,10 +151,13 @@ def annotate_reasoning(shards_dir: str, cfg: ReasoningConfig, pool=None, make_me
     from shards.sidecars import build_sidecar
 
     root = str(Path(shards_dir).resolve())
-    tree_asset = build_perception_tree(root, cfg, pool, split)
+    plan: dict[str, Any] = {}
+    tree_asset = build_perception_tree(root, cfg, pool, split, plan_out=plan)
     context = {"tree": tree_asset.read_json("tree.json"), "seed": cfg.seed, "backend": cfg.backend, "split": split,
+               "plan": plan, "format": cfg.format,
                "lm_path": cfg.lm_path, "prompt": cfg.prompt, "max_new_tokens": cfg.max_new_tokens}
     producer = {"name": "rrg annotate reasoning", "backend": cfg.backend, "seed": cfg.seed,
+                "reflect_share": cfg.reflect_share, "format": cfg.format,
                 "lm_path": cfg.lm_path, "tree_asset": tree_asset.digest()}
     if cfg.backend == "hf_lm":
         producer["prompt"] = cfg.prompt

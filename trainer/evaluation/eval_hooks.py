@@ -34,6 +34,36 @@ def _topic_rows(sample: dict) -> str:
     return topic_rows_html(sample)
 
 
+@SCORE_HOOKS.register("reflection_stats")
+def _reflection_stats(records: list[dict]) -> dict[str, Any]:
+    from trainer.evaluation.reflection_stats import reflection_stats
+
+    return reflection_stats(records)
+
+
+@ROW_HOOKS.register("reflection_rows")
+def _reflection_rows(sample: dict) -> str:
+    from trainer.evaluation.reflection_stats import reflection_rows_html
+
+    return reflection_rows_html(sample)
+
+
+SECTION_HOOKS: Registry[Callable[[str, list[dict]], str]] = Registry("evaluation report-section hook")
+
+
+@SECTION_HOOKS.register("reflection_section")
+def _reflection_section(name: str, records: list[dict]) -> str:
+    from trainer.evaluation.reflection_stats import reflection_section_html
+
+    return reflection_section_html(name, records)
+
+
+def sections_html(family, runs: dict[str, list[dict]]) -> str:
+    """The family's report sections (``report_sections``), one per eval run (headline + variants)."""
+    return "".join(SECTION_HOOKS.get(name, f"family {family.name} report_sections")(run, recs)
+                   for name in getattr(family, "report_sections", ()) for run, recs in runs.items())
+
+
 def extra_scores(family, records: list[dict]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in family.extra_scores:

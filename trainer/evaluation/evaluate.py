@@ -25,6 +25,8 @@ model's, both baselines' and the ablations' reports, on the label set it declare
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import json
 import threading
 import time
@@ -34,7 +36,7 @@ from typing import Any, Optional
 import numpy as np
 
 from configs.schema import ConfigError
-from trainer.evaluation.eval_hooks import card_html, extra_scores
+from trainer.evaluation.eval_hooks import card_html, extra_scores, sections_html
 from trainer.evaluation.scoring import clinical_scores, label_prior_baseline, retrieval_baseline, score, score_predictions_file
 
 __all__ = ["run_eval", "score_predictions_file", "InTrainingEvaluator"]
@@ -171,8 +173,11 @@ def eval_attention_plan(cfg, requested: str) -> dict[str, str]:
 
 def run_eval(cfg, *, pool, checkpoint: Optional[str] = None, model_dir: Optional[str] = None,
              out: Optional[str] = None, image_ablation: Optional[str] = None,
-             narrative_bias: bool = False) -> dict[str, Any]:
+             narrative_bias: bool = False, compare: Optional[dict[str, str]] = None) -> dict[str, Any]:
     """Generate on ``cfg.cluster.num_workers`` model replicas (tasks on ``pool``), score, write outputs.
+
+    ``compare``: name -> another run's predictions.jsonl on the same studies, scored with the same labeler
+    and bootstrap and written as ``compare_<name>_<metric>`` (and a report column), e.g. direct SFT.
 
     ``narrative_bias``: also run the narrative-bias probe (trainer/evaluation/narrative.py) for
     K = 1..``eval.narrative_bias.max_k``; its rows go to ``metrics.json["narrative_bias"]``."""
@@ -245,6 +250,10 @@ def run_eval(cfg, *, pool, checkpoint: Optional[str] = None, model_dir: Optional
                     flat[f"ablation_{aname}_drop_{k}"] = metrics[k] - v
     flat.update(extra_scores(family, runs["model"]))
     variant_metrics = _score_variants(cfg, family, runs, labeler, out_dir, flat, suite)
+    for cname, cpath in (compare or {}).items():
+        cm = _score_compare(cname, cpath, runs["model"], cfg, labeler, suite)
+        flat.update({f"compare_{cname}_{k}": v for k, v in cm.items() if isinstance(v, (int, float))})
+        variant_metrics[f"compare_{cname}"] = cm
     lap("ablations + variants")
     narrative_rows = _score_narrative(runs, narrative_k, labeler, suite, out_dir, flat)
     if narrative_k:
@@ -253,6 +262,8 @@ def run_eval(cfg, *, pool, checkpoint: Optional[str] = None, model_dir: Optional
     samples = [{**s, "card_html": card_html(family, s)} for s in _report_samples(cfg, runs["model"])]
     report = write_report(out_dir, metrics=metrics, baselines=baselines, ablations=ablation_metrics,
                           samples=samples, variants=variant_metrics, narrative=narrative_rows,
+                          extra_html=sections_html(family, {v: runs[v] for v in variant_metrics if v in runs} or
+                                                   {"model": runs["model"]}),
                           title=f"rrg evaluation: {cfg.name}, {cfg.eval.split} split, {name}")
     _print_summary(metrics, baselines, {**ablation_metrics, **variant_metrics})
     lap("report")
@@ -315,6 +326,29 @@ def _score_variants(cfg, family, runs: dict, labeler, out_dir: Path, flat: dict,
         flat[f"{vname}_oracle_inputs"] = family.oracle_inputs(variant)
         flat[f"{vname}_family_options"] = dict(variant.options)
         out[vname] = vm
+    return out
+
+
+def _score_compare(name: str, path: str, records: list[dict], cfg, labeler, suite=None) -> dict:
+    """Another run's predictions on exactly this run's studies, scored like this run."""
+    by_id = {}
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                by_id[str(r["id"])] = r
+    missing = [r["id"] for r in records if str(r["id"]) not in by_id]
+    if missing:
+        raise ConfigError("--compare", f"{name}: {path} lacks {len(missing)} of this run's studies "
+                          f"(e.g. {missing[:3]}): it must come from the same split")
+    recs = [{"id": r["id"], "reference": r["reference"], "ref_labels": r.get("ref_labels"),
+             "generated": by_id[str(r["id"])].get("generated", "")} for r in records]
+    recs = [{k: v for k, v in x.items() if v is not None} for x in recs]
+    out = score(recs, bootstrap=cfg.eval.bootstrap, labeler=labeler, meteor=cfg.eval.meteor,
+                meteor_language=cfg.eval.meteor_language, suite=suite)
+    reports = Counter(x["generated"].strip() for x in recs)
+    out["generated_distinct_reports"] = len(reports)
+    out["generated_top_report_share"] = max(reports.values()) / len(recs) if recs else 0.0
     return out
 
 

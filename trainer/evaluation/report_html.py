@@ -321,8 +321,8 @@ def trace_block(sample: dict) -> str:
 # ---------------------------------------------------------------- page
 def render_report(*, metrics: dict, baselines: dict[str, dict], ablations: dict[str, dict], samples: list[dict],
                   title: str = "rrg evaluation", variants: Optional[dict[str, dict]] = None,
-                  narrative: Optional[list[dict]] = None) -> str:
-    """The whole page as a string (see the module docstring)."""
+                  narrative: Optional[list[dict]] = None, extra_html: str = "") -> str:
+    """The whole page as a string (see the module docstring); ``extra_html``: family sections (already HTML)."""
     n_dis = sum(bool(disagreements(s.get("ref_labels") or {}, s.get("gen_labels") or {})) for s in samples)
     conv = metrics.get("convention")
     header = (f"<h1>{_esc(title)}</h1><p class=\"meta\">n = {_esc(metrics.get('n', '?'))} studies scored \u00b7 "
@@ -338,7 +338,7 @@ def render_report(*, metrics: dict, baselines: dict[str, dict], ablations: dict[
         f"least as well as the model.</p>{metric_table(metrics, baselines, ablations, variants)}"
         f"<h2>Per-label F1 ({_esc(_label_set(metrics).name)})</h2>"
         f"{f1_chart({'model': metrics, **baselines}, list(_label_set(metrics).labels))}"
-        f"{narrative_section(narrative or [])}"
+        f"{narrative_section(narrative or [])}{extra_html}"
         f"<h2>Studies</h2><p class=\"meta\">{n_dis} of {len(samples)} with label disagreements "
         "(red: positive status differs; amber: uncertainty differs; + positive, \u2212 negative, ? uncertain, "
         "\u00b7 not mentioned). "
@@ -348,11 +348,12 @@ def render_report(*, metrics: dict, baselines: dict[str, dict], ablations: dict[
 
 def write_report(out_dir: str | Path, *, metrics: dict, baselines: dict[str, dict], ablations: dict[str, dict],
                  samples: list[dict], title: str = "rrg evaluation", variants: Optional[dict[str, dict]] = None,
-                 narrative: Optional[list[dict]] = None) -> Path:
+                 narrative: Optional[list[dict]] = None, extra_html: str = "") -> Path:
     """Write ``out_dir/report.html`` (self-contained, opens offline) and return its path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "report.html"
     path.write_text(render_report(metrics=metrics, baselines=baselines, ablations=ablations, samples=samples,
-                                  title=title, variants=variants, narrative=narrative), encoding="utf-8")
+                                  title=title, variants=variants, narrative=narrative, extra_html=extra_html),
+                    encoding="utf-8")
     return path
