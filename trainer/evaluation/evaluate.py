@@ -25,8 +25,6 @@ model's, both baselines' and the ablations' reports, on the label set it declare
 """
 from __future__ import annotations
 
-from collections import Counter
-
 import json
 import threading
 import time
@@ -331,12 +329,10 @@ def _score_variants(cfg, family, runs: dict, labeler, out_dir: Path, flat: dict,
 
 def _score_compare(name: str, path: str, records: list[dict], cfg, labeler, suite=None) -> dict:
     """Another run's predictions on exactly this run's studies, scored like this run."""
-    by_id = {}
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                r = json.loads(line)
-                by_id[str(r["id"])] = r
+    from shards.labeling.files import read_jsonl_rows
+    from trainer.evaluation.reflection_stats import report_collapse
+
+    by_id = {str(r.get("id")): r for _, r in read_jsonl_rows(path)}
     missing = [r["id"] for r in records if str(r["id"]) not in by_id]
     if missing:
         raise ConfigError("--compare", f"{name}: {path} lacks {len(missing)} of this run's studies "
@@ -346,9 +342,7 @@ def _score_compare(name: str, path: str, records: list[dict], cfg, labeler, suit
     recs = [{k: v for k, v in x.items() if v is not None} for x in recs]
     out = score(recs, bootstrap=cfg.eval.bootstrap, labeler=labeler, meteor=cfg.eval.meteor,
                 meteor_language=cfg.eval.meteor_language, suite=suite)
-    reports = Counter(x["generated"].strip() for x in recs)
-    out["generated_distinct_reports"] = len(reports)
-    out["generated_top_report_share"] = max(reports.values()) / len(recs) if recs else 0.0
+    out.update(report_collapse(recs))
     return out
 
 

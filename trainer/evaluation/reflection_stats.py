@@ -97,10 +97,15 @@ def reflection_stats(records: list[dict]) -> dict[str, Any]:
     changes = out["reflection_changes_finding"]
     out["reflection_change_right_rate"] = out["reflection_change_right"] / changes if changes else 0.0
     out.update({f"reflection_organ_{o}": int(organs[o]) for o in ONTOLOGY if organs[o]})
-    reports = Counter((r.get("generated") or "").strip() for r in records)
-    out["generated_distinct_reports"] = len(reports)
-    out["generated_top_report_share"] = max(reports.values()) / n if n else 0.0
+    out.update(report_collapse(records))
     return out
+
+
+def report_collapse(records: list[dict]) -> dict[str, Any]:
+    """How many distinct reports the run wrote, and the share of studies given the most common one."""
+    reports = Counter((r.get("generated") or "").strip() for r in records)
+    return {"generated_distinct_reports": len(reports),
+            "generated_top_report_share": max(reports.values()) / len(records) if records else 0.0}
 
 
 def reflection_rows_html(sample: dict, limit: int = 3) -> str:
