@@ -22,7 +22,7 @@ import pytest
 from tests.trainkit import TINY, env_offline, result, rrg, torchrun
 
 SEED = 26
-STEPS = 12
+STEPS = 8
 CONFIG = [f"train.max_steps={STEPS}", "checkpoint.every_steps=2", "checkpoint.keep_last=1", "eval.every_steps=4",
           "eval.subset=4", "eval.batch_size=2", "eval.max_new_tokens=4", "checkpoint.export=merged",
           "cluster.num_workers=2", "cluster.max_failures=8"]

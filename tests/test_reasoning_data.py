@@ -130,16 +130,18 @@ def test_local_lm_backend_keeps_a_parseable_chain(shards, tmp_path):
     """The success path: a tiny random LM whose own generation config constrains greedy decoding to a
     well-formed chain (tests/reasoningkit.py ``forced``).  Its output is prompted, parsed and kept as the
     study's chain (backend hf_lm, final report from the chain), the reflection variant still comes from
-    the template rule, and nothing is counted malformed."""
+    the template rule, and nothing is counted malformed.  It annotates the 21-study validate split as the
+    training split (``data.train_split``): each study is a 200-token constrained generation, and the
+    124 train studies would cost two minutes of the suite for the same checks."""
     from trainer.reasoning_lm import lm_members
 
     copy = shard_copy(shards, tmp_path)
     lm = tiny_causal_lm(tmp_path / "lm", [REPORT, *OTHERS] * 4, forced=FORCED)
     cfg = ReasoningConfig(backend="hf_lm", lm_path=lm, max_new_tokens=200)
-    summary = annotate_reasoning(copy, cfg, SerialPool(), make_members=lm_members)
-    n = load_manifest(copy).splits["train"]
+    summary = annotate_reasoning(copy, cfg, SerialPool(), make_members=lm_members, split="validate")
+    n = load_manifest(copy).splits["validate"]
     assert summary["entries"] == summary["backend_hf_lm"] == n and summary["malformed_lm_output"] == 0
-    train = _annotations(copy, "train")
+    train = _annotations(copy, "validate")
     assert len(train) == n
     for a in train.values():
         assert a["backend"] == "hf_lm" and not a.get("malformed") and a["reasoning"] == FORCED
@@ -149,6 +151,7 @@ def test_local_lm_backend_keeps_a_parseable_chain(shards, tmp_path):
     plain = [a for a in train.values() if not a["corruption"]]  # planned not to reflect: the LM's own chain
     assert plain and all(a["reflection"] == FORCED and a["corrupt_span"] is None for a in plain)
     assert all(a is None for a in _annotations(copy, "test").values())
+    assert all(a is None for a in _annotations(copy, "train").values())
 
 
 def test_annotation_follows_the_configured_train_split(shards, tmp_path):

@@ -32,7 +32,9 @@ def test_invalid_config_fails_fast_and_names_the_key(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage,tuning", [(2, "full"), (3, "full"), (2, "lora"), (3, "lora")])
+# each ZeRO stage and each tuning once, two pairs of the four: a 2-rank resume costs ~50 s of the suite, and the
+# stage/tuning-specific state (ZeRO-3 partitions, LoRA adapters) is what each pair exercises
+@pytest.mark.parametrize("stage,tuning", [(3, "full"), (2, "lora")])
 def test_resume_in_new_process_is_bit_identical(shards, tmp_path, stage, tuning):
     common = [f"data.shards_dir={shards}", f"train.zero_stage={stage}", f"train.tuning={tuning}",
               f"train.train_vision={'true' if tuning == 'full' else 'false'}"]
