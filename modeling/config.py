@@ -106,11 +106,14 @@ class ModelConfig:
     def check_checkpoints(self, key: str = "model") -> None:
         """The formats of ``vision.path`` and ``lm.path`` are ones rrg reads, and what the run needs from them
         (input size, normalisation) is known: one line naming the path otherwise, before any worker starts."""
+        if self.vision.path is None and self.lm.path is None:
+            return  # inline configs only (importing the readers costs every process ~2 s of transformers)
         from modeling.formats import ModelFormatError, lm_config
-        from modeling.vision import image_stats, input_size, vision_source
 
         try:
             if self.vision.path is not None:
+                from modeling.vision import image_stats, input_size, vision_source
+
                 vision_source(self.vision.path)
                 input_size(self.vision)
                 image_stats(self.vision)

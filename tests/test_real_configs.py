@@ -175,8 +175,11 @@ def test_real_scale_config_on_real_layout_checkpoints_trains_exports_and_generat
         assert saved.vision.path and saved.lm.path  # the export is self-contained
         inputs = pngs(world)
         from_export = generated(export, inputs, run / "gen_export.jsonl")
-        from_ckpt = generated(run / "from_checkpoint", inputs, run / "gen_ckpt.jsonl", "--checkpoint", str(ckpt))
-        assert from_export == from_ckpt and len(from_export) == len(inputs), (from_export, from_ckpt)
+        assert len(from_export) == len(inputs), from_export
+        if zero == 3:  # from the ZeRO-3 shards (consolidated by zero_to_fp32): the harder of the two to get right,
+            # and each `rrg generate` costs ~12 s of the suite
+            from_ckpt = generated(run / "from_checkpoint", inputs, run / "gen_ckpt.jsonl", "--checkpoint", str(ckpt))
+            assert from_export == from_ckpt, (from_export, from_ckpt)
         # a random tiny LM writes something (LVMed-R2's report is what follows "Final report:" in its chain, which a
         # random LM never writes: its chain is the text), so the equality means something
         assert any(text or trace for text, trace in from_export.values()), from_export

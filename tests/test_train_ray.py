@@ -13,7 +13,7 @@ import pytest
 
 from tests.trainkit import ROOT, TINY, env_offline, result, rrg, step_losses, torchrun, wait_for_step
 
-STEPS = 200  # long enough that a signal sent at step 7-12 lands mid-run (tiny steps are fast)
+STEPS = 100  # long enough that a SIGTERM at step 7 or a SIGKILL after step 30 lands mid-run (tiny steps: ~0.1 s)
 LONG = [f"train.max_steps={STEPS}", "checkpoint.every_steps=25", "cluster.num_workers=2"]
 
 
