@@ -239,7 +239,9 @@ def test_demo_config_defines_the_matching_direct_sft_run():
     assert sft.model.max_text_len == demo.model.options["max_len"]["report"]
     assert demo.train.max_steps == sft.train.max_steps
     d, s = demo.train.resolved_stages(), sft.train.resolved_stages()
-    assert d[0] == s[0]  # the shared LM warm-up
+    # the same full-tuning warm-up (steps, lr, vision tower), each on its own target
+    assert {**vars(d[0]), "name": None, "target": None} == {**vars(s[0]), "name": None, "target": None}
+    assert (d[0].tuning, d[0].train_vision, d[0].target, s[0].target) == ("full", True, "reasoning", "report")
     assert [x.target for x in d[1:]] == ["reasoning", "reflection"] and [x.target for x in s[1:]] == ["report"]
     assert {x.tuning for x in d[1:] + s[1:]} == {"lora"}
     assert {k: v for k, v in vars(demo.eval).items() if k != "family_options"} == \
