@@ -141,14 +141,14 @@ def test_local_lm_backend_keeps_a_parseable_chain(shards, tmp_path):
     summary = annotate_reasoning(copy, cfg, SerialPool(), make_members=lm_members, split="validate")
     n = load_manifest(copy).splits["validate"]
     assert summary["entries"] == summary["backend_hf_lm"] == n and summary["malformed_lm_output"] == 0
-    train = _annotations(copy, "validate")
-    assert len(train) == n
-    for a in train.values():
+    annotated = _annotations(copy, "validate")
+    assert len(annotated) == n
+    for a in annotated.values():
         assert a["backend"] == "hf_lm" and not a.get("malformed") and a["reasoning"] == FORCED
         assert a["final_report"] == parse_chain(FORCED)["final report"] == FORCED.split("Final report:\n")[1]
-    reflected = [a for a in train.values() if a["corruption"]]
+    reflected = [a for a in annotated.values() if a["corruption"]]
     assert reflected and all("Reflection:" in a["reflection"][a["corrupt_span"][1]:] for a in reflected)
-    plain = [a for a in train.values() if not a["corruption"]]  # planned not to reflect: the LM's own chain
+    plain = [a for a in annotated.values() if not a["corruption"]]  # planned not to reflect: the LM's own chain
     assert plain and all(a["reflection"] == FORCED and a["corrupt_span"] is None for a in plain)
     assert all(a is None for a in _annotations(copy, "test").values())
     assert all(a is None for a in _annotations(copy, "train").values())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -28,17 +29,14 @@ from trainer.strategy import DeepSpeedStrategy
 def dist_info() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from Ray Train's context, else from torchrun's env.  A Ray Train worker
     has imported ray.train already; a torchrun worker does not pay ~1.5 s for importing it."""
-    import sys
-
-    if "ray.train" not in sys.modules:
-        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-    try:
-        import ray.train
-
-        ctx = ray.train.get_context()
-        return ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank()
-    except Exception:  # not inside a Ray Train worker
-        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+    ray_train = sys.modules.get("ray.train")
+    if ray_train is not None:
+        try:
+            ctx = ray_train.get_context()
+            return ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank()
+        except Exception:  # imported, but not inside a Ray Train worker
+            pass
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
 def seed_all(seed: int) -> None:
