@@ -1,9 +1,10 @@
 """Cluster backend "torchrun": the trainer's workers as torchrun processes on this node (no Ray).
 
 ``rrg train CONFIG cluster.backend=torchrun`` runs
-``python -m torch.distributed.run --nproc_per_node N -m trainer.worker CONFIG ...`` (through
-:func:`agent_main`, which turns torchrun's failure report into the worker's exit code) with the
-rendezvous on 127.0.0.1.  The workers are started in their own session, so a SIGTERM or
+``python -m torch.distributed.run --standalone --nproc_per_node N -m trainer.worker CONFIG ...``
+(through :func:`agent_main`, which turns torchrun's failure report into the worker's exit code).
+``--standalone``: the rendezvous store takes a port the OS assigns when it binds, so two jobs
+started at once on one machine never race for a port picked in advance.  The workers are started in their own session, so a SIGTERM or
 SIGUSR1 meant for the job (SLURM preemption, Ctrl-C from a scheduler) reaches only this
 driver, which asks the workers to checkpoint and stop through the run's STOP file; the
 command then exits with the workers' status (75 after a preemption checkpoint).
@@ -19,13 +20,12 @@ from pathlib import Path
 from trainer.config import RunConfig
 from trainer.prepare import EXIT_PREEMPTED, install_stop_handlers
 from trainer.runguard import FATAL, raise_recorded_fatal
-from trainer.strategy import free_port
 
 
-def torchrun_command(config_path: str | None, overrides: list[str], nproc: int, port: int) -> list[str]:
+def torchrun_command(config_path: str | None, overrides: list[str], nproc: int) -> list[str]:
     """torchrun's agent (through :func:`agent_main`), running ``trainer.worker`` on this node."""
-    cmd = [sys.executable, "-m", "cluster.torchrun", f"--nproc_per_node={nproc}", "--nnodes=1",
-           "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "trainer.worker"]
+    cmd = [sys.executable, "-m", "cluster.torchrun", "--standalone", f"--nproc_per_node={nproc}", "--nnodes=1",
+           "-m", "trainer.worker"]
     return cmd + ([config_path] if config_path else []) + list(overrides)
 
 
@@ -41,7 +41,7 @@ def _run_training(cfg: RunConfig, config_path: str | None, overrides: list[str])
     stop_file = out / "STOP"
     stop_file.unlink(missing_ok=True)
     install_stop_handlers(stop_file)
-    cmd = torchrun_command(config_path, overrides, cfg.cluster.num_workers, free_port())
+    cmd = torchrun_command(config_path, overrides, cfg.cluster.num_workers)
     (out / "result.json").unlink(missing_ok=True)
     (out / FATAL).unlink(missing_ok=True)
     env = dict(os.environ, RRG_DRIVER="torchrun")  # the workers leave the one-line error message to us

@@ -22,7 +22,7 @@ from pydicom.uid import JPEGLSLossless
 
 from shards.dicom import ALLOWED, pseudonym
 from tests.dicomkit import BIRTH_DATE, write_dicom, write_sr
-from tests.trainkit import ROOT, free_port
+from tests.trainkit import ROOT
 
 MARK = "Zq7PHIMARKq"
 SALT = b"0123456789abcdef0123456789abcdef"
@@ -109,8 +109,8 @@ cluster: {{num_workers: 1, ray_temp_dir: /tmp/rr-dcm}}
     env = dict(os.environ, WANDB_MODE="offline", WANDB_DIR=str(tmp / "wandb"))
     (tmp / "wandb").mkdir()
     build = rrg("shards", "build", str(cfg), env=env)
-    train = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_addr=127.0.0.1",
-                 f"--master_port={free_port()}", "-m", "trainer.worker", str(cfg)], env=env, timeout=420)
+    train = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+                 "-m", "trainer.worker", str(cfg)], env=env, timeout=420)
     return {"tmp": tmp, "cfg": cfg, "studies": studies, "env": env, "logs": [build, train]}
 
 

@@ -15,8 +15,10 @@ TINY = str(ROOT / "configs" / "tiny.yaml")
 
 
 def torchrun(nproc: int, overrides: list[str], timeout: int = 420) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "trainer.worker", TINY, *overrides]
+    # --standalone: the OS assigns the rendezvous port at bind time (a port picked in advance can be taken
+    # by a test on the other xdist worker before torchrun binds it: EADDRINUSE)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "trainer.worker", TINY, *overrides]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
