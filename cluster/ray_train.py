@@ -21,7 +21,8 @@ from cluster.errors import ClusterStartError
 from cluster.ray_util import RayTaskPool
 from configs.schema import ConfigError
 from trainer.config import RunConfig
-from trainer.prepare import EXIT_PREEMPTED, finish_run, install_stop_handlers, prepare_run, stopped_during_startup
+from trainer.prepare import (EXIT_PREEMPTED, check_run, finish_run, install_stop_handlers, prepare_run,
+                             stopped_during_startup)
 from trainer.runguard import raise_recorded_fatal
 
 
@@ -112,9 +113,10 @@ def run_training(cfg: RunConfig, address: Optional[str] = None) -> dict[str, Any
 
 
 def _run_training(cfg: RunConfig, address: Optional[str]) -> dict[str, Any]:
+    manifest = check_run(cfg)  # before Ray: a run that is refused is refused in seconds
     pool = RayTaskPool(address=address, temp_dir=cfg.cluster.ray_temp_dir)  # brings Ray up (or joins it)
     check_resources(cfg)
-    loop_config = prepare_run(cfg, pool)
+    loop_config = prepare_run(cfg, pool, checked=True, manifest=manifest)
     from ray.train import FailureConfig, RunConfig as RayRunConfig, ScalingConfig
 
     from cluster.loopback import BoundTorchConfig
@@ -138,6 +140,9 @@ def _run_training(cfg: RunConfig, address: Optional[str]) -> dict[str, Any]:
     )
     # read by Ray Train's controller, which gets the driver's RAY_TRAIN_* variables
     os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(cfg.cluster.start_timeout_s / _START_ATTEMPTS)
+    # Ray Train replaces print() in its workers with a logger call that also tees to the original print
+    # whenever sys.stdout is wrapped: every line rank 0 prints reached the console twice
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     pids = Path(cfg.output_dir) / "pids"
     install_stop_handlers(Path(loop_config["stop_file"]), started=lambda: any(pids.glob("rank_*.pid")))
     try:

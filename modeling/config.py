@@ -23,6 +23,18 @@ def without_path_checks():
 
 
 @dataclass
+class PackingConfig:
+    """``train.packing`` (modeling/packing.py packs): pack the studies of a micro-batch into rows of at most ``max_len`` LM positions."""
+
+    enabled: bool = False
+    max_len: int = 2048  # LM positions per packed row: prompt + report tokens + image tokens
+
+    def validate(self, key: str = "train.packing") -> None:
+        if self.max_len < 16:
+            raise ConfigError(f"{key}.max_len", f"must be >= 16, got {self.max_len}")
+
+
+@dataclass
 class LoraConfig:
     r: int = 8
     alpha: int = 16

@@ -22,24 +22,11 @@ less, so rows end up nearly equal and the batch is padded only to its longest ro
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
 
-from configs.schema import ConfigError
-
-
-@dataclass
-class PackingConfig:
-    """``train.packing``: pack the studies of a micro-batch into rows of at most ``max_len`` LM positions."""
-
-    enabled: bool = False
-    max_len: int = 2048  # LM positions per packed row: prompt + report tokens + image tokens
-
-    def validate(self, key: str = "train.packing") -> None:
-        if self.max_len < 16:
-            raise ConfigError(f"{key}.max_len", f"must be >= 16, got {self.max_len}")
+from modeling.config import PackingConfig  # noqa: F401  (the config lives with the other model configs)
 
 
 def plan_rows(costs: list[int], max_len: int, extra_tries: int = 2) -> list[list[int]]:

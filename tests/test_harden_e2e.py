@@ -101,6 +101,13 @@ def test_every_socket_of_a_training_job_listens_on_loopback_only(run):
     assert result(out)["skipped_samples"] == 0  # summed over ranks; the key is always there
 
 
+@pytest.mark.slow
+def test_each_line_a_worker_prints_reaches_the_console_once(run):
+    _, _, log = run  # Ray Train's print patch teed every line a second time
+    for text in ("step 6: loss=", "rrg: stage 1/1 'main'", "checkpoints/step_0000003"):
+        assert sum(text in line for line in log.splitlines()) == 1, (text, log[-3000:])
+
+
 class Payload:
     """Unpickling this creates the marker file: what a hostile checkpoint would do."""
 
@@ -147,6 +154,7 @@ def test_crafted_checkpoint_is_refused_by_eval_and_train_and_never_runs(run, sha
     code, line = _one_line(rrg(["eval", TINY, "--checkpoint", str(ck), f"output_dir={ck.parent.parent}", *common]))
     assert code == 4 and "refusing to unpickle" in line and "--trust-checkpoint" in line, line
     out = ck.parent.parent
+    (out / "result.json").unlink()  # the copied run's: a training that ran would write it again
     code, line = _one_line(rrg(["train", TINY, "--resume", str(ck), f"output_dir={out}", "cluster.max_failures=2",
                                 *common], env=env_offline(tmp_path)))
     assert code == 4 and "refusing to unpickle" in line, line

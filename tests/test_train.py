@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -151,3 +152,18 @@ def test_lora_zero3_adapter_loads_in_plain_peft(shards, tmp_path):
     with torch.no_grad():
         loss = float(model(**to_device(next(iter(loader)), torch.device("cpu"), torch.float32)).loss)
     assert abs(loss - res["final_eval_loss"]) < 1e-5, (loss, res["final_eval_loss"])
+
+
+def test_cpu_process_group_builds_no_deepspeed_kernel(tmp_path):
+    """DeepSpeed's CPU backend would JIT-compile its shared-memory all-reduce (inference only) at start-up."""
+    ext = tmp_path / "torch_extensions"
+    code = ("from trainer.strategy import DeepSpeedStrategy, single_process_env\n"
+            "single_process_env()\n"
+            "DeepSpeedStrategy.init_distributed(False)\n"
+            "import deepspeed.comm.comm as c\n"
+            "print('shm', c.cdb.shm_comm_op)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TORCH_EXTENSIONS_DIR": str(ext), "DS_ACCELERATOR": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "shm None" in proc.stdout and "built successfully" not in proc.stdout + proc.stderr
+    assert not ext.exists(), sorted(p.name for p in ext.rglob("*"))

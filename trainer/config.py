@@ -17,8 +17,7 @@ from typing import Any, Literal, Optional
 from configs.atomic import atomic_write_text
 from configs.cluster import ClusterConfig
 from configs.schema import ConfigError, apply_overrides, deep_merge, from_dict, read_yaml_chain, to_dict
-from modeling.config import LoraConfig, ModelConfig
-from modeling.packing import PackingConfig
+from modeling.config import LoraConfig, ModelConfig, PackingConfig
 from shards.config import DataConfig
 from trainer.evaluation.metric_config import (BertScoreConfig, GreenConfig, LlavaRadBertScoreConfig,
                                               NarrativeBiasConfig, RadGraphConfig, SembConfig, llava_rad_bertscore)

@@ -50,6 +50,15 @@ def worker_env(cfg: RunConfig) -> dict[str, str]:
     return env
 
 
+def demo_shards_missing(cfg: RunConfig) -> bool:
+    """The demo source is configured and its shards have not been made yet (no manifest)."""
+    from shards.storage import exists, is_remote, join
+
+    shards = cfg.data.shards_dir
+    built = exists(join(shards, "manifest.json")) if is_remote(shards) else (Path(shards) / "manifest.json").exists()
+    return not built and cfg.data.source.adapter == "demo"
+
+
 def ensure_shards(cfg: RunConfig, pool: Optional[TaskPool] = None):
     """The run's shard manifest; demo shards are made on first use, other sources must be built.
 
@@ -58,13 +67,8 @@ def ensure_shards(cfg: RunConfig, pool: Optional[TaskPool] = None):
     silently rebuilt over.
     """
     from shards.manifest import load_manifest
-    from shards.storage import exists, is_remote, join
 
-    if is_remote(cfg.data.shards_dir):
-        built = exists(join(cfg.data.shards_dir, "manifest.json"))
-    else:
-        built = (Path(cfg.data.shards_dir) / "manifest.json").exists()
-    if built or cfg.data.source.adapter != "demo":
+    if not demo_shards_missing(cfg):
         return load_manifest(cfg.data.shards_dir, cache=cfg.data.cache)
     print(f"rrg: no shards at {cfg.data.shards_dir}: building the demo dataset first", flush=True)
     from shards.writer import build_from_config
@@ -132,6 +136,10 @@ def check_resume(cfg: RunConfig, manifest) -> None:
     point = CheckpointManager(cfg.checkpoint_dir, rank=0, world_size=1, keep_last=cfg.checkpoint.keep_last,
                               trusted=cfg.checkpoint.trust).resolve(cfg.checkpoint.resume)
     if point is not None:
+        if not cfg.checkpoint.trust:  # its hashes were checked by resolve(); now what it would unpickle
+            from trainer.safe_load import check_unpickles
+
+            check_unpickles(point.path)
         check_compatible(point.meta, point.path, cfg.to_dict(), manifest.dataset_fingerprint,
                          Path(cfg.output_dir) / "tokenizer")
 
@@ -206,11 +214,13 @@ def remove_partial_outputs(cfg: RunConfig) -> None:
               flush=True)
 
 
-def prepare_run(cfg: RunConfig, pool: Optional[TaskPool] = None) -> dict[str, Any]:
-    """Driver-side preparation shared by the Ray and torchrun paths; returns the workers' loop config.
+def check_run(cfg: RunConfig):
+    """The checks of a training run that need only its files, before anything is started or written.
 
-    Order matters: every check (writable dirs, run-dir mixing, checkpoint trust and
-    compatibility) runs before the first byte is written into the run directory.
+    Writable dirs, run-dir mixing, a remote checkpoint brought in, and (when the shards exist) the
+    checkpoint to resume: intact, unpicklable as data, compatible.  The Ray backend runs this before
+    Ray comes up, so a run that is refused is refused in seconds.  Returns the shards' manifest, or
+    None when demo shards are still to be built (:func:`prepare_run` then checks the resume).
     """
     from shards.storage import is_remote
     from trainer.runguard import check_run_dir, check_writable
@@ -227,8 +237,27 @@ def prepare_run(cfg: RunConfig, pool: Optional[TaskPool] = None) -> dict[str, An
     check_writable(cfg.checkpoint_dir, "checkpoint.dir")
     check_run_dir(out, Path(cfg.checkpoint_dir), cfg.checkpoint.resume, cfg.checkpoint.overwrite)
     stage_remote_checkpoint(cfg)
-    manifest = ensure_shards(cfg, pool)
+    if demo_shards_missing(cfg):
+        return None
+    manifest = ensure_shards(cfg)
     check_resume(cfg, manifest)
+    return manifest
+
+
+def prepare_run(cfg: RunConfig, pool: Optional[TaskPool] = None, *, checked: bool = False,
+                manifest=None) -> dict[str, Any]:
+    """Driver-side preparation shared by the Ray and torchrun paths; returns the workers' loop config.
+
+    Order matters: every check (writable dirs, run-dir mixing, checkpoint trust and
+    compatibility) runs before the first byte is written into the run directory.  ``checked``:
+    :func:`check_run` already ran on this ``cfg`` and returned ``manifest``.
+    """
+    if not checked:
+        manifest = check_run(cfg)
+    if manifest is None:  # demo shards, made on first use
+        manifest = ensure_shards(cfg, pool)
+        check_resume(cfg, manifest)
+    out = Path(cfg.output_dir)
     remove_partial_outputs(cfg)
     cfg.dump(out / "config.yaml")
     tokenizer_dir = prepare_tokenizer(cfg, manifest)

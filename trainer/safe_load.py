@@ -119,6 +119,27 @@ def safe_torch_load(trusted: bool = False) -> Iterator[None]:
         torch.load = original
 
 
+def check_unpickles(root: str | os.PathLike) -> None:
+    """Every torch file of the checkpoint at ``root`` unpickles under :func:`safe_torch_load`.
+
+    The driver runs this before a resume starts any worker, so a crafted checkpoint is refused in
+    seconds, naming its file.  Only the pickled structure is read: the tensors are memory-mapped, not
+    loaded (a file in torch's pre-zip format, which cannot be mapped, is read whole)."""
+    import torch
+
+    root = Path(root)
+    with safe_torch_load():
+        for rel, path in _files(root).items():
+            if not rel.endswith((".pt", ".pth")):
+                continue
+            try:
+                torch.load(path, map_location="cpu", mmap=True)
+            except RuntimeError as err:
+                if "mmap" not in str(err):
+                    raise
+                torch.load(path, map_location="cpu")
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m trainer.safe_load MODULE ARGS...``: run a DeepSpeed tool's main under the safe loader."""
     import runpy

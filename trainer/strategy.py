@@ -165,6 +165,13 @@ class DeepSpeedStrategy:
         os.environ.setdefault("DS_ACCELERATOR", "cuda" if use_gpu else "cpu")
         import deepspeed
 
+        if not use_gpu:
+            # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce kernel at start-up (a minute of
+            # one core on a fresh machine, every other process waiting on its build lock) that only its
+            # tensor-parallel inference calls; training's all-reduces go through gloo either way
+            import deepspeed.ops
+
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
 
     def ds_config(self, load_universal: bool = False) -> dict[str, Any]:
