@@ -185,7 +185,9 @@ class Registry(Generic[T]):
     def register(self, name: str) -> Callable[[T], T]:
         def deco(obj: T) -> T:
             if name in self._items:
-                raise ValueError(f"{self.kind} '{name}' registered twice")
+                first = getattr(self._items[name], "__module__", "?")
+                raise ValueError(f"{self.kind} '{name}' registered twice (first by {first}, again by "
+                                 f"{getattr(obj, '__module__', '?')})")
             self._items[name] = obj
             return obj
 

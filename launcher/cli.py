@@ -78,15 +78,15 @@ def cmd_shards_inspect(args):
 
 
 def cmd_bench_loader(args):
-    from shards.bench import bench_loader
+    from shards.bench.loader import bench_loader
 
     bench_loader(_load(args), workers=args.workers, batches=args.batches)
 
 
 def cmd_bench_train(args):
-    from trainer.bench import bench_train
+    from trainer.bench.train import bench_train
 
-    from trainer.engine_bench import BigRun
+    from trainer.bench.engine import BigRun
 
     bench_train(_load(args), steps=args.steps, repeats=args.repeats, stages=tuple(args.stages), big=not args.no_100m,
                 big_run=BigRun(micro_batch=args.batch_100m, text_len=args.text_len_100m, steps=args.steps_100m),
@@ -99,7 +99,7 @@ def cmd_bench_gpu(args):
     if not torch.cuda.is_available():
         print("rrg: bench gpu needs a CUDA GPU (torch.cuda.is_available() is False on this machine)", file=sys.stderr)
         raise SystemExit(2)
-    from trainer.gpu_bench import bench_gpu
+    from trainer.bench.gpu import bench_gpu
 
     bench_gpu(_load(args), cases=tuple(args.case), lm=args.lm, lora_lm=args.lora_lm, micro_batch=args.micro_batch,
               seq_len=args.seq_len, steps=args.steps, warmup=args.warmup, zero_stage=args.zero,
@@ -107,25 +107,25 @@ def cmd_bench_gpu(args):
 
 
 def cmd_bench_packing(args):
-    from trainer.packing_bench import bench_packing
+    from trainer.bench.packing import bench_packing
 
     bench_packing(_load(args), batches=args.batches, max_len=args.max_len)
 
 
 def cmd_bench_eval(args):
-    from trainer.evaluation.eval_bench import bench_eval
+    from trainer.bench.eval import bench_eval
 
     bench_eval(_load(args), bootstrap=args.bootstrap, naive=args.naive)
 
 
 def cmd_bench_checkpoint(args):
-    from trainer.ckpt_bench import bench_checkpoint
+    from trainer.bench.checkpoint import bench_checkpoint
 
     bench_checkpoint(_load(args), directory=args.dir, rounds=args.rounds)
 
 
 def cmd_bench_build(args):
-    from shards.bench_build import bench_build
+    from shards.bench.build import bench_build
 
     cfg = _load(args)
     bench_build(cfg, _pool(cfg), studies=args.studies, rows=args.rows, work_dir=args.dir, repeats=args.repeats,

@@ -1,7 +1,9 @@
 """The model-family contract: everything the trainer and the evaluator may rely on, and nothing else.
 
-A family is one module plus one registry entry (``@FAMILIES.register("name")`` on a
-:class:`ModelFamily` subclass).  The trainer never branches on a family's name; it calls:
+A family is one package plus one registry entry (``@FAMILIES.register("name")`` on a
+:class:`ModelFamily` subclass in a module its ``__init__.py`` imports): the shipped ones are the
+subpackages of ``modeling.families``; a user's own live in the directories of ``RRG_FAMILY_PATH``
+(see :func:`import_families`).  The trainer never branches on a family's name; it calls:
 
 * ``Options`` - the family's typed options (``model.options`` in YAML), checked at config load;
 * ``tokenizer(train_texts, save_dir)`` and ``tokenizer_texts(records)`` - what its tokenizer must cover;
@@ -38,8 +40,11 @@ A family is one module plus one registry entry (``@FAMILIES.register("name")`` o
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
+import pkgutil
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
@@ -51,6 +56,7 @@ from configs.schema import ConfigError, Registry, from_dict
 from modeling.config import ModelConfig
 
 MODEL_JSON = "rrg_model.json"
+FAMILY_PATH_ENV = "RRG_FAMILY_PATH"  # os.pathsep-separated directories of a user's own family packages
 TUNING_MODES = ("projector", "lora", "full")
 
 
@@ -221,15 +227,44 @@ def parse_options(family_cls: type[ModelFamily], cfg: ModelConfig) -> Any:
     return from_dict(family_cls.Options, cfg.options or {}, "model.options")
 
 
+class FamilyImportError(ImportError):
+    """A family package that does not import (names the package, its directory and the underlying error)."""
+
+
+def family_packages() -> list[tuple[str, str]]:
+    """(import name, directory) of every family package: each subpackage of ``modeling.families``, then each
+    package (a directory with an ``__init__.py``) directly inside a directory of ``RRG_FAMILY_PATH``, which
+    imports under its own top-level name (that directory joins ``sys.path``)."""
+    import modeling.families as shipped
+
+    found = [(f"{shipped.__name__}.{m.name}", os.path.join(m.module_finder.path, m.name))
+             for m in pkgutil.iter_modules(shipped.__path__) if m.ispkg]
+    for root in filter(None, os.environ.get(FAMILY_PATH_ENV, "").split(os.pathsep)):
+        if not os.path.isdir(root):
+            raise FamilyImportError(f"{FAMILY_PATH_ENV} entry {root} is not a directory")
+        found += [(m.name, os.path.join(root, m.name)) for m in pkgutil.iter_modules([root]) if m.ispkg]
+    return found
+
+
 def import_families() -> None:
-    """Import the modules that register families (callers need this one import)."""
-    import modeling.llava_rad  # noqa: F401
-    for mod in ("modeling.radixpert", "modeling.llava_ta", "modeling.r2genkg", "modeling.lvmed_r2"):
+    """Import every family package (:func:`family_packages`), so that each registers its families.
+
+    A package that fails to import raises :class:`FamilyImportError` (never a silent skip); so does one
+    shadowed by another module of its name; two packages registering one family name fail in the second.
+    """
+    for name, directory in family_packages():
+        root = os.path.dirname(directory)
+        if "." not in name and root not in sys.path:
+            sys.path.append(root)
         try:
-            __import__(mod)
-        except ModuleNotFoundError as err:
-            if err.name != mod:
-                raise
+            module = importlib.import_module(name)
+        except Exception as err:
+            raise FamilyImportError(f"family package {name} ({directory}) does not import: "
+                                    f"{type(err).__name__}: {err}") from err
+        origin = getattr(module, "__file__", None) or ""
+        if os.path.dirname(os.path.realpath(origin)) != os.path.realpath(directory):
+            raise FamilyImportError(f"family package {name} ({directory}) is shadowed by the module of that name "
+                                    f"at {origin or '?'} (imported first): rename the package")
 
 
 def family_class(name: str) -> type[ModelFamily]:
@@ -239,6 +274,12 @@ def family_class(name: str) -> type[ModelFamily]:
 
 def build_family(model_cfg: ModelConfig) -> ModelFamily:
     return family_class(model_cfg.family)(model_cfg)
+
+
+def write_model_json(directory: str, meta: dict) -> None:
+    """``rrg_model.json`` of an export (``meta["family"]`` names its family); written last, after every module."""
+    with open(os.path.join(directory, MODEL_JSON), "w") as fh:
+        json.dump(meta, fh, indent=2)
 
 
 def read_model_json(directory: str) -> tuple[str, ModelConfig, dict]:

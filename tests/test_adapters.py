@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from cluster.ray_util import RayTaskPool, ensure_ray
-from shards import fixture_trees_other as other
+from tests import fixture_trees_other as other
 from shards.adapter_kit import AdapterError, findings_impression
 from shards.adapters import make_adapter
 from shards.config import BuildConfig, DataConfig, SourceConfig
-from shards.fixture_trees import make_mimic
+from tests.fixture_trees import make_mimic
 from shards.manifest import iter_json_records, load_manifest
 from shards.writer import BUILD_SUMMARY, build_from_config
 
@@ -335,7 +335,7 @@ def test_view_content_cue_separates_phantom_frontals_from_laterals():
     import numpy as np
 
     from shards.demo_image import render_frontal, render_lateral, sample_anatomy
-    from shards.fixture_trees import radiograph
+    from tests.fixture_trees import radiograph
     from shards.viewclass import classify, mediastinum_contrast
 
     fr, la = [], []

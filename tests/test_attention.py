@@ -85,7 +85,7 @@ def test_packed_rows_reach_the_varlen_kernel_and_padded_rows_need_no_mask(monkey
     and equals the eager dense-mask reference; right-padded training rows run unmasked and equal the masked run on
     every real token."""
     import modeling.attention as A
-    from modeling.llava_rad import lm_logits
+    from modeling.vlm import lm_logits
 
     seg, *_ = packed_case()
     embeds = torch.randn(2, 18, 32, generator=torch.Generator().manual_seed(3))

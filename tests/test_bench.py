@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer import gpu_bench as gb
+from trainer.bench import gpu as gb
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,7 +108,7 @@ CPU_STEP_SCRIPT = textwrap.dedent("""
     torch.set_num_threads(1)
     from trainer.config import load_config
     from trainer.strategy import DeepSpeedStrategy, build_ds_config, torch_adamw_kwargs
-    from trainer import gpu_bench as gb
+    from trainer.bench import gpu as gb
     DeepSpeedStrategy.init_distributed(False)
     cfg = load_config("configs/tiny.yaml", [])
     out = {}

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shards import fixture_trees_other as other
+from tests import fixture_trees_other as other
 from shards.adapter_kit import SkipStudy
 from shards.adapters import make_adapter
 from shards.config import BuildConfig, DataConfig, SourceConfig
-from shards.fixture_trees import make_mimic, write_jpeg
+from tests.fixture_trees import make_mimic, write_jpeg
 from shards.writer import BUILD_SUMMARY, build_from_config
 from tests.shardkit import png_bomb
 
@@ -107,7 +107,7 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from tests.test_hostile_images import _build, _first_views
 from shards.adapters import make_adapter
-from shards.fixture_trees import make_mimic, write_jpeg
+from tests.fixture_trees import make_mimic, write_jpeg
 from tests.shardkit import png_bomb
 work = Path(sys.argv[2])
 def rss_mb():

@@ -241,7 +241,7 @@ def test_attach_cli_study_without_neighbours_is_named_and_nothing_is_lost(kg_sha
 
 # ---------------------------------------------------------------------------------- the family
 def _family_batch(kg_shards, tmp_path):
-    from modeling.r2genkg import R2GenKGFamily
+    from modeling.families.r2genkg.family import R2GenKGFamily
     from trainer.config import load_config
 
     cfg = load_config(str(ROOT / "configs" / "tiny.yaml"), []).model

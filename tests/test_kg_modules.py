@@ -1,7 +1,8 @@
 """R-GCN (basis decomposition) against a dense per-relation reference; fusion and attention blocks."""
 import torch
 
-from modeling.kg_modules import BiCrossAttention, QFormer, RGCNConv, RGCNEncoder, ScaleFusion, dense_rgcn, pad_by_graph
+from modeling.families.r2genkg.kg_modules import BiCrossAttention, QFormer, RGCNConv, RGCNEncoder, ScaleFusion, \
+    dense_rgcn, pad_by_graph
 
 
 def _graph(n, e, seed, rels=3):

@@ -9,9 +9,9 @@ import torch
 
 from modeling.family import GenConfig
 from modeling.config import LoraConfig
-from modeling.llava_ta import LlavaTAFamily, LlavaTFamily
+from modeling.families.llava_ta.family import LlavaTAFamily, LlavaTFamily
 from modeling.tuning import TuningSpec
-from modeling.topic_rows import region_mask, segment_image
+from modeling.families.llava_ta.topic_rows import region_mask, segment_image
 from shards.demo import make_study
 from shards.records import DecodedSample
 from shards.topic_ontology import Ontology

@@ -13,7 +13,7 @@ from shards.manifest import iter_json_records, load_manifest
 from shards.reader import ShardLoader
 from shards.segmenter import UNet
 from shards.segment_pass import masks_from_config
-from modeling.topic_rows import TopicDataError, segment_image
+from modeling.families.llava_ta.topic_rows import TopicDataError, segment_image
 from trainer.config import load_config
 
 CXAS7 = ["left_lung", "right_lung", "heart", "mediastinum", "diaphragm", "trachea", "spine"]
@@ -50,7 +50,7 @@ def masked_shards(shards, tmp_path_factory):
 
 
 def _family(region_channels=None):
-    from modeling.llava_ta import LlavaTAFamily
+    from modeling.families.llava_ta.family import LlavaTAFamily
 
     cfg = load_config("configs/tiny.yaml", []).model
     cfg.family, cfg.options = "llava_ta", ({"region_channels": region_channels} if region_channels else {})

@@ -9,7 +9,7 @@ import torch
 
 from configs.parallel import SerialPool
 from modeling.family import GenConfig, TargetError, build_family
-from modeling.llava_rad import IGNORE, weighted_lm_loss
+from modeling.vlm import IGNORE, weighted_lm_loss
 from shards.config import DataConfig
 from shards.reader import make_loader
 from shards.reasoning.annotate import ReasoningConfig, annotate_reasoning
@@ -91,7 +91,7 @@ def test_packed_reflection_rows_match_unpacked_and_keep_the_span_out(fam_tok):
     """train.packing on lvmed_r2 (the llava_rad path): packed vs unpacked reflection/reasoning rows give the
     same loss and gradients, every study's labels (the corrupted span at -100 included) survive packing,
     and the LM's logits at the span's positions get no gradient in the packed rows either."""
-    from modeling.llava_rad import lm_logits, packed_loss
+    from modeling.vlm import lm_logits, packed_loss
     from modeling.packing import pack_batch
     from modeling.tokenizer import image_token_id
     from modeling.tuning import LoraConfig, TuningSpec, apply_tuning

@@ -68,7 +68,7 @@ def test_masks_pass_replaces_drawn_masks(shards, unet_dir, tmp_path):
         assert np.array_equal(masks.numpy(), probs >= 0.5)  # what the pass must have stored for this study
         assert np.abs(b["soft"][0].numpy().astype(float) - probs * 255).max() <= 0.5 + 1e-3
     # the Radixpert family's shard-mask sample builder reads the new masks by channel name
-    from modeling.radixpert import RadixpertOptions, build_mask_sample
+    from modeling.families.radixpert.family import RadixpertOptions, build_mask_sample
 
     opts = RadixpertOptions(mask_source="shard", mask_channels=["heart", "left_lung"])
     radix = _collect(manifest, "validate", lambda s: build_mask_sample(s, base=lambda _: {}, opts=opts, size=8))

@@ -87,7 +87,7 @@ def test_positions_masks_and_plan():
 
 def test_padding_efficiency_mimic_like_lengths():
     """Reports with a MIMIC-like length distribution (median ~60 words, tail past 200) pack to >= 0.95."""
-    from trainer.packing_bench import mimic_like_lengths, packing_efficiency
+    from trainer.bench.packing import mimic_like_lengths, packing_efficiency
 
     lengths = mimic_like_lengths(4096, seed=0)
     assert 50 <= np.median(lengths) <= 110 and np.max(lengths) > 260

@@ -8,7 +8,7 @@ import pytest
 
 from configs.parallel import SerialPool
 from shards.config import BuildConfig, DataConfig, SourceConfig
-from shards.fixture_trees_other import make_padchest
+from tests.fixture_trees_other import make_padchest
 from shards.manifest import iter_json_records
 from shards.writer import build_from_config
 from tests.trainkit import result, step_losses, torchrun

@@ -217,7 +217,7 @@ import torch
 
 torch.set_num_threads(1)
 from modeling.family import build_family
-from modeling.llava_rad import prompt_ids
+from modeling.vlm import prompt_ids
 from modeling.tuning import apply_tuning
 from trainer.config import load_config
 

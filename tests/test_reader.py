@@ -239,7 +239,7 @@ def test_missing_manifest_and_foreign_state_are_clear_errors(tmp_path, shards40)
 
 def test_bench_loader_reports_positive_rates(shards40, capsys):
     from trainer.config import RunConfig
-    from shards.bench import bench_loader
+    from shards.bench.loader import bench_loader
 
     cfg = RunConfig()
     cfg.data.shards_dir = str(shards40.root)

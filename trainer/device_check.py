@@ -10,7 +10,7 @@ everything in one call, within about 8 minutes, writing ``device_report.json``:
 2. **packed = unpacked**: the same studies' loss through a real model, packed and one per row;
 3. **training**: a ~1B Llama-shaped LM (Llama-3.2-1B's shape) + a ViT-L/14-336 tower, 20 steps on one GPU with
    rrg's DeepSpeed strategy at ZeRO-2 and ZeRO-3 bf16, full fine-tuning and LoRA: tokens/s, MFU (FLOPs formula
-   of trainer/gpu_bench.py, printed with its numbers), peak memory, LoRA/full tokens/s on the same model, and
+   of trainer/bench/gpu.py, printed with its numbers), peak memory, LoRA/full tokens/s on the same model, and
    the step time of the packed varlen kernel against SDPA with a dense block-diagonal mask;
 4. **resume**: `rrg train` (torchrun backend, one GPU) on tiny shards built here, checkpoint at step 3,
    resumed in a new process: steps 4-6 equal the uninterrupted run's bit for bit.
@@ -212,7 +212,7 @@ def packed_vs_unpacked(device, dtype) -> dict[str, Any]:
     from modeling.family import build_family
     from modeling.packing import pack_batch
     from trainer.config import load_config
-    from trainer.gpu_bench import _tokenizer
+    from trainer.bench.gpu import _tokenizer
 
     cfg = load_config(str(ROOT / "configs" / "tiny.yaml"))
     family = build_family(cfg.model)
@@ -248,13 +248,13 @@ def packed_vs_unpacked(device, dtype) -> dict[str, Any]:
 
 
 def training(device, quick: bool) -> list[dict[str, Any]]:
-    """The timed cases of trainer/gpu_bench.py's real training step (ZeRO-2/3, full/LoRA, packed kernels)."""
+    """The timed cases of trainer/bench/gpu.py's real training step (ZeRO-2/3, full/LoRA, packed kernels)."""
     import gc
 
     import torch
 
     from trainer.config import load_config
-    from trainer.gpu_bench import Case, mfu, peak_flops, report, run_case
+    from trainer.bench.gpu import Case, mfu, peak_flops, report, run_case
 
     cfg = load_config(str(ROOT / "configs" / "demo.yaml"))
     lm, vision = ("tiny", "tiny") if quick else ("llama-1b", "vit-l")

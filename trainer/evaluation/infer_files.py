@@ -125,7 +125,7 @@ def _masks_pass(cfg, model_dir: Path) -> tuple[MakeMembers, Any]:
 def _kg_attach(cfg, model_dir: Path) -> tuple[MakeMembers, Any]:
     """``rrg kg attach``: subgraph retrieval from the training index of the export's ``kg`` asset, with ``data.kg``."""
     from shards.sidecars import ASSETS_DIR, SidecarError
-    from trainer.kg import KG_ASSET
+    from modeling.families.r2genkg.constants import KG_ASSET
     from trainer.kg.attach import kg_members, make_context
     from trainer.kg.graph import load_kg
 

@@ -5,11 +5,11 @@
 * :mod:`trainer.kg.graph` - the KG built from TRAINING-split reports only, saved as the ``kg`` asset;
 * :mod:`trainer.kg.bank` - the disease-aware vision-token bank (Grad-CAM of a light 14-label classifier);
 * :mod:`trainer.kg.attach` - per-study multi-scale subgraph tensors as the ``kg`` sidecar.
-"""
 
-KG_ASSET, BANK_ASSET, KG_SIDECAR = "kg", "kg_bank", "kg"
-RELATIONS = ("located_at", "modify", "suggestive_of")
-NODE_TYPES = ("finding", "anatomy", "modifier")
+The names these jobs share with the family (assets, sidecar, relations, node types) are defined once, in
+modeling/families/r2genkg/constants.py; this package module stays light (``KGError`` is resolved by
+trainer/runguard.py's table of known errors).
+"""
 
 
 class KGError(RuntimeError):

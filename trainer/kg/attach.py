@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save
 
-from trainer.kg import KG_SIDECAR, KGError
+from modeling.families.r2genkg.constants import KG_SIDECAR
+from trainer.kg import KGError
 from trainer.kg.graph import image_embedding, load_kg
 
 VERSION = "1"

@@ -18,7 +18,7 @@ from safetensors.numpy import save
 from torch import nn
 
 from configs.labelsets import CHEXPERT_LABELS
-from trainer.kg import BANK_ASSET
+from modeling.families.r2genkg.constants import BANK_ASSET
 
 VERSION = "1"
 

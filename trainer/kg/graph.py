@@ -24,7 +24,8 @@ import numpy as np
 from PIL import Image
 from safetensors.numpy import save
 
-from trainer.kg import KG_ASSET, NODE_TYPES, RELATIONS, KGError
+from modeling.families.r2genkg.constants import KG_ASSET, NODE_TYPES, RELATIONS
+from trainer.kg import KGError
 
 VERSION = "1"
 

@@ -133,7 +133,7 @@ def _one_build(pool, root: Path, out: Path, build: BuildConfig, per_shard: int, 
 def bench_rate(pool, work: Path, studies: int, build: BuildConfig, cores: int, repeats: int = 5,
                per_shard: int | None = None) -> dict[str, float]:
     """Medians over ``repeats`` interleaved (solo reference, all-core reference, build) rounds."""
-    from shards.fixture_trees import make_mimic_bench
+    from shards.bench.trees import make_mimic_bench
 
     root = make_mimic_bench(work / "mimic", studies)
     files = sorted(str(p) for p in (root / "files").rglob("*.jpg"))
@@ -185,7 +185,7 @@ def _tree_dir(work: Path) -> Path:
 
 
 def bench_plan(work: Path, rows: int, check_files: bool = False, threads: int = 8) -> dict[str, float]:
-    from shards.fixture_trees import make_mimic_scale
+    from shards.bench.trees import make_mimic_scale
 
     t0 = time.perf_counter()
     base = _tree_dir(work) if check_files else work

@@ -1,7 +1,7 @@
 """``rrg bench train``: rrg's engine against a plain PyTorch loop, side by side in one run.
 
 Same model (same initial weights), same in-memory batches, one process, for each ZeRO
-stage 0-3 (trainer/engine_bench.py):
+stage 0-3 (trainer/bench/engine.py):
 (a) plain PyTorch: forward, backward, clip, AdamW step, LR step;
 (b) rrg: the DeepSpeed strategy built from the run config with that ZeRO stage.
 The batches are the ones training sees: the config's sample builder and the family's collate,
@@ -86,7 +86,7 @@ def config_model_and_batches(cfg: RunConfig, n: int):
 
 def bench_train(cfg: RunConfig, steps: int = 20, repeats: int = 3, stages=(0, 1, 2, 3), big: bool = True,
                 big_run=None, profile: tuple[int, ...] = ()) -> dict:
-    from trainer.engine_bench import BigRun, bench_100m, print_table, ratios, run_stages
+    from trainer.bench.engine import BigRun, bench_100m, print_table, ratios, run_stages
 
     torch.set_num_threads(1)
     _single_process_group()
@@ -126,7 +126,7 @@ def bench_train(cfg: RunConfig, steps: int = 20, repeats: int = 3, stages=(0, 1,
           f"{rat[cfg.train.zero_stage]['cpu_ratio'] if cfg.train.zero_stage in rat else float('nan'):.3f} cpu"
           f"   (goal <= 1.05)")
     for zero in profile:  # where the extra goes, function by function (cProfile, CPU time)
-        from trainer.engine_bench import plain_stepper, print_profile, profile_steps, rrg_stepper, stage_train
+        from trainer.bench.engine import plain_stepper, print_profile, profile_steps, rrg_stepper, stage_train
 
         train = stage_train(cfg, zero)
         for name, step in (("plain", plain_stepper(copy.deepcopy(base), train)),

@@ -5,7 +5,7 @@ import json
 import os
 from pathlib import Path
 
-from shards.fixture_trees import corrupt, write_csv, write_jpeg, write_png
+from tests.fixture_trees import corrupt, write_csv, write_jpeg, write_png
 from shards.records import CHEXPERT_LABELS
 
 PADCHEST_COLUMNS = ["", "ImageID", "ImageDir", "StudyDate_DICOM", "StudyID", "PatientID", "PatientBirth",

@@ -22,8 +22,8 @@ replaces it process-wide with DeepSpeed's memory-efficient linear (and never put
 the plain loop and the other stages' engines get torch's own back for the duration of their step.
 
 The extra cost per step is ``median(b) - median(a)`` of the step totals; the phase columns say
-where it goes.  Two sizes: the run config's model (one rank, its own batches, trainer/bench.py)
-and the ~100M-parameter LM of :func:`trainer.ckpt_bench.sized_100m` on 2 ranks (gloo, one
+where it goes.  Two sizes: the run config's model (one rank, its own batches, trainer/bench/train.py)
+and the ~100M-parameter LM of :func:`trainer.bench.checkpoint.sized_100m` on 2 ranks (gloo, one
 process each, short random token batches so that it finishes in minutes on 2 CPU cores).
 """
 from __future__ import annotations
@@ -219,7 +219,7 @@ def _rank_main(rank: int, cfg, stages, big: BigRun, port: int, out_path: str) ->
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    from trainer.ckpt_bench import build_model
+    from trainer.bench.checkpoint import build_model
 
     DeepSpeedStrategy.init_distributed(False)
     try:
@@ -239,7 +239,7 @@ def bench_100m(cfg, stages=STAGES, big: BigRun | None = None) -> tuple[int, dict
     """(parameters, per-stage :func:`alternate` results): plain DDP vs rrg on the ~100M model, 2 ranks."""
     import torch.multiprocessing as mp
 
-    from trainer.ckpt_bench import sized_100m
+    from trainer.bench.checkpoint import sized_100m
 
     big = big or BigRun()
     fd, out = tempfile.mkstemp(prefix="rrg-bench-100m-", suffix=".json")

@@ -1,7 +1,7 @@
 """LVMed-R2 (arXiv 2504.02885): reason before reporting, reflect on and correct one's own perception.
 
-The architecture is llava_rad's (vision encoder -> projector -> causal LM, ``<image>`` spliced in);
-what changes is the text the LM learns and emits:
+The architecture is llava_rad's, the shared VLM of modeling/vlm.py (vision encoder -> projector -> causal
+LM, ``<image>`` spliced in); what changes is the text the LM learns and emits:
 
 * training rows learn one target field per stage (``report``, ``reasoning`` or ``reflection``) from
   the ``reasoning`` overlay of ``rrg annotate reasoning`` (shards/reasoning/); the prompt names the
@@ -31,7 +31,7 @@ from torch import nn
 from configs.schema import ConfigError
 from modeling.config import ModelConfig
 from modeling.family import FAMILIES, Generation, GenConfig, TargetError
-from modeling.llava_rad import IGNORE, LlavaRad, LlavaRadFamily
+from modeling.vlm import IGNORE, VLM, VLMFamily
 from modeling.templates import get_template
 from modeling.vision import image_stats, input_size, preprocess_image
 from shards.reasoning.annotate import SIDECAR as ANNOTATION  # the overlay `rrg annotate reasoning` writes
@@ -130,7 +130,7 @@ def build_lvmed_sample(sample: Any, tok, cfg: ModelConfig, opts: LvmedR2Options,
     return [row]
 
 
-class LvmedR2(LlavaRad):
+class LvmedR2(VLM):
     family_name = "lvmed_r2"
 
 
@@ -150,7 +150,7 @@ def chain_vocabulary() -> list[str]:
 
 
 @FAMILIES.register("lvmed_r2")
-class LvmedR2Family(LlavaRadFamily):
+class LvmedR2Family(VLMFamily):
     """llava_rad's architecture trained on reasoning chains, with reflection at inference."""
 
     name = "lvmed_r2"

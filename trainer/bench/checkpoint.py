@@ -107,7 +107,7 @@ def _sequential_write(path: Path, nbytes: int) -> float:
 
 
 def bench_checkpoint(cfg, directory: str | None = None, rounds: int = 2) -> dict[str, float]:
-    from trainer.bench import _single_process_group
+    from trainer.bench.train import _single_process_group
     from trainer.checkpoint import CheckpointManager
 
     torch.set_num_threads(1)

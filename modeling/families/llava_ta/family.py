@@ -1,7 +1,7 @@
 """LLaVA-TA (``llava_ta``) and LLaVA-T (``llava_t``): per-topic report generation on the family contract.
 
 Each topic row sees two images, the global image I and the segmented image S (I blanked
-outside the topic's CXAS regions, modeling/topic_rows.py); both pass through the one shared,
+outside the topic's CXAS regions, topic_rows.py beside this module); both pass through the one shared,
 frozen vision encoder and the MLP projector and are spliced in at the two ``<image>``
 placeholders of "Given the image <image> and the segmented part <image>, describe the findings
 for the topic: {topic}."  The target is the topic's sentence from the ``topics`` overlay
@@ -42,14 +42,15 @@ from torch import nn
 
 from configs.schema import ConfigError
 from modeling.family import FAMILIES, MODEL_JSON, GenConfig, Generation, ModelFamily, ParamGroup
-from modeling.llava_rad import LlavaRad, LlavaRadFamily, VLMOutput, export_family, splice_image_features
+from modeling.families.llava_ta.topic_rows import (PROMPT_T, PROMPT_TA, TopicRowBuilder, collate_topic_rows,
+                                                   prompt_ids, topic_prompt)
+from modeling.formats import build_causal_lm
 from modeling.tuning import TuningSpec, lora_parameters, wrap_lora
 from modeling.projector import build_projector
-from modeling.tokenizer import get_tokenizer
 from modeling.templates import get_template
-from modeling.topic_rows import (PROMPT_T, PROMPT_TA, TopicRowBuilder, collate_topic_rows, prompt_ids,
-                                 topic_prompt)
-from modeling.vision import VisionEncoder, build_vision_encoder, image_stats, input_size, preprocess_image
+from modeling.vision import build_vision_encoder, image_stats, input_size, preprocess_image
+from modeling.vlm import VLM, VLMOutput, black_image, export_family, image_text_embeds, prompt_tokenizer, \
+    restore_lm_tuning
 from shards.topic_ontology import ASSET_FILE, ASSET_NAME, Ontology
 
 SELECTIONS = ("all", "predicted", "oracle")
@@ -68,8 +69,8 @@ class TopicOptions:
     region_channels: dict[str, list[str]] = field(default_factory=dict)
 
 
-class LlavaTA(LlavaRad):
-    """LlavaRad's encoder + projector + LM, k images per row, plus the topic head."""
+class LlavaTA(VLM):
+    """The shared VLM's encoder + projector + LM (modeling/vlm.py), k images per row, plus the topic head."""
 
     family_name = "llava_ta"
 
@@ -92,10 +93,8 @@ class LlavaTA(LlavaRad):
         packed = segment_ids is not None
         rows, k = pixel_values.shape[:2]
         vis = self.vision(pixel_values.flatten(0, 1))  # (R * k, N, Hv): one shared encoder for I and S
-        table = self.lm.get_input_embeddings()
-        embeds = table(input_ids.masked_fill(input_ids == self.image_token_id, 0))
-        embeds, mask, labels = splice_image_features(embeds, input_ids, segment_ids if packed else attention_mask,
-                                                     self.projector(vis), self.image_token_id, labels)
+        embeds, mask, labels = image_text_embeds(self.lm, input_ids, segment_ids if packed else attention_mask,
+                                                 self.projector(vis), self.image_token_id, labels)
         out = self.lm_forward(embeds, mask, labels, sample_weight, packed)
         head = self.head_logits(vis.view(rows, k, *vis.shape[1:])[:, 0])
         bce = F.binary_cross_entropy_with_logits(head, topic_targets.float(), reduction="none").mean(1)
@@ -166,11 +165,7 @@ class LlavaTA(LlavaRad):
             model = family.build_model(family.tokenizer(), {ASSET_NAME: Ontology.from_json(json.load(fh))})
         model.projector.load_state_dict(load_file(os.path.join(directory, "projector.safetensors")))
         model.topic_head.load_state_dict(load_file(os.path.join(directory, "topic_head.safetensors")))
-        if meta.get("lm_adapter"):
-            from peft import PeftModel
-
-            model.lm = PeftModel.from_pretrained(model.lm, os.path.join(directory, "lm_adapter"))
-        model.rrg_tuning = meta.get("tuning", "full")
+        restore_lm_tuning(model, directory, meta)
         return model
 
 
@@ -229,14 +224,12 @@ class LlavaTAFamily(ModelFamily):
         return self._onto
 
     def tokenizer(self, train_texts: Optional[Iterable[str]] = None, save_dir: Optional[str] = None):
-        lm = self.cfg.lm
-        path = lm.tokenizer or lm.path
-        texts = None
-        if path is None and train_texts is not None:
-            prompts = [(PROMPT_TA if self.segmented else PROMPT_T).format(image="", topic=t.phrase)
-                       for t in self.ontology().topics]
-            texts = [*prompts, *train_texts]
-        return get_tokenizer(path, texts, lm.tokenizer_vocab_size, save_dir)
+        return prompt_tokenizer(self.cfg, self._topic_prompts, train_texts, save_dir)
+
+    def _topic_prompts(self) -> list[str]:
+        """Every topic's prompt text (what a trained tokenizer must cover beside the reports)."""
+        return [(PROMPT_TA if self.segmented else PROMPT_T).format(image="", topic=t.phrase)
+                for t in self.ontology().topics]
 
     def tokenizer_texts(self, records: Iterable[dict], annotations: Iterable[dict] = ()) -> Iterable[str]:
         for r in records:
@@ -251,7 +244,7 @@ class LlavaTAFamily(ModelFamily):
         onto = self.ontology(assets)  # the sample builders of this family use the same one
         attn = hf_attn_name(self.cfg.attention)
         vision = build_vision_encoder(self.cfg.vision, attn)
-        lm = LlavaRadFamily.build_lm(self, tok, attn)  # its options are not ours: borrow the method
+        lm = build_causal_lm(self.cfg.lm, tok, attn)
         projector = build_projector(self.cfg.projector, vision.hidden_size, lm.config.hidden_size)
         model = LlavaTA(self.cfg, vision, projector, lm, tok, onto, self.opts)
         model.family_name = self.name
@@ -335,11 +328,7 @@ class LlavaTAFamily(ModelFamily):
         return out
 
     def _black(self, x: torch.Tensor) -> torch.Tensor:
-        """An all-black radiograph after the encoder's normalisation, shaped like ``x`` (..., C, H, W)."""
-        mean, std = image_stats(self.cfg.vision)
-        shape = [1] * x.ndim
-        shape[-3] = x.shape[-3]
-        return (-torch.tensor(mean) / torch.tensor(std)).view(shape).to(x).expand_as(x).clone()
+        return black_image(x, self.cfg.vision)
 
     def ablate(self, batch: dict, kind: str) -> dict:
         if kind == "segment" and self.segmented:

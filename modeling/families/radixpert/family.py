@@ -33,11 +33,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from modeling.family import FAMILIES, ParamGroup, read_model_json
-from modeling.llava_rad import LlavaRad, LlavaRadFamily, VLMOutput, build_prompt_sample, collate_prompt_batch, \
-    prompt_codec, rows_of, splice_image_features
 from modeling.projector import build_projector
 from modeling.tuning import TuningSpec
 from modeling.vision import image_stats, input_size
+from modeling.vlm import VLM, VLMFamily, VLMOutput, build_prompt_sample, collate_prompt_batch, image_text_embeds, \
+    prompt_codec, rows_of
 
 
 @dataclass
@@ -119,7 +119,7 @@ def _param_dtype(module: nn.Module, default: torch.dtype) -> torch.dtype:
 SEGMENTER_DIR = "segmenter"  # inside an export: the frozen directory segmenter (safetensors)
 
 
-class Radixpert(LlavaRad):
+class Radixpert(VLM):
     family_name = "radixpert"
 
     def __init__(self, cfg, vision, projector, lm, tokenizer, mask_branch: MaskBranch,
@@ -146,10 +146,8 @@ class Radixpert(LlavaRad):
         return self.projector(fused)
 
     def embed(self, pixel_values, input_ids, attention_mask, labels=None, masks=None):
-        table = self.lm.get_input_embeddings()
-        embeds = table(input_ids.masked_fill(input_ids == self.image_token_id, 0))
         feats = self.image_features(pixel_values, masks)
-        return splice_image_features(embeds, input_ids, attention_mask, feats, self.image_token_id, labels)
+        return image_text_embeds(self.lm, input_ids, attention_mask, feats, self.image_token_id, labels)
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 masks: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
@@ -212,7 +210,7 @@ def collate_mask_batch(items: list, pad_token_id: int) -> dict:
 
 
 @FAMILIES.register("radixpert")
-class RadixpertFamily(LlavaRadFamily):
+class RadixpertFamily(VLMFamily):
     """Frozen encoder + anatomical mask branch (1x1 conv) + MLP + LoRA LM."""
 
     name = "radixpert"

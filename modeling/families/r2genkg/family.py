@@ -23,7 +23,6 @@ bank retrieval and the subgraphs; ``kg`` gives every study an empty subgraph.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -38,17 +37,18 @@ from torch import nn
 
 from configs.schema import ConfigError, to_dict
 from modeling.attention import hf_attn_name
+from modeling.families.r2genkg.constants import BANK_ASSET, KG_ASSET, KG_SIDECAR, RELATIONS
+from modeling.families.r2genkg.kg_modules import BiCrossAttention, CrossAttention, QFormer, RGCNEncoder, ScaleFusion, \
+    pad_by_graph
 from modeling.formats import build_causal_lm
-from modeling.family import FAMILIES, MODEL_JSON, ModelFamily, ParamGroup, read_model_json
-from modeling.kg_modules import BiCrossAttention, CrossAttention, QFormer, RGCNEncoder, ScaleFusion, pad_by_graph
-from modeling.llava_rad import (LlavaRadFamily, VLMOutput, build_prompt_sample, collate_prompt_batch, lm_logits,
-                                export_config, packed_loss, prompt_codec, rows_of, splice_image_features)
+from modeling.family import FAMILIES, ModelFamily, ParamGroup, read_model_json, write_model_json
 from modeling.templates import get_template
-from modeling.tokenizer import get_tokenizer, image_token_id
-from modeling.tuning import TuningSpec, is_peft, lm_state_dict_for_export
-from modeling.vision import VisionEncoder, build_vision_encoder, image_stats, save_vision
-
-KG_ASSET, BANK_ASSET, SIDECAR = "kg", "kg_bank", "kg"
+from modeling.tokenizer import image_token_id
+from modeling.tuning import TuningSpec
+from modeling.vision import VisionEncoder, build_vision_encoder, image_stats
+from modeling.vlm import (VLMFamily, black_image, build_prompt_sample, collate_prompt_batch, export_config,
+                          export_paths, generate_from_embeds, image_text_embeds, lm_output, prompt_codec,
+                          prompt_tokenizer, restore_lm_tuning, rows_of, save_backbone)
 
 
 @dataclass
@@ -93,7 +93,7 @@ class R2GenKG(nn.Module):
         self.register_buffer("bank_tokens", bank.float(), persistent=True)
         self.bank_proj = nn.Linear(bank.shape[1], d)
         self.bank_attn = CrossAttention(d, opts.heads)
-        self.kg_encoder = RGCNEncoder(graph["node_features"], graph["node_type"], d, 3, opts.num_bases,
+        self.kg_encoder = RGCNEncoder(graph["node_features"], graph["node_type"], d, len(RELATIONS), opts.num_bases,
                                       opts.rgcn_layers)
         self.fusion = ScaleFusion(d, opts.num_scales, opts.heads)
         self.bidirectional = BiCrossAttention(d, opts.heads)
@@ -158,10 +158,8 @@ class R2GenKG(nn.Module):
         return {k: v.masked_fill(drop.view(-1, *[1] * (v.ndim - 1)), -1) for k, v in kg.items()}
 
     def embed(self, pixel_values, input_ids, attention_mask, bank_gate, kg, labels=None):
-        table = self.lm.get_input_embeddings()
-        embeds = table(input_ids.masked_fill(input_ids == self.image_token_id, 0))
         feats = self.image_features(pixel_values, bank_gate, self._kg(kg))
-        return splice_image_features(embeds, input_ids, attention_mask, feats, self.image_token_id, labels)
+        return image_text_embeds(self.lm, input_ids, attention_mask, feats, self.image_token_id, labels)
 
     def forward(self, pixel_values, input_ids, attention_mask=None, bank_gate=None, labels=None, sample_weight=None,
                 segment_ids=None, **kg):
@@ -171,19 +169,14 @@ class R2GenKG(nn.Module):
             bank_gate = torch.ones(pixel_values.shape[0], device=pixel_values.device)
         embeds, mask, labels = self.embed(pixel_values, input_ids, segment_ids if packed else attention_mask,
                                           bank_gate, kg, labels)
-        logits = lm_logits(self.lm, embeds, mask, packed, self.cfg.attention, training_rows=labels is not None)
-        if labels is None:
-            return VLMOutput(logits=logits)
-        loss, weight_sum = packed_loss(logits, labels, mask, packed, sample_weight)
-        return VLMOutput(loss=loss, logits=logits, weight_sum=weight_sum)
+        return lm_output(self.lm, embeds, mask, labels, sample_weight, packed, self.cfg.attention)
 
     @torch.no_grad()
     def generate(self, pixel_values, input_ids, attention_mask, bank_gate, max_new_tokens: int, num_beams: int = 1,
                  synced_gpus: bool = False, **kg):
         embeds, mask, _ = self.embed(pixel_values, input_ids, attention_mask, bank_gate, kg)
-        return self.lm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                num_beams=num_beams, synced_gpus=synced_gpus, do_sample=False,
-                                pad_token_id=self.pad_token_id, eos_token_id=self.eos_token_id)
+        return generate_from_embeds(self.lm, embeds, mask, max_new_tokens, num_beams, synced_gpus, self.pad_token_id,
+                                    self.eos_token_id)
 
     def new_modules(self) -> list[nn.Module]:
         return [self.patch_proj, self.qformer, self.bank_proj, self.bank_attn, self.kg_encoder, self.fusion,
@@ -193,9 +186,9 @@ class R2GenKG(nn.Module):
 # ---- samples ------------------------------------------------------------------------------
 def kg_rows(sample: Any, num_scales: int) -> dict[str, torch.Tensor]:
     """The study's subgraph tensors from the ``kg`` sidecar, checked; a bad one raises naming the study."""
-    t = sample.tensors.get(SIDECAR)
+    t = sample.tensors.get(KG_SIDECAR)
     if t is None:
-        raise ValueError(f"study {sample.key}: no '{SIDECAR}' subgraph tensors (run `rrg kg attach`)")
+        raise ValueError(f"study {sample.key}: no '{KG_SIDECAR}' subgraph tensors (run `rrg kg attach`)")
     out = {}
     for i in range(num_scales):
         try:
@@ -204,7 +197,7 @@ def kg_rows(sample: Any, num_scales: int) -> dict[str, torch.Tensor]:
             raise ValueError(f"study {sample.key}: kg sidecar lacks {err} (attached with fewer scales?)") from None
         n = len(nodes)
         if ei.ndim != 2 or ei.shape[0] != 2 or ei.shape[1] != len(et) or (ei.size and (ei.min() < 0 or ei.max() >= n)) \
-                or (et.size and et.max() > 2) or (n and nodes.min() < 0):
+                or (et.size and et.max() >= len(RELATIONS)) or (n and nodes.min() < 0):
             raise ValueError(f"study {sample.key}: kg subgraph scale {i} is corrupt (edge indices/types out of range)")
         out[f"kg{i}_nodes"] = torch.from_numpy(nodes.astype("int64"))
         out[f"kg{i}_edges"] = torch.from_numpy(np.concatenate([ei.astype("int64"), et.astype("int64")[None]], 0))
@@ -212,7 +205,7 @@ def kg_rows(sample: Any, num_scales: int) -> dict[str, torch.Tensor]:
 
 
 def build_row(sample: Any, *, num_scales: int, base: Callable) -> list[dict]:
-    """The prompt row of :func:`modeling.llava_rad.build_prompt_sample` plus the study's subgraphs."""
+    """The prompt row of :func:`modeling.vlm.build_prompt_sample` plus the study's subgraphs."""
     row = base(sample)
     row.update(kg_rows(sample, num_scales))
     return [row]
@@ -278,11 +271,11 @@ class R2GenKGFamily(ModelFamily):
         self.image_keys = ("pixel_values", "bank_gate", *kg_batch_keys(self.opts.num_scales))
 
     def tokenizer(self, train_texts: Optional[Iterable[str]] = None, save_dir: Optional[str] = None):
-        lm = self.cfg.lm
-        path = lm.tokenizer or lm.path
-        texts = None if path is not None or train_texts is None else \
-            [get_template(lm.chat_template).prompt(self.cfg.prompt), *train_texts]
-        return get_tokenizer(path, texts, lm.tokenizer_vocab_size, save_dir)
+        return prompt_tokenizer(self.cfg, self._prompts, train_texts, save_dir)
+
+    def _prompts(self) -> list[str]:
+        """The templated prompt (what a trained tokenizer must cover beside the reports)."""
+        return [get_template(self.cfg.lm.chat_template).prompt(self.cfg.prompt)]
 
     def build_model(self, tok, assets: Optional[dict[str, Any]] = None) -> R2GenKG:
         graph, bank, roots = read_assets(assets)
@@ -295,13 +288,13 @@ class R2GenKGFamily(ModelFamily):
         """``kg_fusion`` (Q-Former, bank, R-GCN, fusion, cross-attention, projector) always; + ``lora`` or ``lm``
         (+ ``vision`` with ``train_vision``)."""
         groups = [ParamGroup("kg_fusion", [p for m in model.new_modules() for p in m.parameters()]
-                             + [model.kg_pool_queries]), *LlavaRadFamily.lm_groups(model, mode, spec)]
+                             + [model.kg_pool_queries]), *VLMFamily.lm_groups(model, mode, spec)]
         model.rrg_tuning = mode
         return groups
 
     def derived_inputs(self) -> tuple[str, ...]:
         """The per-study subgraphs are retrieved by image similarity (``rrg kg attach``)."""
-        return (SIDECAR,)
+        return (KG_SIDECAR,)
 
     def sample_builder(self, tok, mode: str, target: str = "report",
                        gen: Optional[Any] = None) -> Callable[[Any], list[dict]]:
@@ -320,43 +313,28 @@ class R2GenKGFamily(ModelFamily):
         for k in kg_batch_keys(self.opts.num_scales):
             out[k] = torch.full_like(batch[k], -1)
         if kind == "black":  # an all-black radiograph after normalisation, no bank retrieval, no subgraph
-            mean, std = image_stats(self.cfg.vision)
-            pv = batch["pixel_values"]
-            shape = [1] * pv.ndim
-            shape[-3] = pv.shape[-3]
-            out["pixel_values"] = (-torch.tensor(mean) / torch.tensor(std)).view(shape).to(pv).expand_as(pv).clone()
+            out["pixel_values"] = black_image(batch["pixel_values"], self.cfg.vision)
             out["bank_gate"] = torch.zeros_like(batch["bank_gate"])
         return out
 
     # ---- export ---------------------------------------------------------------------------
     def save_pretrained(self, model: R2GenKG, directory: str, merge: bool = False) -> None:
-        os.makedirs(directory, exist_ok=True)
-        adapter = is_peft(model.lm) and not merge
-        base_lm, state = lm_state_dict_for_export(model.lm, merge=merge)
-        base_lm.save_pretrained(os.path.join(directory, "lm"), state_dict=state, save_original_format=False)
-        if adapter:
-            model.lm.save_pretrained(os.path.join(directory, "lm_adapter"))
-        save_vision(model.vision, self.cfg.vision, os.path.join(directory, "vision"))
+        adapter = save_backbone(directory, model.lm, model.vision, self.cfg.vision, model.tokenizer, merge)
         own = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
                if not k.startswith(("lm.", "vision."))}
         save_file(own, os.path.join(directory, "r2genkg.safetensors"))
-        model.tokenizer.save_pretrained(os.path.join(directory, "tokenizer"))
         for name, root in model.asset_roots.items():
             target = Path(directory) / "assets" / name
             if Path(root).resolve() != target.resolve():
                 shutil.rmtree(target, ignore_errors=True)
                 shutil.copytree(root, target)
-        meta = {"family": self.name, "model_config": to_dict(export_config(self.cfg)), "options": to_dict(self.opts),
-                "tuning": model.rrg_tuning, "lm_adapter": adapter}
-        with open(os.path.join(directory, MODEL_JSON), "w") as fh:
-            json.dump(meta, fh, indent=2)
+        write_model_json(directory, {"family": self.name, "model_config": to_dict(export_config(self.cfg)),
+                                     "options": to_dict(self.opts), "tuning": model.rrg_tuning, "lm_adapter": adapter})
 
     @classmethod
     def load_pretrained(cls, directory: str) -> R2GenKG:
         _, cfg, meta = read_model_json(directory)
-        cfg.vision.path, cfg.vision.hf_config = os.path.join(directory, "vision"), {}
-        cfg.lm.path, cfg.lm.hf_config = os.path.join(directory, "lm"), {}
-        cfg.lm.tokenizer = os.path.join(directory, "tokenizer")
+        export_paths(cfg, directory)
         cfg.options = meta["options"]
         family = cls(cfg)
         assets = {n: os.path.join(directory, "assets", n) for n in cls.asset_names}
@@ -366,9 +344,5 @@ class R2GenKGFamily(ModelFamily):
         bad = [k for k in missing if not k.startswith(("lm.", "vision."))] + list(unexpected)
         if bad:
             raise ValueError(f"{directory}: r2genkg.safetensors does not match the model ({bad[:5]})")
-        if meta.get("lm_adapter"):
-            from peft import PeftModel
-
-            model.lm = PeftModel.from_pretrained(model.lm, os.path.join(directory, "lm_adapter"))
-        model.rrg_tuning = meta.get("tuning", "full")
+        restore_lm_tuning(model, directory, meta)
         return model

@@ -271,7 +271,7 @@ def case_config(cfg, case: Case, precision: str):
 
 
 def _tokenizer(family):
-    from trainer.ckpt_bench import scratch_tokenizer
+    from trainer.bench.checkpoint import scratch_tokenizer
 
     return scratch_tokenizer(family)
 

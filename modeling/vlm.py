@@ -1,16 +1,18 @@
-"""LLaVA-Rad style VLM: vision encoder -> MLP projector -> patch embeddings spliced into a causal LM.
+"""The VLM every prompt family shares: vision encoder -> projector -> image features spliced into a causal LM.
 
-The pieces are module-level so later families reuse them: ``splice_image_features``
-(one ``<image>`` placeholder becomes the projected patch embeddings),
-``weighted_lm_loss`` (report tokens only, per-sample weights),
-``build_prompt_sample`` / ``collate_prompt_batch`` (DecodedSample -> tensors -> batch),
-and :class:`LlavaRad` itself as the base module with export/import.
+The pieces are module-level so families reuse them: ``image_text_embeds`` / ``splice_image_features``
+(each ``<image>`` placeholder becomes its block of image features), ``lm_output`` (the LM over the
+spliced embeddings, ``weighted_lm_loss`` on the target tokens only, per-sample weights),
+``build_prompt_sample`` / ``collate_prompt_batch`` (DecodedSample -> tensors -> batch), the export
+helpers (``save_backbone``, ``export_family``, ``restore_lm_tuning``), :class:`VLM` as the base module
+with export/import and :class:`VLMFamily` as the base family (registered only by its subclasses: ``llava_rad``
+is this VLM as it is, modeling/families/llava_rad/; radixpert and lvmed_r2 subclass both classes, llava_ta
+the module, and r2genkg's own module uses the functions).
 The model never imports distributed code: ZeRO, checkpoint engines and
 gathering under ZeRO-3 are applied by the trainer around these calls.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -23,13 +25,13 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
 
-from configs.schema import ConfigError, to_dict
+from configs.schema import to_dict
 from modeling.attention import VARLEN, hf_attn_name, plan_attention
 from modeling.config import ModelConfig
 from modeling.packing import segment_attention_mask, segment_position_ids, token_weights, varlen_kwargs
 from modeling.projector import build_projector
 from modeling.formats import build_causal_lm
-from modeling.family import FAMILIES, MODEL_JSON, ModelFamily, ParamGroup, read_model_json, target_text, family_class
+from modeling.family import ModelFamily, ParamGroup, family_class, read_model_json, target_text, write_model_json
 from modeling.templates import PromptCodec, get_template
 from modeling.tokenizer import get_tokenizer, image_token_id
 from modeling.tuning import TuningSpec, is_peft, lm_state_dict_for_export, lora_parameters, wrap_lora
@@ -86,6 +88,15 @@ def splice_image_features(embeds: torch.Tensor, input_ids: torch.Tensor, attenti
     return out, mask, new_labels
 
 
+def image_text_embeds(lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, feats: torch.Tensor,
+                      image_token_id: int, labels: Optional[torch.Tensor] = None):
+    """The LM's token embeddings of ``input_ids`` with each ``<image>`` placeholder replaced by its ``feats``
+    block (:func:`splice_image_features`); returns (embeds, mask, labels or None)."""
+    table = lm.get_input_embeddings()
+    embeds = table(input_ids.masked_fill(input_ids == image_token_id, 0))
+    return splice_image_features(embeds, input_ids, attention_mask, feats, image_token_id, labels)
+
+
 def right_padded(mask: torch.Tensor) -> bool:
     """Every row's real tokens come first (a prefix mask): causal attention alone is then exact for them."""
     m = mask.bool()
@@ -114,6 +125,24 @@ def lm_logits(lm: nn.Module, embeds: torch.Tensor, mask: torch.Tensor, packed: b
     return lm(inputs_embeds=embeds, attention_mask=attn, use_cache=False, **kw).logits
 
 
+def lm_output(lm: nn.Module, embeds: torch.Tensor, mask: torch.Tensor, labels: Optional[torch.Tensor],
+              sample_weight: Optional[torch.Tensor], packed: bool, attn_impl: str) -> VLMOutput:
+    """The LM over spliced embeddings (:func:`lm_logits`); the weighted target loss when there are labels."""
+    logits = lm_logits(lm, embeds, mask, packed, attn_impl, training_rows=labels is not None)
+    if labels is None:
+        return VLMOutput(logits=logits)
+    loss, weight_sum = packed_loss(logits, labels, mask, packed, sample_weight)
+    return VLMOutput(loss=loss, logits=logits, weight_sum=weight_sum)
+
+
+def generate_from_embeds(lm: nn.Module, embeds: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, num_beams: int,
+                         synced_gpus: bool, pad_token_id: int, eos_token_id: int, **kw: Any) -> torch.Tensor:
+    """``lm.generate`` from spliced embeddings: new tokens only, greedy unless ``kw`` says otherwise."""
+    kw.setdefault("do_sample", False)
+    return lm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                       synced_gpus=synced_gpus, pad_token_id=pad_token_id, eos_token_id=eos_token_id, **kw)
+
+
 def packed_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, packed: bool,
                 sample_weight: Optional[torch.Tensor]):
     """:func:`weighted_lm_loss` with per-study weights spread over packed rows' tokens when ``packed``."""
@@ -140,10 +169,10 @@ def weighted_lm_loss(logits: torch.Tensor, labels: torch.Tensor, sample_weight: 
     return (ce * w).sum() / total.clamp(min=1e-12), total.detach()
 
 
-class LlavaRad(nn.Module):
+class VLM(nn.Module):
     """vision encoder + projector + HF causal LM; the LM sees ``<image>`` expanded to patch embeddings."""
 
-    family_name = "llava_rad"
+    family_name = ""  # what its export records (rrg_model.json "family"); VLMFamily.build_model sets it
 
     def __init__(self, cfg: ModelConfig, vision: VisionEncoder, projector: nn.Module, lm: nn.Module,
                  tokenizer: PreTrainedTokenizerBase):
@@ -162,10 +191,8 @@ class LlavaRad(nn.Module):
 
     def embed(self, pixel_values, input_ids, attention_mask, labels=None):
         """Input embeddings with image features spliced in; returns (embeds, mask, labels)."""
-        table = self.lm.get_input_embeddings()
-        embeds = table(input_ids.masked_fill(input_ids == self.image_token_id, 0))
         feats = self.image_features(pixel_values)
-        return splice_image_features(embeds, input_ids, attention_mask, feats, self.image_token_id, labels)
+        return image_text_embeds(self.lm, input_ids, attention_mask, feats, self.image_token_id, labels)
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, sample_weight: Optional[torch.Tensor] = None,
@@ -178,11 +205,7 @@ class LlavaRad(nn.Module):
     def lm_forward(self, embeds: torch.Tensor, mask: torch.Tensor, labels: Optional[torch.Tensor],
                    sample_weight: Optional[torch.Tensor], packed: bool = False) -> VLMOutput:
         """The LM over spliced embeddings; the weighted report loss when there are labels."""
-        logits = lm_logits(self.lm, embeds, mask, packed, self.cfg.attention, training_rows=labels is not None)
-        if labels is None:
-            return VLMOutput(logits=logits)
-        loss, weight_sum = packed_loss(logits, labels, mask, packed, sample_weight)
-        return VLMOutput(loss=loss, logits=logits, weight_sum=weight_sum)
+        return lm_output(self.lm, embeds, mask, labels, sample_weight, packed, self.cfg.attention)
 
     @torch.no_grad()
     def generate(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -195,10 +218,8 @@ class LlavaRad(nn.Module):
         return self.lm_generate(embeds, mask, max_new_tokens, num_beams, synced_gpus, **kw)
 
     def lm_generate(self, embeds, mask, max_new_tokens: int, num_beams: int, synced_gpus: bool, **kw: Any):
-        kw.setdefault("do_sample", False)
-        return self.lm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                num_beams=num_beams, synced_gpus=synced_gpus, pad_token_id=self.pad_token_id,
-                                eos_token_id=self.eos_token_id, **kw)
+        return generate_from_embeds(self.lm, embeds, mask, max_new_tokens, num_beams, synced_gpus, self.pad_token_id,
+                                    self.eos_token_id, **kw)
 
     def enable_activation_checkpointing(self) -> None:
         """HF activation checkpointing on the LM and the vision tower (non-reentrant: frozen inputs are fine)."""
@@ -214,33 +235,45 @@ class LlavaRad(nn.Module):
         Reads parameters only (never mutates the model), so the trainer may call it on rank 0
         inside ``GatheredParameters`` under ZeRO-3.
         """
-        os.makedirs(directory, exist_ok=True)
-        adapter = is_peft(self.lm) and not merge
-        base_lm, state = lm_state_dict_for_export(self.lm, merge=merge)
-        base_lm.save_pretrained(os.path.join(directory, "lm"), state_dict=state, save_original_format=False)
-        if adapter:
-            self.lm.save_pretrained(os.path.join(directory, "lm_adapter"))
-        save_vision(self.vision, self.cfg.vision, os.path.join(directory, "vision"))
+        adapter = save_backbone(directory, self.lm, self.vision, self.cfg.vision, self.tokenizer, merge)
         proj = {k: v.detach().cpu().contiguous() for k, v in self.projector.state_dict().items()}
         save_file(proj, os.path.join(directory, "projector.safetensors"))
-        self.tokenizer.save_pretrained(os.path.join(directory, "tokenizer"))
-        meta = {"family": self.family_name, "model_config": to_dict(export_config(self.cfg)), "tuning": self.rrg_tuning,
-                "lm_adapter": adapter, "image_token_id": self.image_token_id}
-        with open(os.path.join(directory, MODEL_JSON), "w") as fh:
-            json.dump(meta, fh, indent=2)
+        write_model_json(directory, {"family": self.family_name, "model_config": to_dict(export_config(self.cfg)),
+                                     "tuning": self.rrg_tuning, "lm_adapter": adapter,
+                                     "image_token_id": self.image_token_id})
 
     @classmethod
-    def from_pretrained(cls, directory: str, cfg: Optional[ModelConfig] = None) -> "LlavaRad":
+    def from_pretrained(cls, directory: str, cfg: Optional[ModelConfig] = None) -> "VLM":
         """Rebuild from ``save_pretrained`` output (adapter re-attached with plain peft)."""
         family, meta = export_family(directory, cfg)
         model = family.build_model(family.tokenizer())
         model.projector.load_state_dict(load_file(os.path.join(directory, "projector.safetensors")))
-        if meta.get("lm_adapter"):
-            from peft import PeftModel
-
-            model.lm = PeftModel.from_pretrained(model.lm, os.path.join(directory, "lm_adapter"))
-        model.rrg_tuning = meta.get("tuning", "full")
+        restore_lm_tuning(model, directory, meta)
         return model
+
+
+def save_backbone(directory: str, lm: nn.Module, vision: VisionEncoder, vision_cfg, tokenizer: PreTrainedTokenizerBase,
+                  merge: bool = False) -> bool:
+    """Write ``lm/`` (plain HF, LoRA merged when ``merge``), ``lm_adapter/`` (plain peft, unless merged),
+    ``vision/`` and ``tokenizer/`` into an export directory; True when an adapter was written."""
+    os.makedirs(directory, exist_ok=True)
+    adapter = is_peft(lm) and not merge
+    base_lm, state = lm_state_dict_for_export(lm, merge=merge)
+    base_lm.save_pretrained(os.path.join(directory, "lm"), state_dict=state, save_original_format=False)
+    if adapter:
+        lm.save_pretrained(os.path.join(directory, "lm_adapter"))
+    save_vision(vision, vision_cfg, os.path.join(directory, "vision"))
+    tokenizer.save_pretrained(os.path.join(directory, "tokenizer"))
+    return adapter
+
+
+def restore_lm_tuning(model: nn.Module, directory: str, meta: dict) -> None:
+    """An export's LoRA adapter re-attached to ``model.lm`` (plain peft) and its tuning mode restored."""
+    if meta.get("lm_adapter"):
+        from peft import PeftModel
+
+        model.lm = PeftModel.from_pretrained(model.lm, os.path.join(directory, "lm_adapter"))
+    model.rrg_tuning = meta.get("tuning", "full")
 
 
 def export_config(cfg: ModelConfig) -> ModelConfig:
@@ -254,14 +287,31 @@ def export_config(cfg: ModelConfig) -> ModelConfig:
 def export_family(directory: str, cfg: Optional[ModelConfig] = None) -> tuple[ModelFamily, dict]:
     """The family of an export, its config pointed at the export's ``vision/``, ``lm/``, ``tokenizer/``."""
     family_name, saved_cfg, meta = read_model_json(directory)
-    cfg = cfg or saved_cfg
-    cfg.vision.path, cfg.vision.hf_config = os.path.join(directory, "vision"), {}
-    cfg.lm.path, cfg.lm.hf_config = os.path.join(directory, "lm"), {}
-    cfg.lm.tokenizer = os.path.join(directory, "tokenizer")
+    cfg = export_paths(cfg or saved_cfg, directory)
     return family_class(family_name)(cfg), meta
 
 
-# ---- samples and batches ------------------------------------------------------------------
+def export_paths(cfg: ModelConfig, directory: str) -> ModelConfig:
+    """``cfg`` (changed in place) pointed at the export's ``vision/``, ``lm/`` and ``tokenizer/``."""
+    cfg.vision.path, cfg.vision.hf_config = os.path.join(directory, "vision"), {}
+    cfg.lm.path, cfg.lm.hf_config = os.path.join(directory, "lm"), {}
+    cfg.lm.tokenizer = os.path.join(directory, "tokenizer")
+    return cfg
+
+
+# ---- text, samples and batches ------------------------------------------------------------
+def prompt_tokenizer(cfg: ModelConfig, prompts: Callable[[], list[str]], train_texts: Optional[Iterable[str]] = None,
+                     save_dir: Optional[str] = None) -> PreTrainedTokenizerBase:
+    """The configured tokenizer (``model.lm.tokenizer`` or ``model.lm.path``), or, with none configured, one
+    trained on ``prompts()`` (every prompt the family shows the LM) and ``train_texts``; saved to ``save_dir``."""
+    lm = cfg.lm
+    path = lm.tokenizer or lm.path
+    texts = None
+    if path is None and train_texts is not None:
+        texts = [*prompts(), *train_texts]
+    return get_tokenizer(path, texts, lm.tokenizer_vocab_size, save_dir)
+
+
 def prompt_codec(tok: PreTrainedTokenizerBase, cfg: ModelConfig) -> PromptCodec:
     """The run's prompt (``model.prompt`` in ``model.lm.chat_template``); it must leave room for the report."""
     return PromptCodec(tok, get_template(cfg.lm.chat_template, tok=tok), cfg.prompt, cfg.max_text_len)
@@ -330,13 +380,20 @@ def collate_prompt_batch(items: list[dict], pad_token_id: int) -> dict:
     return batch
 
 
-# ---- the family ---------------------------------------------------------------------------
-@FAMILIES.register("llava_rad")
-class LlavaRadFamily(ModelFamily):
-    """SigLIP/CLIP encoder + MLP projector + causal LM, prompt ``<image>\\n{prompt}\\n``, report loss."""
+def black_image(x: torch.Tensor, vision_cfg) -> torch.Tensor:
+    """An all-black radiograph after the encoder's normalisation, shaped like ``x`` (..., C, H, W)."""
+    mean, std = image_stats(vision_cfg)
+    shape = [1] * x.ndim
+    shape[-3] = x.shape[-3]
+    return (-torch.tensor(mean) / torch.tensor(std)).view(shape).to(x).expand_as(x).clone()
 
-    name = "llava_rad"
-    model_class = LlavaRad
+
+# ---- the family ---------------------------------------------------------------------------
+class VLMFamily(ModelFamily):
+    """The generic prompt family (registered by its subclasses): encoder + projector + causal LM, prompt
+    ``<image>\\n{prompt}\\n``, report loss; ``model_class`` is the module it builds."""
+
+    model_class: type[VLM] = VLM
 
     def prompt_texts(self) -> list[str]:
         """Every prompt this family can show the LM (the tokenizer must cover them)."""
@@ -344,12 +401,7 @@ class LlavaRadFamily(ModelFamily):
 
     def tokenizer(self, train_texts: Optional[Iterable[str]] = None,
                   save_dir: Optional[str] = None) -> PreTrainedTokenizerBase:
-        lm = self.cfg.lm
-        path = lm.tokenizer or lm.path
-        texts = None
-        if path is None and train_texts is not None:
-            texts = [*self.prompt_texts(), *train_texts]
-        return get_tokenizer(path, texts, lm.tokenizer_vocab_size, save_dir)
+        return prompt_tokenizer(self.cfg, self.prompt_texts, train_texts, save_dir)
 
     def build_lm(self, tok: PreTrainedTokenizerBase, attn: str) -> nn.Module:
         return build_causal_lm(self.cfg.lm, tok, attn)
@@ -357,12 +409,14 @@ class LlavaRadFamily(ModelFamily):
     def build_vision(self, attn: str) -> VisionEncoder:
         return build_vision_encoder(self.cfg.vision, attn)
 
-    def build_model(self, tok: PreTrainedTokenizerBase, assets: Optional[dict] = None) -> LlavaRad:
+    def build_model(self, tok: PreTrainedTokenizerBase, assets: Optional[dict] = None) -> VLM:
         attn = hf_attn_name(self.cfg.attention)
         vision = self.build_vision(attn)
         lm = self.build_lm(tok, attn)
         projector = build_projector(self.cfg.projector, vision.hidden_size, lm.config.hidden_size)
-        return self.model_class(self.cfg, vision, projector, lm, tok)
+        model = self.model_class(self.cfg, vision, projector, lm, tok)
+        model.family_name = self.name  # its export records this family
+        return model
 
     def trainable_groups(self, model: nn.Module, mode: str, spec: Optional[TuningSpec] = None) -> list[ParamGroup]:
         return [ParamGroup("projector", list(model.projector.parameters())), *self.lm_groups(model, mode, spec)]
@@ -393,17 +447,12 @@ class LlavaRadFamily(ModelFamily):
 
     def ablate(self, batch: dict, kind: str) -> dict:
         if kind == "black":  # an all-black radiograph after the encoder's normalisation
-            mean, std = image_stats(self.cfg.vision)
-            pv = batch["pixel_values"]
-            shape = [1] * pv.ndim
-            shape[-3] = pv.shape[-3]
-            black = (-torch.tensor(mean) / torch.tensor(std)).view(shape).to(pv)
-            return {**batch, "pixel_values": black.expand_as(pv).clone()}
+            return {**batch, "pixel_values": black_image(batch["pixel_values"], self.cfg.vision)}
         return super().ablate(batch, kind)
 
     def save_pretrained(self, model: nn.Module, directory: str, merge: bool = False) -> None:
         model.save_pretrained(directory, merge=merge)
 
     @classmethod
-    def load_pretrained(cls, directory: str) -> LlavaRad:
+    def load_pretrained(cls, directory: str) -> VLM:
         return cls.model_class.from_pretrained(directory)
