@@ -64,6 +64,16 @@ def test_a_family_package_that_raises_on_import_is_an_error_naming_it(tmp_path, 
     assert "broken_family" not in sys.modules
 
 
+def test_the_cli_names_a_family_package_that_does_not_import_in_one_line(tmp_path):
+    family_dir(tmp_path, "broken_family", 'raise RuntimeError("no weights here")\n')
+    proc = subprocess.run([sys.executable, "-m", "launcher.cli", "config", "show", "configs/tiny.yaml"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, **{FAMILY_PATH_ENV: str(tmp_path)}))
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert lines[-1].startswith("rrg: ") and "broken_family" in lines[-1] and "no weights here" in lines[-1], lines
+
+
 def test_two_packages_registering_one_family_name_is_an_error(tmp_path, family_path):
     family_path(family_dir(tmp_path, "second_llava_rad", '''
         from modeling.family import FAMILIES

@@ -197,6 +197,7 @@ KNOWN_ERRORS: list[tuple[str, int]] = [
     ("shards.buildlock:BuildLockedError", 3),
     ("shards.labeling.registry:LabelInputError", 3),
     ("modeling.family:TargetError", 3),
+    ("modeling.family:FamilyImportError", 2),  # a family package (RRG_FAMILY_PATH too) that does not import
     ("trainer.topic_annotate:TopicAnnotationError", 3),
     ("trainer.kg:KGError", 3),
     ("trainer.safe_load:CheckpointTrustError", 4),

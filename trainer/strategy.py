@@ -36,7 +36,7 @@ def build_ds_config(train: TrainConfig, world_size: int, *, load_universal: bool
                     use_gpu: bool = False) -> dict[str, Any]:
     """The DeepSpeed config for ``train`` on ``world_size`` ranks.
 
-    Performance choices (README "Performance", measured by ``rrg bench train``):
+    Performance choices (docs/performance.md, measured by ``rrg bench train``):
 
     * ``contiguous_gradients`` only on GPU: it copies every gradient, from inside its hook, into
       one preallocated bucket to avoid allocator fragmentation on the device.  On CPU there is no

@@ -18,7 +18,7 @@
      counts against the build.
      On an idle machine the two agree; on a machine shared with other
      tenants' nice-0 jobs they do not, because a second nice-15 worker gets
-     far less than a second core (measured: see README "Build time"), so the
+     far less than a second core (measured: see docs/datasets.md, "Build time"), so the
      first ratio then measures the neighbours, the second the build.
 
    Each repeat runs the three in turn (ABC, then CBA, ...) and each ratio uses

@@ -38,7 +38,7 @@ MFU = FLOPs per step x steps / seconds / the GPU's peak dense bf16 FLOP/s (:data
 by device name; ``--peak-tflops`` for others).
 
 Without CUDA the command exits with one line and code 2 (no GPU was available while this was
-written: its figures are to be recorded in the README when it is run on one).
+written: its figures are to be recorded in docs/performance.md when it is run on one).
 """
 from __future__ import annotations
 
