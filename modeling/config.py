@@ -110,38 +110,5 @@ class ModelConfig:
             raise ConfigError(f"{key}.vision.std", f"must be > 0, got {self.vision.std}")
         if self.max_text_len < 8:
             raise ConfigError(f"{key}.max_text_len", "must be >= 8")
-        if CHECK_PATHS.get():
-            self.check_checkpoints(key)
         if self.init_from is not None and CHECK_PATHS.get() and not os.path.isfile(os.path.join(self.init_from, "rrg_model.json")):
             raise ConfigError(f"{key}.init_from", f"not an rrg export directory: {self.init_from}")
-
-    def check_checkpoints(self, key: str = "model") -> None:
-        """The formats of ``vision.path`` and ``lm.path`` are ones rrg reads, and what the run needs from them
-        (input size, normalisation) is known: one line naming the path otherwise, before any worker starts."""
-        if self.vision.path is None and self.lm.path is None:
-            return  # inline configs only (importing the readers costs every process ~2 s of transformers)
-        from modeling.formats import ModelFormatError, lm_config
-
-        try:
-            if self.vision.path is not None:
-                from modeling.vision import image_stats, input_size, vision_source
-
-                vision_source(self.vision.path)
-                input_size(self.vision)
-                image_stats(self.vision)
-            if self.lm.path is not None:
-                lm_config(self.lm.path)
-                tok = self.lm.tokenizer or self.lm.path
-                names = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
-                if os.path.isdir(tok) and not any(os.path.isfile(os.path.join(tok, n)) for n in names):
-                    raise ModelFormatError(f"model.lm.path {tok}: no tokenizer there ({', '.join(names)}): set "
-                                           f"model.lm.tokenizer to the directory that has it")
-        except ModelFormatError as err:
-            part = "vision" if "vision" in str(err).split(":", 1)[0] else "lm"
-            raise ConfigError(f"{key}.{part}.path", str(err).split(": ", 1)[-1]) from None
-
-    def validate_family(self) -> None:
-        """Unknown family, unknown option or a bad option type (imports the family modules: run it last)."""
-        from modeling.family import family_class, parse_options
-
-        parse_options(family_class(self.family), self)

@@ -107,6 +107,8 @@ class ModelFamily(ABC):
     asset_names: tuple[str, ...] = ()
     # images spliced into each row's prompt (``rrg plan`` counts their tokens and encoder FLOPs)
     images_per_row: int = 1
+    # its forward takes ``segment_ids`` instead of ``attention_mask``: packed batches (train.packing)
+    supports_packing: bool = False
 
     def __init__(self, cfg: ModelConfig):
         self.cfg = cfg
@@ -130,6 +132,23 @@ class ModelFamily(ABC):
     def image_tokens(self, patches: int) -> int:
         """LM tokens one image becomes (default: one per patch; a Q-Former family: its queries)."""
         return patches
+
+    def num_image_tokens(self, model: nn.Module) -> int:
+        """Tokens the built model's vision tower outputs per image: its own count from a dry forward, not
+        config arithmetic (what packing reserves per image; :meth:`image_tokens` maps it to LM positions)."""
+        return int(model.vision.num_patches)
+
+    def prompt_texts(self) -> list[str]:
+        """Every prompt text the family shows the LM (a scratch tokenizer, e.g. ``rrg plan``'s, covers them)."""
+        return []
+
+    def enable_activation_checkpointing(self, model: nn.Module) -> bool:
+        """Recompute activations in the backward pass where the model can; False: it has no such layers."""
+        hook = getattr(model, "enable_activation_checkpointing", None)
+        if hook is None:
+            return False
+        hook()
+        return True
 
     def planning_assets(self) -> dict[str, Any]:
         """Shape-only stand-ins for the family's dataset assets, so ``rrg plan`` builds it without data."""

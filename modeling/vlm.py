@@ -394,6 +394,7 @@ class VLMFamily(ModelFamily):
     ``<image>\\n{prompt}\\n``, report loss; ``model_class`` is the module it builds."""
 
     model_class: type[VLM] = VLM
+    supports_packing = True
 
     def prompt_texts(self) -> list[str]:
         """Every prompt this family can show the LM (the tokenizer must cover them)."""

@@ -133,7 +133,15 @@ def test_biomedclip_cxr_518_training_checkpoint_is_a_dinov2_trunk_at_518(ckpts):
     with pytest.raises(ValueError, match="states no image normalisation"):
         image_stats(VisionConfig(path=str(ckpts["biomedclip_cxr_518"])))
     with pytest.raises(ConfigError, match=r"model\.vision\.path.*vision\.mean"):
-        ModelConfig(vision=VisionConfig(path=str(ckpts["biomedclip_cxr_518"])), lm=_lm(ckpts)).validate()
+        checked(ModelConfig(vision=VisionConfig(path=str(ckpts["biomedclip_cxr_518"])), lm=_lm(ckpts)))
+
+
+def checked(cfg) -> None:
+    """What RunConfig.validate runs on its model section: the plain checks, then the checkpoints on disk."""
+    from modeling.checks import check_checkpoints
+
+    cfg.validate()
+    check_checkpoints(cfg)
 
 
 def _lm(ckpts):
@@ -162,9 +170,9 @@ def test_biovil_hi_ml_state_dict_equals_a_plain_resnet50_forward(ckpts):
         want = resnet_reference(sd, x).flatten(2).transpose(1, 2)
         torch.testing.assert_close(enc(x), want, atol=1e-5, rtol=1e-5)
     with pytest.raises(ConfigError, match=r"model\.vision\.path.*normalisation"):
-        ModelConfig(vision=VisionConfig(path=str(ckpts["biovil"]), image_size=448), lm=_lm(ckpts)).validate()
+        checked(ModelConfig(vision=VisionConfig(path=str(ckpts["biovil"]), image_size=448), lm=_lm(ckpts)))
     with pytest.raises(ConfigError, match=r"model\.vision\.path.*image_size"):
-        ModelConfig(vision=VisionConfig(path=str(ckpts["biovil"]), mean=[0.0], std=[1.0]), lm=_lm(ckpts)).validate()
+        checked(ModelConfig(vision=VisionConfig(path=str(ckpts["biovil"]), mean=[0.0], std=[1.0]), lm=_lm(ckpts)))
 
 
 def test_hugging_face_towers_equal_their_own_classes(ckpts):
@@ -293,7 +301,7 @@ def test_unreadable_directories_are_one_line_before_anything_starts(ckpts, tmp_p
     (odd / "weights.npz").write_bytes(b"\0" * 10)
     (odd / "notes.txt").write_text("x")
     with pytest.raises(ConfigError) as err:
-        ModelConfig(vision=VisionConfig(path=str(odd)), lm=_lm(ckpts)).validate()
+        checked(ModelConfig(vision=VisionConfig(path=str(odd)), lm=_lm(ckpts)))
     msg = str(err.value)
     assert "model.vision.path" in msg and "notes.txt, weights.npz" in msg and "open_clip" in msg and "\n" not in msg
     pickled = tmp_path / "code"
@@ -302,11 +310,11 @@ def test_unreadable_directories_are_one_line_before_anything_starts(ckpts, tmp_p
 
     (pickled / "model.pt").write_bytes(pickle.dumps({"x": print}))  # a pickle that names code: never unpickled
     with pytest.raises(ConfigError, match="not a weights-only torch file"):
-        ModelConfig(vision=VisionConfig(path=str(pickled)), lm=_lm(ckpts)).validate()
+        checked(ModelConfig(vision=VisionConfig(path=str(pickled)), lm=_lm(ckpts)))
     from modeling.config import LMConfig
 
     with pytest.raises(ConfigError, match=r"model\.lm\.path.*found notes\.txt"):
-        ModelConfig(vision=VisionConfig(path=str(ckpts["clip_dual"])), lm=LMConfig(path=str(odd))).validate()
+        checked(ModelConfig(vision=VisionConfig(path=str(ckpts["clip_dual"])), lm=LMConfig(path=str(odd))))
 
 
 def test_a_checkpoint_missing_weights_is_refused_not_randomly_initialised(ckpts, tmp_path):

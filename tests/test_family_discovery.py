@@ -115,3 +115,17 @@ def test_a_family_outside_the_checkout_trains_through_rrg_train(shards, tmp_path
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert {1, 2} <= set(step_losses(out)), (out / "train_log.jsonl").read_text()
     assert "family: toy_vlm" in (out / "config.yaml").read_text()
+
+
+def test_packing_a_family_that_takes_no_packed_batches_is_refused_by_the_config(tmp_path, family_path):
+    from configs.schema import ConfigError
+    from trainer.config import load_config
+
+    family_path(family_dir(tmp_path, "unpacked_family", TOY.replace('"toy_vlm"', '"unpacked_vlm"').replace(
+        "    name = \"unpacked_vlm\"\n", "    name = \"unpacked_vlm\"\n    supports_packing = False\n")))
+    tiny = str(ROOT / "configs" / "tiny.yaml")
+    load_config(tiny, ["model.family=unpacked_vlm", "train.packing.enabled=false"])  # unpacked: a fine family
+    with pytest.raises(ConfigError) as err:
+        load_config(tiny, ["model.family=unpacked_vlm", "train.packing.enabled=true"])
+    assert "train.packing.enabled" in str(err.value) and "unpacked_vlm" in str(err.value)
+    assert all(family_class(n).supports_packing for n in SHIPPED)

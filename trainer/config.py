@@ -240,7 +240,10 @@ class RunConfig:
         self.eval.validate("eval")
         self.cluster.validate("cluster")
         _check_finite(self.to_dict(), "")
-        self.model.validate_family()
+        from modeling.checks import check_checkpoints, check_family
+
+        check_checkpoints(self.model, "model")  # the files on disk, then the family modules: the slow checks last
+        check_family(self.model, packing=self.train.packing.enabled)
         return self
 
     @property

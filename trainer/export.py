@@ -71,12 +71,11 @@ def write_run_config(cfg, out_dir: Path) -> None:
     """The resolved run config beside the weights: ``rrg generate`` preprocesses as the shards were built."""
     import yaml
 
-    from trainer.evaluation.infer_files import RUN_CONFIG
-
     (Path(out_dir) / RUN_CONFIG).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 _STAGING = ".tmp-"
+RUN_CONFIG = "rrg_run.yaml"  # the run config inside an export (``rrg generate`` reads it)
 
 
 @contextlib.contextmanager

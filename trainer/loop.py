@@ -129,11 +129,13 @@ class Trainer:
         return st
 
     def _log_rows(self, step: int, batch: dict[str, Any]) -> None:
-        """What this rank trains on at ``step`` (study keys, and topics for topic-row families)."""
+        """What this rank trains on at ``step``: every row label the family's collate passes along (the lists
+        of strings in the batch: study keys, and the labels of the rows a family fans a study out into)."""
         import json
         from pathlib import Path
 
-        rows = {"step": step, "keys": list(batch.get("keys", [])), "topics": list(batch.get("topics", []))}
+        rows = {"step": step, **{k: list(v) for k, v in batch.items()
+                                 if isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)}}
         with open(Path(self.cfg.output_dir) / f"batch_rows.rank{self.rank}.jsonl", "a") as fh:
             fh.write(json.dumps(rows) + "\n")
 

@@ -113,7 +113,7 @@ def _lm_dims(lm) -> dict:
 def _tokenizer(family):
     from modeling.tokenizer import train_tokenizer
 
-    return train_tokenizer([*getattr(family, "prompt_texts", lambda: [])(), "plan"] * 4, 300)
+    return train_tokenizer([*family.prompt_texts(), "plan"] * 4, 300)
 
 
 def _module_rows(model: torch.nn.Module) -> list[tuple[str, int, int]]:
@@ -310,8 +310,8 @@ def run_plan(cfg: RunConfig, *, gpus: int = 8, nodes: int = 1, gpu_memory: float
     n = gpus * nodes
     t, m = cfg.train, family.cfg  # the family's config: a checkpoint path kept only where it is on this machine
     vshape = _vision_stack(_vision_dims(m.vision))
-    patches = int(model.vision.num_patches)  # the tower's own token count (a dry forward), not config arithmetic
-    images = int(getattr(family, "images_per_row", 1))
+    patches = family.num_image_tokens(model)  # the tower's own token count (a dry forward), not config arithmetic
+    images = int(family.images_per_row)
     image_tokens = family.image_tokens(patches)
     seq = max(family.text_len(st.target) for st in t.resolved_stages()) + images * image_tokens
     b = t.micro_batch_size

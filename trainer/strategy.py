@@ -362,3 +362,9 @@ class DeepSpeedStrategy:
             if keep:
                 out[name] = done[id(tensor)]
         return out
+
+
+def single_process_group() -> None:
+    """A one-rank process group on a free loopback port (benches; no launcher)."""
+    single_process_env()
+    DeepSpeedStrategy.init_distributed(False)

@@ -115,8 +115,8 @@ class TrainingRun:
         if start_state is not None:
             load_plain_state(model, start_state, where=f"stage '{stage.name}'")
         groups = apply_tuning(model, self.family, stage.spec(cfg.train.lora))
-        if cfg.train.activation_checkpointing and hasattr(model, "enable_activation_checkpointing"):
-            model.enable_activation_checkpointing()
+        if cfg.train.activation_checkpointing:
+            self.family.enable_activation_checkpointing(model)
         self.strategy.setup(model, groups=groups, lr=stage.lr, steps=stage.steps, load_universal=load_universal)
         self.stage_index = index
         builder = self.family.sample_builder(self.tokenizer, "train", stage.target)
@@ -140,15 +140,13 @@ class TrainingRun:
         from modeling.packing import packing_collate
         from modeling.tokenizer import image_token_id
 
-        import inspect
-
-        if "segment_ids" not in inspect.signature(model.forward).parameters:
-            raise ValueError(f"train.packing: family '{self.family.name}' takes no packed batches (its forward has "
-                             f"no segment_ids; see modeling/packing.py): set train.packing.enabled=false")
-        n = getattr(getattr(model, "vision", None), "num_patches", None)
-        if not n:
+        if not self.family.supports_packing:
+            raise ValueError(f"train.packing: family '{self.family.name}' takes no packed batches (see "
+                             f"modeling/packing.py): set train.packing.enabled=false")
+        n = self.family.num_image_tokens(model)
+        if n <= 0:
             raise ValueError("train.packing needs a vision encoder with a known number of patch tokens")
-        return packing_collate(collate, packing, image_token_id(self.tokenizer), int(n))
+        return packing_collate(collate, packing, image_token_id(self.tokenizer), n)
 
     def _next_stage(self) -> None:
         """Hand the trained weights to the next stage in place: the same module, its LoRA merged into the base

@@ -107,11 +107,11 @@ def _sequential_write(path: Path, nbytes: int) -> float:
 
 
 def bench_checkpoint(cfg, directory: str | None = None, rounds: int = 2) -> dict[str, float]:
-    from trainer.bench.train import _single_process_group
     from trainer.checkpoint import CheckpointManager
+    from trainer.strategy import single_process_group
 
     torch.set_num_threads(1)
-    _single_process_group()
+    single_process_group()
     cfg = sized_100m(cfg)
     strategy, model = build_engine(cfg)
     n_params = sum(p.numel() for p in model.parameters())

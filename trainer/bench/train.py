@@ -24,12 +24,7 @@ import torch
 
 from trainer.config import RunConfig
 from trainer.loop import to_device
-from trainer.strategy import DeepSpeedStrategy, single_process_env
-
-
-def _single_process_group() -> None:
-    single_process_env()
-    DeepSpeedStrategy.init_distributed(False)
+from trainer.strategy import single_process_group
 
 
 def load_average() -> str:
@@ -89,7 +84,7 @@ def bench_train(cfg: RunConfig, steps: int = 20, repeats: int = 3, stages=(0, 1,
     from trainer.bench.engine import BigRun, bench_100m, print_table, ratios, run_stages
 
     torch.set_num_threads(1)
-    _single_process_group()
+    single_process_group()
     warm = 3
     base, batches, loader, batching = config_model_and_batches(cfg, steps + warm)
     bs = cfg.train.micro_batch_size

@@ -43,8 +43,9 @@ from shards.records import DecodedSample
 from shards.views import decode_image, encode_view, frontal_first
 from shards.writer import sample_key
 
+from trainer.export import RUN_CONFIG
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff") + DICOM_EXTENSIONS
-RUN_CONFIG = "rrg_run.yaml"
 
 
 class GenerateError(ValueError):

@@ -191,6 +191,7 @@ class LlavaTAFamily(ModelFamily):
     ablations = {"black": "global image I and segmented image S", "segment": "segmented image S only",
                  "shuffle": "each study gets another study's images"}
     asset_names = (ASSET_NAME,)
+    supports_packing = True
     extra_scores = ("topic_scores",)  # trainer/evaluation/eval_hooks.py
     report_rows = ("topic_rows",)
 

@@ -251,6 +251,7 @@ class R2GenKGFamily(ModelFamily):
     name = "r2genkg"
     Options = R2GenKGOptions
     asset_names = (KG_ASSET, BANK_ASSET)
+    supports_packing = True
     def image_tokens(self, patches: int) -> int:
         """The LM sees the patch grid (``lm_patches``: the tower's own token count, e.g. 49 for a Swin at 224 px),
         the Q-Former's queries and the pooled KG tokens."""
