@@ -57,23 +57,10 @@ def _image_tokens(cfg) -> int:
 
 def config_lengths(cfg, batches: int) -> list[int]:
     """Text token counts of the first ``batches`` training micro-batches, through the real builder."""
-    from pathlib import Path
-    import tempfile
-
-    from modeling.family import build_family
-    from shards.manifest import iter_json_records
     from shards.reader import make_loader
-    from trainer.prepare import ensure_shards
+    from trainer.bench.train import config_family
 
-    manifest = ensure_shards(cfg)
-    family = build_family(cfg.model)
-    tok_dir = Path(cfg.output_dir) / "tokenizer"
-    with tempfile.TemporaryDirectory(prefix="rrg-bench-tok-") as scratch:  # removed after loading
-        if not (tok_dir.is_dir() and any(tok_dir.iterdir())):
-            tok_dir = Path(scratch)
-            family.tokenizer(family.tokenizer_texts(iter_json_records(manifest, cfg.data.train_split)),
-                             save_dir=str(tok_dir))
-        tok = family.tokenizer(None, save_dir=str(tok_dir))
+    _, family, tok = config_family(cfg)
     stage = cfg.train.resolved_stages()[0]
     loader = make_loader(cfg.data, cfg.data.train_split, rank=0, world_size=1, batch_size=cfg.train.micro_batch_size,
                          seed=cfg.seed, builder=family.sample_builder(tok, "train", stage.target),

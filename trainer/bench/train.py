@@ -32,25 +32,32 @@ def load_average() -> str:
     return f"load average {one:.1f} / {five:.1f} / {fifteen:.1f} (1/5/15 min, {os.cpu_count()} cores)"
 
 
-def config_model_and_batches(cfg: RunConfig, n: int):
-    """(model, batches, loader factory, batching label): the config's model (first stage's tuning
-    applied, seeded) and ``n`` training batches as the workers build them, in memory on the CPU."""
+def config_family(cfg: RunConfig):
+    """(manifest, family, tokenizer) of the config's shards: the run's tokenizer when ``output_dir`` holds
+    one, else one trained on the training split in a temp dir (removed after loading)."""
     from modeling.family import build_family
-    from modeling.tuning import apply_tuning
-    from shards.reader import make_loader
     from shards.textpass import iter_verified_records
     from trainer.prepare import ensure_shards
 
     manifest = ensure_shards(cfg)
     family = build_family(cfg.model)
     tok_dir = Path(cfg.output_dir) / "tokenizer"
-    with tempfile.TemporaryDirectory(prefix="rrg-bench-tok-") as scratch:  # removed after loading
+    with tempfile.TemporaryDirectory(prefix="rrg-bench-tok-") as scratch:
         if not (tok_dir.is_dir() and any(tok_dir.iterdir())):
             tok_dir = Path(scratch)
             family.tokenizer(family.tokenizer_texts(iter_verified_records(
                 manifest, cfg.data.train_split, cfg.data.verify, cfg.data.max_skip_fraction)),
                              save_dir=str(tok_dir))
-        tok = family.tokenizer(None, save_dir=str(tok_dir))
+        return manifest, family, family.tokenizer(None, save_dir=str(tok_dir))
+
+
+def config_model_and_batches(cfg: RunConfig, n: int):
+    """(model, batches, loader factory, batching label): the config's model (first stage's tuning
+    applied, seeded) and ``n`` training batches as the workers build them, in memory on the CPU."""
+    from modeling.tuning import apply_tuning
+    from shards.reader import make_loader
+
+    manifest, family, tok = config_family(cfg)
     stage = cfg.train.resolved_stages()[0]
     torch.manual_seed(cfg.seed)
     base = family.build_model(tok, manifest.assets)
