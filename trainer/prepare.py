@@ -222,6 +222,7 @@ def check_run(cfg: RunConfig):
     Ray comes up, so a run that is refused is refused in seconds.  Returns the shards' manifest, or
     None when demo shards are still to be built (:func:`prepare_run` then checks the resume).
     """
+    from shards.manifest import load_manifest
     from shards.storage import is_remote
     from trainer.runguard import check_run_dir, check_writable
 
@@ -239,7 +240,7 @@ def check_run(cfg: RunConfig):
     stage_remote_checkpoint(cfg)
     if demo_shards_missing(cfg):
         return None
-    manifest = ensure_shards(cfg)
+    manifest = load_manifest(cfg.data.shards_dir, cache=cfg.data.cache)
     check_resume(cfg, manifest)
     return manifest
 
