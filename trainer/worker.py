@@ -256,7 +256,10 @@ class TrainingRun:
         from trainer.strategy import module_dtypes
 
         # what runs in which precision (every part in the run's, rrg's own modules included; tests/test_real_configs.py)
-        self.logger.record({"step": state.step, "model_dtypes": module_dtypes(engine.module), "attention": attention})
+        # one "start" line per start of the workers (a launch or a Ray restart): where it resumed from, if anywhere
+        self.logger.record({"step": state.step, "event": "start", "world_size": self.world_size,
+                            "resumed_from": str(self.resume.path) if self.resume is not None else None,
+                            "model_dtypes": module_dtypes(engine.module), "attention": attention})
         self.logger.note("attention: " + ", ".join(f"{k} {v}" for k, v in attention.items() if k != "requested"))
         if self.resume is not None:
             self.logger.note(f"resumed from {self.resume.path} at step {state.step}, stage "
