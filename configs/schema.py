@@ -107,6 +107,9 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys and bad types raise ConfigError."""
     if data is None:
         data = {}
+    migrate = getattr(cls, "migrate_dict", None)  # a section that moved keeps reading its old place
+    if migrate is not None and isinstance(data, dict):
+        data = migrate(data, prefix)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}

@@ -132,15 +132,6 @@ def cmd_bench_build(args):
                 check_files=not args.no_check_files)
 
 
-def cmd_shards_masks(args):
-    from shards.segment_pass import masks_from_config
-
-    cfg = _load(args)
-    side, fingerprint = masks_from_config(cfg.data, _pool(cfg), shards_dir=args.shards)
-    print(f"masks sidecar: {side.root}  studies: {sum(s['num_entries'] for s in side.shards.values())}  "
-          f"dataset fingerprint: {fingerprint[:16]}")
-
-
 def cmd_train(args):
     cfg = _load(args)  # validate before anything heavy is imported or started
     if args.resume is not None:
@@ -208,36 +199,6 @@ def _compare_args(items: list[str]) -> dict[str, str]:
     return out
 
 
-def cmd_kg_build(args):
-    from trainer.kg.graph import build_kg
-
-    build_kg(_load(args).data)
-
-
-def cmd_kg_attach(args):
-    from trainer.kg.attach import attach, check_existing
-
-    cfg = _load(args)
-    check_existing(cfg.data.shards_dir)  # refuse a corrupt sidecar before starting Ray
-    attach(cfg.data, pool=_pool(cfg, args.address))
-
-
-def cmd_bench_kg(args):
-    from trainer.kg.attach import bench_attach
-
-    cfg = _load(args)
-    bench_attach(cfg.data, _pool(cfg), rounds=args.rounds)
-
-
-def cmd_annotate_topics(args):
-    cfg = _load(args)
-    from trainer.topic_annotate import annotate_topics
-
-    s = annotate_topics(cfg.data.shards_dir, cfg.data.topics, pool=_pool(cfg))
-    print(f"topics: {s['studies']} studies ({', '.join(s['splits'])}), backends {s['backends']}, "
-          f"sentence counts {s['counts']}, sidecar {s['sidecar']}")
-
-
 def cmd_plan(args):
     from modeling.config import without_path_checks
     from trainer.plan import run_plan
@@ -258,19 +219,6 @@ def cmd_generate(args):
     except GenerateError as err:
         print(str(err), file=sys.stderr)
         sys.exit(3)
-
-
-def cmd_annotate_reasoning(args):
-    """LVMed-R2 data: perception-tree asset + reasoning/reflection overlay for the training split."""
-    cfg = _load(args)
-    from shards.reasoning.annotate import annotate_reasoning, template_members
-
-    members = template_members
-    if cfg.data.reasoning.backend == "hf_lm":
-        from trainer.reasoning_lm import lm_members as members
-    summary = annotate_reasoning(args.shards or cfg.data.shards_dir, cfg.data.reasoning, pool=_pool(cfg),
-                                 make_members=members, split=cfg.data.train_split)
-    print("reasoning overlay: " + "  ".join(f"{k}: {v}" for k, v in summary.items() if k != "producer"))
 
 
 def _labeler_from_args(args):
@@ -342,14 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", default=None, help="score this predictions JSONL instead of generating")
     p.add_argument("--out", default=None, help="output directory")
     p.add_argument("--image-ablation", default=None, metavar="KIND",
-                   help="generate again with inputs blanked: black | shuffle, plus the family's own "
-                        "(radixpert: masks; llava_ta: segment; r2genkg: kg) - reports the drop per metric")
+                   help="generate again with inputs blanked: black | shuffle, plus the family's own (docs/evaluation.md; "
+                        "an unknown KIND lists the model's) - reports the drop per metric")
     p.add_argument("--narrative-bias", action="store_true",
                    help="also complete the last K sentences from the true report's start (K = 1..eval.narrative_bias."
                         "max_k) with the real and a black image, and report the real-image gain per K (an oracle input)")
     p.add_argument("--compare", action="append", default=[], metavar="NAME=PREDICTIONS",
                    help="also score another run's predictions.jsonl on the same studies, side by side in "
-                        "metrics.json as compare_<NAME>_<metric> (e.g. direct_sft=runs/lvmed_r2_sft/eval/test-step_0000460/predictions.jsonl)")
+                        "metrics.json as compare_<NAME>_<metric> (e.g. direct_sft=runs/sft/eval/test-step_0000460/predictions.jsonl)")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--no-meteor", action="store_true", help="--predictions: skip METEOR (a Java subprocess)")
     p.add_argument("--max-chars", type=int, default=20_000, help="--predictions: truncate longer texts (counted)")
@@ -393,16 +341,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_labeler_args(p, "which registered labeler: rrg (English, CheXpert-14), rrg_es (Spanish, PadChest), chexbert")
     p.set_defaults(func=cmd_label)
 
-    annotate = sub.add_parser("annotate", help="annotation overlays and dataset assets beside the shards")
-    annotate = annotate.add_subparsers(dest="annotate_cmd", required=True)
-    p = annotate.add_parser("topics", help="LLaVA-TA topic overlay (training split) + topic ontology asset")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_annotate_topics)
-    p = annotate.add_parser("reasoning", help="LVMed-R2 perception tree + reasoning/reflection chains (train split)")
-    _add_config_args(p)
-    p.add_argument("--shards", default=None, help="shard directory (default data.shards_dir)")
-    p.set_defaults(func=cmd_annotate_reasoning)
-
     p = sub.add_parser("demo-data", help="make the synthetic phantom dataset and its shards")
     _add_config_args(p)
     p.add_argument("--out", default=None, help="shard directory (default data.shards_dir)")
@@ -419,10 +357,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", type=int, default=0, help="which sample of the split")
     p.add_argument("--split", default=None)
     p.set_defaults(func=cmd_shards_inspect)
-    p = shards.add_parser("masks", help="run a segmentation model on every study's frontal view (Ray tasks)")
-    _add_config_args(p)
-    p.add_argument("--shards", default=None, help="shard directory (default data.shards_dir)")
-    p.set_defaults(func=cmd_shards_masks)
 
     bench = sub.add_parser("bench", help="benchmarks printing side-by-side ratios").add_subparsers(dest="bench_cmd", required=True)
     p = bench.add_parser("loader", help="loader samples/s with 0, 1 and 2 workers")
@@ -480,20 +414,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the validated manifest, apply nothing")
     p.set_defaults(func=cmd_submit_k8s)
 
-    p = bench.add_parser("kg", help="kg attach: one process vs the Ray pool, studies/s and ratio")
-    _add_config_args(p)
-    p.add_argument("--rounds", type=int, default=3, help="alternating one-process / pool rounds (medians compared)")
-    p.set_defaults(func=cmd_bench_kg)
-
-    kg = sub.add_parser("kg", help="knowledge graph: build from training reports, attach subgraphs").add_subparsers(
-        dest="kg_cmd", required=True)
-    p = kg.add_parser("build", help="KG + vision-token bank assets from the training split (data.kg)")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_kg_build)
-    p = kg.add_parser("attach", help="per-study multi-scale subgraph tensors (kg sidecar) for every split, on Ray")
-    _add_config_args(p)
-    p.add_argument("--address", default=None)
-    p.set_defaults(func=cmd_kg_attach)
     p = bench.add_parser("packing", help="padding efficiency with and without sequence packing (config data, MIMIC-like)")
     _add_config_args(p)
     p.add_argument("--batches", type=int, default=50)
@@ -510,11 +430,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=2)
     p.set_defaults(func=cmd_bench_checkpoint)
 
+    _add_pass_commands(sub, {"shards": shards, "bench": bench})
+
     cfg = sub.add_parser("config", help="configuration tools").add_subparsers(dest="config_cmd", required=True)
     p = cfg.add_parser("show", help="print the fully resolved config")
     _add_config_args(p)
     p.set_defaults(func=cmd_config_show)
     return parser
+
+
+def _add_pass_commands(sub, groups: dict) -> None:
+    """Each data pass's own subcommands (shards/passes/), under the group it names."""
+    from shards.passes import SHARED_GROUPS, CommandContext, all_passes, resolve
+
+    ctx = CommandContext(load=_load, pool=_pool)
+    specs = all_passes()
+    helps = {**SHARED_GROUPS, **{g: h for spec in specs for g, h in spec.groups.items()}}
+    for spec in specs:
+        for command in spec.commands:
+            if command.group not in groups:
+                groups[command.group] = sub.add_parser(command.group, help=helps.get(command.group)).add_subparsers(
+                    dest=f"{command.group}_cmd", required=True)
+            p = groups[command.group].add_parser(command.name, help=command.help)
+            _add_config_args(p)
+            if command.arguments is not None:
+                command.arguments(p)
+            p.set_defaults(func=lambda args, run=command.run: resolve(run)(args, ctx))
 
 
 def _known_errors() -> list[tuple[tuple[type, ...], int]]:
@@ -543,7 +484,13 @@ def _known_error(err: BaseException) -> tuple[int, BaseException | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    from shards.passes import PassImportError
+
+    try:
+        parser = build_parser()  # the data passes' commands too (shards/passes/, RRG_PASS_PATH)
+    except PassImportError as err:
+        print(f"rrg: {err}", file=sys.stderr)
+        return 2
     args, extra = parser.parse_known_args(argv)
     # overrides may come after options too: `rrg eval cfg.yaml --checkpoint latest eval.bootstrap=0`
     stray = [a for a in extra if a.startswith("-") or "=" not in a]

@@ -40,11 +40,8 @@ subpackages of ``modeling.families``; a user's own live in the directories of ``
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
-import pkgutil
-import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
@@ -255,14 +252,9 @@ def family_packages() -> list[tuple[str, str]]:
     package (a directory with an ``__init__.py``) directly inside a directory of ``RRG_FAMILY_PATH``, which
     imports under its own top-level name (that directory joins ``sys.path``)."""
     import modeling.families as shipped
+    from configs.plugins import plugin_packages
 
-    found = [(f"{shipped.__name__}.{m.name}", os.path.join(m.module_finder.path, m.name))
-             for m in pkgutil.iter_modules(shipped.__path__) if m.ispkg]
-    for root in filter(None, os.environ.get(FAMILY_PATH_ENV, "").split(os.pathsep)):
-        if not os.path.isdir(root):
-            raise FamilyImportError(f"{FAMILY_PATH_ENV} entry {root} is not a directory")
-        found += [(m.name, os.path.join(root, m.name)) for m in pkgutil.iter_modules([root]) if m.ispkg]
-    return found
+    return plugin_packages(shipped, FAMILY_PATH_ENV, FamilyImportError)
 
 
 def import_families() -> None:
@@ -271,19 +263,9 @@ def import_families() -> None:
     A package that fails to import raises :class:`FamilyImportError` (never a silent skip); so does one
     shadowed by another module of its name; two packages registering one family name fail in the second.
     """
-    for name, directory in family_packages():
-        root = os.path.dirname(directory)
-        if "." not in name and root not in sys.path:
-            sys.path.append(root)
-        try:
-            module = importlib.import_module(name)
-        except Exception as err:
-            raise FamilyImportError(f"family package {name} ({directory}) does not import: "
-                                    f"{type(err).__name__}: {err}") from err
-        origin = getattr(module, "__file__", None) or ""
-        if os.path.dirname(os.path.realpath(origin)) != os.path.realpath(directory):
-            raise FamilyImportError(f"family package {name} ({directory}) is shadowed by the module of that name "
-                                    f"at {origin or '?'} (imported first): rename the package")
+    from configs.plugins import import_plugins
+
+    import_plugins(family_packages(), "family", FamilyImportError)
 
 
 def family_class(name: str) -> type[ModelFamily]:

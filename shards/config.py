@@ -1,12 +1,11 @@
 """Typed config sections owned by the data path: shard building and streaming."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Literal
 
 from configs.schema import ConfigError
-from shards.kg_config import KGConfig
-from shards.reasoning.annotate import ReasoningConfig
+from shards.passes import all_passes
 
 
 @dataclass
@@ -57,55 +56,16 @@ class BuildConfig:
             raise ConfigError(f"{key}.split_fractions", "fractions must sum to 1")
 
 
-DEFAULT_TOPIC_PROMPT = (
-    "Rewrite the chest X-ray report as one short sentence per topic, one line each, as "
-    "'topic: sentence'. Drop comparisons with prior studies and speculation. Write a negative as "
-    "'<finding> is absent.'. Topics: {topics}.\nReport: {report}\nAnswer:\n")
+def _passes_config() -> type:
+    """``data.passes``: one typed section per registered data pass (shards/passes/), named after it."""
+    specs = all_passes()
+    cls = make_dataclass("PassesConfig", [(p.name, p.config, field(default_factory=p.config)) for p in specs])
+    cls.__doc__ = "Sections of the offline data passes: " + "; ".join(f"{p.name}: {p.summary}" for p in specs)
+    cls.names = tuple(p.name for p in specs)
+    return cls
 
 
-@dataclass
-class TopicsConfig:
-    """``rrg annotate topics``: the LLaVA-TA topic overlay (trainer/topic_annotate.py)."""
-
-    backend: Literal["rule", "hf"] = "rule"
-    model_path: str = ""  # backend hf: a local Hugging Face causal-LM directory (never downloaded)
-    prompt: str = DEFAULT_TOPIC_PROMPT  # backend hf: {report} and {topics} are filled in
-    max_new_tokens: int = 192
-    max_fallback_fraction: float = 1.0  # backend hf: stop when more studies than this fall back to rules
-    splits: list[str] = field(default_factory=lambda: ["train"])  # only what trains reads reference topics
-
-    def validate(self, key: str) -> None:
-        if self.backend == "hf" and not self.model_path:
-            raise ConfigError(f"{key}.model_path", "backend 'hf' needs a local model directory")
-        if "{report}" not in self.prompt:
-            raise ConfigError(f"{key}.prompt", "must contain {report}")
-        if not 0.0 <= self.max_fallback_fraction <= 1.0:
-            raise ConfigError(f"{key}.max_fallback_fraction", "must be within [0, 1]")
-        if not self.splits:
-            raise ConfigError(f"{key}.splits", "must name at least one split")
-
-
-@dataclass
-class MasksConfig:
-    """``rrg shards masks``: a segmentation model run once over every study's frontal view."""
-
-    backend: str = "hf_dir"  # hf_dir | torchscript (shards/segmenter.py)
-    path: str = ""  # model directory or TorchScript file
-    channels: list[str] = field(default_factory=list)  # output names in model order (hf_dir: from config.json)
-    input_size: int = 0  # model input side; 0 = the model's own (hf_dir) or 256
-    threshold: float = 0.5  # soft mask -> binary
-    name: str = "seg_masks"  # sidecar name: <shards_dir>/sidecars/<name>/
-    soft: bool = False  # also keep the probabilities, quantised to uint8 (DecodedSample.tensors[name]["soft"])
-
-    def validate(self, key: str) -> None:
-        if self.backend not in ("hf_dir", "torchscript"):
-            raise ConfigError(f"{key}.backend", f"must be hf_dir or torchscript, got {self.backend!r}")
-        if not 0.0 < self.threshold < 1.0:
-            raise ConfigError(f"{key}.threshold", "must be within (0, 1)")
-        if not self.name.replace("_", "").isalnum():
-            raise ConfigError(f"{key}.name", "must match [A-Za-z0-9_]+ (it names sidecar members)")
-        if self.input_size < 0 or self.input_size % 8:
-            raise ConfigError(f"{key}.input_size", "must be 0 or a positive multiple of 8")
+PassesConfig = _passes_config()
 
 
 @dataclass
@@ -114,7 +74,6 @@ class DataConfig:
 
     source: SourceConfig = field(default_factory=SourceConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
-    masks: MasksConfig = field(default_factory=MasksConfig)
     shards_dir: str = "data/demo/shards"
     train_split: str = "train"
     eval_split: str = "validate"
@@ -127,16 +86,30 @@ class DataConfig:
     cache: bool = True
     prefetch_factor: int = 2
     bucket_by_length: bool = False  # train batches of similar text length, per shuffle window (shards/bucketing.py)
-    topics: TopicsConfig = field(default_factory=TopicsConfig)
-    kg: KGConfig = field(default_factory=KGConfig)  # rrg kg build / attach
-    reasoning: ReasoningConfig = field(default_factory=ReasoningConfig)  # rrg annotate reasoning (LVMed-R2)
+    passes: PassesConfig = field(default_factory=lambda: PassesConfig())  # data.passes.<name>: shards/passes/
+
+    @classmethod
+    def migrate_dict(cls, data: dict, prefix: str) -> dict:
+        """A pass section at its place before ``passes`` (``data.masks: ...``, as older exports' run configs
+        and users' configs have it) is read as ``data.passes.<name>``; given at both places (an old-style
+        override of a new-style base config), the old-style keys win."""
+        from configs.schema import deep_merge
+
+        moved = [k for k in data if k in PassesConfig.names]
+        if not moved:
+            return data
+        data = dict(data)
+        passes = dict(data.get("passes") or {})
+        for k in moved:
+            old = data.pop(k)
+            passes[k] = deep_merge(passes[k], old) if isinstance(passes.get(k), dict) and isinstance(old, dict) else old
+        data["passes"] = passes
+        return data
 
     def validate(self, key: str = "data") -> None:
         self.build.validate(f"{key}.build")
-        self.masks.validate(f"{key}.masks")
-        self.topics.validate(f"{key}.topics")
-        self.kg.validate(f"{key}.kg")
-        self.reasoning.validate(f"{key}.reasoning")
+        for name in PassesConfig.names:
+            getattr(self.passes, name).validate(f"{key}.passes.{name}")
         if self.loader_workers < 0:
             raise ConfigError(f"{key}.loader_workers", "must be >= 0")
         if self.shuffle_buffer < 1:

@@ -148,15 +148,16 @@ def inspect_shards(path: str, out_png: Optional[str] = None, index: int = 0, spl
     out = Path(out_png) if out_png else m.root / "inspect.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     image = render_sample(sample)
-    from shards.kg_inspect import kg_view
+    from shards.passes import all_passes, resolve
 
-    kg = kg_view(m, sample["__shard__"].decode(), sample["__key__"].decode())
-    if kg is not None:  # the study's KG subgraph (rrg kg attach) summarised and drawn beside it
-        print(kg[0])
-        wide = Image.new("RGB", (image.width + kg[1].width, image.height), (255, 255, 255))
-        wide.paste(image, (0, 0))
-        wide.paste(kg[1], (image.width, 0))
-        image = wide
+    for spec in all_passes():  # each pass's view of the study (e.g. its KG subgraph), summarised and drawn beside it
+        view = resolve(spec.inspect)(m, sample["__shard__"].decode(), sample["__key__"].decode()) if spec.inspect else None
+        if view is not None:
+            print(view[0])
+            wide = Image.new("RGB", (image.width + view[1].width, max(image.height, view[1].height)), (255, 255, 255))
+            wide.paste(image, (0, 0))
+            wide.paste(view[1], (image.width, 0))
+            image = wide
     image.save(out)
     print(f"sample {index} of split '{split}' ({sample['__key__'].decode()}) rendered to {out}")
     return out

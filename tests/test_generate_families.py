@@ -139,8 +139,8 @@ def assert_generate_equals_eval(setup: dict, tmp_path: Path) -> dict[str, dict]:
 # ------------------------------------------------------------------------------ radixpert + segmenter
 @pytest.fixture(scope="module")
 def radixpert(shards, tmp_path_factory) -> dict:
-    from shards.segment_pass import masks_from_config
-    from shards.segmenter import UNet
+    from shards.passes.masks.run import masks_from_config
+    from shards.passes.masks.segmenter import UNet
     from trainer.config import load_config
 
     tmp = tmp_path_factory.mktemp("gen_radixpert")
@@ -183,7 +183,7 @@ def test_generate_names_the_missing_derived_input_setting(radixpert, tmp_path, c
         main(["generate", "--model-dir", str(radixpert["export"]), "--config", str(no_seg), png,
               "--out", str(tmp_path / "x.jsonl")])
     err = capsys.readouterr().err.strip()
-    assert exit_.value.code == 3 and "\n" not in err and "data.masks.path" in err and "rrg shards masks" in err
+    assert exit_.value.code == 3 and "\n" not in err and "data.passes.masks.path" in err and "rrg shards masks" in err
     # mask_source: model needs nothing derived: the sample carries no masks and no pass is asked for
     from modeling.family import build_family
     from trainer.evaluation.infer_files import GenerateError, derived_passes
@@ -199,8 +199,8 @@ def test_generate_names_the_missing_derived_input_setting(radixpert, tmp_path, c
 @pytest.fixture(scope="module")
 def r2genkg(shards, tmp_path_factory) -> dict:
     from trainer.config import load_config
-    from trainer.kg.attach import attach
-    from trainer.kg.graph import build_kg
+    from shards.passes.kg.attach import attach
+    from shards.passes.kg.graph import build_kg
 
     tmp = tmp_path_factory.mktemp("gen_r2genkg")
     shutil.copytree(shards, tmp / "shards")

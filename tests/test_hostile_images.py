@@ -148,9 +148,10 @@ def test_masks_pass_skips_a_hostile_stored_view_and_counts_it(tmp_path):
     import torch
 
     from configs.parallel import SerialPool
-    from shards.config import MasksConfig
-    from shards.segment_pass import masks_from_config
-    from shards.segmenter import UNet
+    from shards.config import PassesConfig
+    from shards.passes.masks.config import MasksConfig
+    from shards.passes.masks.run import masks_from_config
+    from shards.passes.masks.segmenter import UNet
     from tests.shardkit import sample_key, write_shard_set
 
     bomb_bytes = png_bomb(tmp_path / "bomb.png", side=10_000).read_bytes()  # 100 MP: over 50 MP, under Pillow's
@@ -159,7 +160,7 @@ def test_masks_pass_skips_a_hostile_stored_view_and_counts_it(tmp_path):
     torch.manual_seed(0)
     unet = str(tmp_path / "unet")
     UNet(1, 2, width=4, depth=2).save_pretrained(unet, ["lung", "heart"], input_size=32)
-    side, _ = masks_from_config(DataConfig(shards_dir=str(manifest.root), masks=MasksConfig(path=unet)),
+    side, _ = masks_from_config(DataConfig(shards_dir=str(manifest.root), passes=PassesConfig(masks=MasksConfig(path=unet))),
                                 pool=SerialPool())
     meta = json.loads((Path(side.root) / "sidecar.json").read_text())["meta"]
     assert meta["skipped"]["counts"] == {"empty_image_file": 1, "image_too_large": 1}

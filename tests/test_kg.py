@@ -14,21 +14,21 @@ from PIL import Image
 from safetensors.numpy import load
 
 from configs.parallel import SerialPool
-from shards.config import DataConfig
-from shards.kg_config import KGConfig
+from shards.config import DataConfig, PassesConfig
+from shards.passes.kg.config import KGConfig
 from shards.manifest import file_sha256, load_manifest
 from shards.reader import iter_decoded
-from trainer.kg import KGError
-from trainer.kg.attach import attach, check_existing, make_context, neighbours, subgraph_tensors
-from trainer.kg.extract import RuleExtractor, parse_entity_list
-from trainer.kg.graph import build_kg, load_kg
+from shards.passes.kg import KGError
+from shards.passes.kg.attach import attach, check_existing, make_context, neighbours, subgraph_tensors
+from shards.passes.kg.extract import RuleExtractor, parse_entity_list
+from shards.passes.kg.graph import build_kg, load_kg
 
 ROOT = Path(__file__).resolve().parent.parent
 SCALES = [4, 8, 16]
 
 
 def _data_cfg(path, **kg):
-    return DataConfig(shards_dir=str(path), kg=KGConfig(scales=SCALES, bank_epochs=2, **kg))
+    return DataConfig(shards_dir=str(path), passes=PassesConfig(kg=KGConfig(scales=SCALES, bank_epochs=2, **kg)))
 
 
 def test_rule_extractor_relations_and_negation():
@@ -51,7 +51,7 @@ def kg_shards(shards, tmp_path_factory):
     out = tmp_path_factory.mktemp("kg") / "shards"
     shutil.copytree(shards, out)
     build_kg(_data_cfg(out), log=lambda *_: None)
-    over = [f"data.shards_dir={out}", f"data.kg.scales={json.dumps(SCALES)}", "cluster.ray_temp_dir=/tmp/rr-kg"]
+    over = [f"data.shards_dir={out}", f"data.passes.kg.scales={json.dumps(SCALES)}", "cluster.ray_temp_dir=/tmp/rr-kg"]
     proc = subprocess.run([sys.executable, "-m", "launcher.cli", "kg", "attach", str(ROOT / "configs" / "tiny.yaml"),
                            *over], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -159,7 +159,7 @@ def test_subgraph_at_300_nodes_fits_20kb_and_is_capped():
     ctx = make_context(kg, KGConfig(scales=[300]))
     from safetensors.numpy import save
 
-    from trainer.kg.attach import ranked_nodes
+    from shards.passes.kg.attach import ranked_nodes
 
     t = subgraph_tensors(ranked_nodes(np.array([0, 1]), ctx, 300), ctx)
     assert len(t["s0_node_ids"]) == 300 and len(save(t)) <= 20 * 1024
@@ -187,7 +187,7 @@ def _set_patients(root: Path, split: str, patient: str) -> None:
 
 def test_bad_input_names_the_study_and_loses_nothing(kg_shards, tmp_path, capsys):
     from launcher.cli import main
-    from trainer.kg.attach import ranked_nodes
+    from shards.passes.kg.attach import ranked_nodes
 
     kg = load_kg(kg_shards)
     ctx = make_context(kg, KGConfig(scales=SCALES))
@@ -229,7 +229,7 @@ def test_attach_cli_study_without_neighbours_is_named_and_nothing_is_lost(kg_sha
     _set_patients(root, "train", "ANON")
     build_kg(_data_cfg(root), log=lambda *_: None)
     before = _files(root)
-    over = [f"data.shards_dir={root}", f"data.kg.scales={json.dumps(SCALES)}", "cluster.ray_temp_dir=/tmp/rr-kg"]
+    over = [f"data.shards_dir={root}", f"data.passes.kg.scales={json.dumps(SCALES)}", "cluster.ray_temp_dir=/tmp/rr-kg"]
     proc = subprocess.run([sys.executable, "-m", "launcher.cli", "kg", "attach", str(ROOT / "configs" / "tiny.yaml"),
                            *over], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]

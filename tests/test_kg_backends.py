@@ -4,9 +4,9 @@ import pytest
 from transformers import BertConfig, BertForTokenClassification, BertModel, LlamaConfig, LlamaForCausalLM
 
 from modeling.tokenizer import train_tokenizer
-from shards.kg_config import KGConfig
-from trainer.kg.extract import CausalLMExtractor, RuleExtractor, TokenClassExtractor
-from trainer.kg.graph import encoder_features, hashed_features
+from shards.passes.kg.config import KGConfig
+from shards.passes.kg.extract import CausalLMExtractor, RuleExtractor, TokenClassExtractor
+from shards.passes.kg.graph import encoder_features, hashed_features
 
 REPORT = ("FINDINGS: Linear opacity at the left lung base, consistent with atelectasis. No pleural effusion. "
           "Mild cardiomegaly.")

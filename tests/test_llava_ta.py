@@ -14,9 +14,9 @@ from modeling.tuning import TuningSpec
 from modeling.families.llava_ta.topic_rows import region_mask, segment_image
 from shards.demo import make_study
 from shards.records import DecodedSample
-from shards.topic_ontology import Ontology
+from shards.passes.topics.ontology import Ontology
 from trainer.config import load_config
-from trainer.topic_decompose import decompose
+from shards.passes.topics.decompose import decompose
 
 
 def _sample(i: int, size: int = 64) -> DecodedSample:
@@ -268,7 +268,7 @@ def test_sample_builders_and_model_share_the_ontology_asset_and_its_export_copy(
     """The shards' topic_ontology asset (not the built-in table) orders rows, S and the head, in training and
     after export; the eval rows name the topics of their S and the model refuses another ontology."""
     from modeling.family import build_family, load_pretrained
-    from shards.topic_ontology import TOPICS
+    from shards.passes.topics.ontology import TOPICS
 
     _, tok, _, samples = ta
     onto = Ontology(tuple(reversed(TOPICS)))  # a dataset whose asset orders topics otherwise

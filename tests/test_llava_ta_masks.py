@@ -11,8 +11,8 @@ import torch
 from configs.parallel import SerialPool
 from shards.manifest import iter_json_records, load_manifest
 from shards.reader import ShardLoader
-from shards.segmenter import UNet
-from shards.segment_pass import masks_from_config
+from shards.passes.masks.segmenter import UNet
+from shards.passes.masks.run import masks_from_config
 from modeling.families.llava_ta.topic_rows import TopicDataError, segment_image
 from trainer.config import load_config
 
@@ -26,7 +26,7 @@ REGIONS = {"ribs": ["left_lung", "right_lung"], "vertebrae": ["spine"], "abdomen
 def masked_shards(shards, tmp_path_factory):
     """The session's tiny shards with a tiny random U-Net's masks (the masks pass, on the serial pool)."""
     from shards.reader import iter_decoded
-    from shards.segmenter import load_segmenter
+    from shards.passes.masks.segmenter import load_segmenter
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("ta_masks")
@@ -44,7 +44,7 @@ def masked_shards(shards, tmp_path_factory):
     net.save_pretrained(unet, CXAS7, input_size=32)
     work = root / "shards"
     shutil.copytree(shards, work)
-    data = load_config("configs/tiny.yaml", [f"data.shards_dir={work}", f"data.masks.path={unet}"]).data
+    data = load_config("configs/tiny.yaml", [f"data.shards_dir={work}", f"data.passes.masks.path={unet}"]).data
     masks_from_config(data, SerialPool())
     return str(work)
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from configs.parallel import SerialPool
-from shards.config import TopicsConfig
+from shards.passes.topics.config import TopicsConfig
 from shards.manifest import load_manifest
 from tests.trainkit import step_losses, torchrun
-from trainer.topic_annotate import annotate_topics
+from shards.passes.topics.annotate import annotate_topics
 
 STAGES = ("train.stages=[{name: proj, tuning: projector, steps: 2, lr: 0.002, target: topics}, "
           "{name: lora, tuning: lora, steps: 4, lr: 0.001, target: topics}]")

@@ -12,8 +12,9 @@ from modeling.family import GenConfig, TargetError, build_family
 from modeling.vlm import IGNORE, weighted_lm_loss
 from shards.config import DataConfig
 from shards.reader import make_loader
-from shards.reasoning.annotate import ReasoningConfig, annotate_reasoning
-from shards.reasoning.chain import build_tree, extract_final_report, sentence_counts, template_chain
+from shards.passes.reasoning.config import ReasoningConfig
+from shards.passes.reasoning.annotate import annotate_reasoning
+from shards.passes.reasoning.chain import build_tree, extract_final_report, sentence_counts, template_chain
 from shards.records import DecodedSample
 from tests.reasoningkit import edit_reports, shard_copy
 from tests.test_reasoning_data import OTHERS, REPORT

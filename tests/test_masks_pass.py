@@ -14,7 +14,7 @@ import torch
 
 from shards.manifest import iter_json_records, load_manifest
 from shards.reader import ShardLoader
-from shards.segmenter import UNet, load_segmenter
+from shards.passes.masks.segmenter import UNet, load_segmenter
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "tiny.yaml")
@@ -47,7 +47,7 @@ def test_masks_pass_replaces_drawn_masks(shards, unet_dir, tmp_path):
     shutil.copytree(shards, work)  # the session's shards stay untouched
     before = load_manifest(work).dataset_fingerprint
     proc = subprocess.run([sys.executable, "-m", "launcher.cli", "shards", "masks", TINY, f"data.shards_dir={work}",
-                           f"data.masks.path={unet_dir}", "data.masks.soft=true",
+                           f"data.passes.masks.path={unet_dir}", "data.passes.masks.soft=true",
                            f"cluster.ray_temp_dir=/tmp/rr-ds-m{os.getpid()}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -102,10 +102,10 @@ def test_binary_masks_of_seven_structures_at_512px_fit_10kb():
     """
     import json
 
-    from shards.config import MasksConfig
+    from shards.passes.masks.config import MasksConfig
     from shards.demo import DEMO_MASK_CHANNELS, make_study
     from shards.masks import decode_masks
-    from shards.segment_pass import mask_members
+    from shards.passes.masks.run import mask_members
 
     cfg = MasksConfig(path="unused")
     sizes = []

@@ -169,12 +169,12 @@ def test_export_round_trip_and_cnn_encoder_and_model_masks(fam_tok_model, tmp_pa
 
 
 def test_model_segmenter_directory_exports_as_safetensors_and_the_ablations_bypass_it(fam_tok_model, tmp_path):
-    """``mask_source: model`` with a segmenter directory (shards/segmenter.py's layout): the masks are
+    """``mask_source: model`` with a segmenter directory (shards/passes/masks/segmenter.py's layout): the masks are
     computed inside the model, both ablations replace them with zeros, and the export carries the
     segmenter as safetensors (no pickle, no TorchScript) and reloads to the same logits."""
     from safetensors.torch import load_file
 
-    from shards.segmenter import UNet
+    from shards.passes.masks.segmenter import UNet
 
     _, tok, _ = fam_tok_model
     outputs = ["left_lung", "right_lung", "heart", "mediastinum", "diaphragm", "trachea", "spine"]

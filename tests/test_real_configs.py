@@ -46,7 +46,7 @@ CONFIGS = {
 @pytest.fixture(scope="module")
 def world(shards, tmp_path_factory):
     """The tiny checkpoints, and one shard copy holding every family's sidecars (made by the real passes)."""
-    from shards.segmenter import UNet
+    from shards.passes.masks.segmenter import UNet
 
     tmp = tmp_path_factory.mktemp("real")
     made = {n for v, lm, _ in CONFIGS.values() for n in (v, lm)}
@@ -59,19 +59,19 @@ def world(shards, tmp_path_factory):
     # the passes `rrg shards masks`, `rrg annotate topics|reasoning`, `rrg kg build|attach` run, in process, on the
     # serial task pool (the CLI's Ray pool runs the same functions)
     from configs.parallel import SerialPool
-    from shards.reasoning.annotate import annotate_reasoning
-    from shards.segment_pass import masks_from_config
+    from shards.passes.reasoning.annotate import annotate_reasoning
+    from shards.passes.masks.run import masks_from_config
     from trainer.config import load_config
-    from trainer.kg.attach import attach
-    from trainer.kg.graph import build_kg
-    from trainer.topic_annotate import annotate_topics
+    from shards.passes.kg.attach import attach
+    from shards.passes.kg.graph import build_kg
+    from shards.passes.topics.annotate import annotate_topics
 
     def cfg(name):
         return load_config(str(write_config(world, name, zero=2, full=False)))
 
     masks_from_config(cfg("radixpert_medgemma4b").data, SerialPool())
-    annotate_topics(str(world["shards"]), cfg("llava_ta_vicuna7b").data.topics, pool=SerialPool())
-    annotate_reasoning(str(world["shards"]), cfg("lvmed_r2_7b").data.reasoning, pool=SerialPool())
+    annotate_topics(str(world["shards"]), cfg("llava_ta_vicuna7b").data.passes.topics, pool=SerialPool())
+    annotate_reasoning(str(world["shards"]), cfg("lvmed_r2_7b").data.passes.reasoning, pool=SerialPool())
     kg = cfg("r2genkg_llama2_7b").data
     build_kg(kg, log=lambda *_: None)
     attach(kg, SerialPool(), log=lambda *_: None)

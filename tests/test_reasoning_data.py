@@ -11,11 +11,12 @@ from configs.parallel import SerialPool
 from shards.manifest import load_manifest
 from shards.reader import make_loader
 from shards.config import DataConfig
-from shards.reasoning.annotate import ReasoningConfig, annotate_reasoning, build_perception_tree
-from shards.reasoning.chain import (HEADERS, build_tree, extract_final_report, feasible_directions, parse_chain,
-                                    perception_lines, plan_reflections, sentence_counts, target_text,
-                                    template_chain)
-from shards.reasoning.ontology import classify_sentence, organ_sentences
+from shards.passes.reasoning.config import ReasoningConfig
+from shards.passes.reasoning.annotate import annotate_reasoning, build_perception_tree
+from shards.passes.reasoning.chain import (HEADERS, build_tree, extract_final_report, feasible_directions, parse_chain,
+                                           perception_lines, plan_reflections, sentence_counts, target_text,
+                                           template_chain)
+from shards.passes.reasoning.ontology import classify_sentence, organ_sentences
 from tests.reasoningkit import edit_reports, shard_copy, tiny_causal_lm
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,7 +107,7 @@ def test_held_out_reports_never_reach_the_tree_or_overlay(shards, tmp_path):
 def test_local_lm_backend_malformed_output_falls_back_counted(shards, tmp_path):
     """The local causal-LM backend through its real loading code (a tiny random LM saved in the HF
     layout): its output is no chain, so every study gets the template chain and the summary counts it."""
-    from trainer.reasoning_lm import lm_members
+    from shards.passes.reasoning.lm import lm_members
 
     copy = shard_copy(shards, tmp_path)
     lm = tiny_causal_lm(tmp_path / "lm", [REPORT, *OTHERS] * 4)
@@ -133,7 +134,7 @@ def test_local_lm_backend_keeps_a_parseable_chain(shards, tmp_path):
     the template rule, and nothing is counted malformed.  It annotates the 21-study validate split as the
     training split (``data.train_split``): each study is a 200-token constrained generation, and the
     124 train studies would cost two minutes of the suite for the same checks."""
-    from trainer.reasoning_lm import lm_members
+    from shards.passes.reasoning.lm import lm_members
 
     copy = shard_copy(shards, tmp_path)
     lm = tiny_causal_lm(tmp_path / "lm", [REPORT, *OTHERS] * 4, forced=FORCED)

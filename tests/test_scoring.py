@@ -9,7 +9,7 @@ import pytest
 from configs.labelsets import CHEXPERT_5, CHEXPERT_LABELS
 from trainer.evaluation.evaluate import score_predictions_file as reexported
 from trainer.evaluation.scoring import (bootstrap_ci, clinical_scores, label_prior_baseline, retrieval_baseline, score,
-                             score_predictions_file)
+                                        score_predictions_file)
 
 REPORTS = [
     "Heart size is normal. No pleural effusion or pneumothorax.",

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from configs.parallel import SerialPool
-from shards.config import TopicsConfig
+from shards.passes.topics.config import TopicsConfig
 from shards.manifest import load_manifest
 from shards.reader import iter_decoded
-from shards.topic_ontology import ASSET_FILE, ASSET_NAME, Ontology
-from trainer.topic_annotate import annotate_report, annotate_topics, lm_answer, parse_lm_answer
-from trainer.topic_decompose import decompose
+from shards.passes.topics.ontology import ASSET_FILE, ASSET_NAME, Ontology
+from shards.passes.topics.annotate import annotate_report, annotate_topics, lm_answer, parse_lm_answer
+from shards.passes.topics.decompose import decompose
 
 ROOT = Path(__file__).resolve().parent.parent
 

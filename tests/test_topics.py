@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from shards.topic_ontology import BY_NAME, ORDER, TOPICS, Ontology
-from trainer.topic_decompose import decompose, join_topics
+from shards.passes.topics.ontology import BY_NAME, ORDER, TOPICS, Ontology
+from shards.passes.topics.decompose import decompose, join_topics
 
 # (report text, exact rows) -- negation, lists, devices, comparisons and speculation that must be
 # dropped, multi-finding sentences, section headers and impression duplicates
@@ -129,7 +129,7 @@ def test_corpus_is_varied_and_counts_what_it_drops():
 def test_every_kept_statement_lands_in_exactly_one_topic_row():
     """Each sentence that survives cleaning is in the rows, merged or standardised, never silently lost."""
     from shards.demo import make_study
-    from trainer.topic_decompose import DROPPED, clean_sentence, split_sentences
+    from shards.passes.topics.decompose import DROPPED, clean_sentence, split_sentences
 
     for i in range(60):
         report = make_study(i, image_size=32, two_view_fraction=0.0).report

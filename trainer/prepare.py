@@ -38,7 +38,7 @@ def worker_env(cfg: RunConfig) -> dict[str, str]:
     }
     for key in ("WANDB_MODE", "WANDB_API_KEY", "TORCH_EXTENSIONS_DIR", "HF_HOME", "PYTHONPATH",
                 "RRG_JOB_ID", "RRG_CACHE_DIR", "SLURM_JOB_ID", "SLURM_RESTART_COUNT", "SLURM_JOB_NODELIST",
-                "RRG_CHAOS_DIR", "RRG_FAMILY_PATH"):
+                "RRG_CHAOS_DIR", "RRG_FAMILY_PATH", "RRG_PASS_PATH"):
         if os.environ.get(key):
             env[key] = os.environ[key]
     # object storage (shards/storage.py): credentials, region, endpoint (AWS_ENDPOINT_URL[_S3]), profile

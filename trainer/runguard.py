@@ -198,8 +198,8 @@ KNOWN_ERRORS: list[tuple[str, int]] = [
     ("shards.labeling.registry:LabelInputError", 3),
     ("modeling.family:TargetError", 3),
     ("modeling.family:FamilyImportError", 2),  # a family package (RRG_FAMILY_PATH too) that does not import
-    ("trainer.topic_annotate:TopicAnnotationError", 3),
-    ("trainer.kg:KGError", 3),
+    ("shards.passes:PassImportError", 2),  # a pass package (RRG_PASS_PATH too) that does not import
+    ("shards.passes:PassInputError", 3),  # a pass's model directory or input it cannot use
     ("trainer.safe_load:CheckpointTrustError", 4),
     ("trainer.runguard:RunDirError", 4),
     ("trainer.runlock:RunLockedError", 4),
@@ -216,9 +216,11 @@ def _resolve(spec: str) -> type:
 
 
 def known_errors() -> list[tuple[tuple[type, ...], int]]:
-    """:data:`KNOWN_ERRORS` as ``[(classes, exit code)]``, one entry per code, in the table's order."""
+    """:data:`KNOWN_ERRORS` and the data passes' ``errors`` as ``[(classes, exit code)]``, one entry per code."""
+    from shards.passes import all_passes
+
     grouped: dict[int, list[type]] = {}
-    for spec, code in KNOWN_ERRORS:
+    for spec, code in [*KNOWN_ERRORS, *(e for p in all_passes() for e in p.errors)]:  # each data pass's own too
         grouped.setdefault(code, []).append(_resolve(spec))
     return [(tuple(types), code) for code, types in grouped.items()]
 

@@ -13,17 +13,14 @@ DICOM views first); a folder of such folders gives one study per subfolder (id:
 the path below the argument).  An unreadable or unusable file is reported and
 skipped; a study with no usable file is reported and left out.
 
-Derived inputs: what a family's eval-mode builder reads beyond the image and a shard pass
-caches beside the shards (``family.derived_inputs()``) is made for each new study by that
-pass's own per-study function, and the members it returns are joined and decoded by the
-reader's :func:`shards.reader.decode`, as a sidecar's are.  ``masks``:
-``shards.segment_pass.study_members`` with the run config's ``data.masks`` (the segmenter
-``rrg shards masks`` ran); ``kg``: ``trainer.kg.attach.kg_members`` with the context
-``rrg kg attach`` builds from the ``kg`` asset the export carries (``assets/kg``) and
-``data.kg``.  A new study is in no training index, so nothing is excluded from its retrieval.
-The step is keyed by the input's name, never by the family's.
+Derived inputs: what a family's eval-mode builder reads beyond the image and a data pass
+caches beside the shards (``family.derived_inputs()``, each the name of a pass in shards/passes/) is
+made for each new study by that pass's own per-study function (its ``DataPass.generate`` hook, with
+the run config's ``data.passes.<name>`` and the export's assets), and the members it returns are
+joined and decoded by the reader's :func:`shards.reader.decode`, as a sidecar's are.  The step is
+keyed by the input's name, never by the family's.
 
-Preprocessing (``data.build``), derived inputs (``data.masks``, ``data.kg``) and generation
+Preprocessing (``data.build``), derived inputs (``data.passes.<name>``) and generation
 (``eval``) settings come from the run config: ``--config``, else the checkpoint's, else
 ``rrg_run.yaml`` in the export, else the training output's ``config.yaml`` beside ``export/``.
 """
@@ -109,48 +106,20 @@ def collect_studies(inputs: list[str]) -> list[InputStudy]:
 MakeMembers = Callable[[DecodedSample, Any], dict]
 
 
-def _masks_pass(cfg, model_dir: Path) -> tuple[MakeMembers, Any]:
-    """``rrg shards masks``: the segmenter of ``data.masks`` on view 0, thresholded and encoded as the pass does."""
-    from shards.segment_pass import study_members
-
-    masks = cfg.data.masks
-    if not masks.path:
-        raise GenerateError("rrg generate: this model reads segmenter masks (`rrg shards masks`) and the run config "
-                            "names no segmenter: set data.masks.path (and data.masks.backend) in --config, as "
-                            "for `rrg shards masks`")
-    if not os.path.exists(masks.path):
-        raise GenerateError(f"rrg generate: segmenter {masks.path} not found (data.masks.path)")
-    return study_members, masks
-
-
-def _kg_attach(cfg, model_dir: Path) -> tuple[MakeMembers, Any]:
-    """``rrg kg attach``: subgraph retrieval from the training index of the export's ``kg`` asset, with ``data.kg``."""
-    from shards.sidecars import ASSETS_DIR, SidecarError
-    from modeling.families.r2genkg.constants import KG_ASSET
-    from trainer.kg.attach import kg_members, make_context
-    from trainer.kg.graph import load_kg
-
-    try:
-        kg = load_kg(model_dir)  # <export>/assets/kg, copied there by the export
-    except SidecarError as err:
-        raise GenerateError(f"rrg generate: this model retrieves KG subgraphs (`rrg kg attach`) from the export's "
-                            f"{ASSETS_DIR}/{KG_ASSET}, which is unusable ({err}): export again from the run") from None
-    ctx = make_context(kg, cfg.data.kg)
-    ctx["same"] = {}  # a new study is in no training index: no study or patient to leave out of its retrieval
-    return kg_members, ctx
-
-
-DERIVED_INPUTS: dict[str, Callable[[Any, Path], tuple[MakeMembers, Any]]] = {"masks": _masks_pass, "kg": _kg_attach}
-
-
 def derived_passes(names, cfg, model_dir: Path) -> list[tuple[str, MakeMembers, Any]]:
-    """(name, make_members, context) for each derived input a family reads; unknown names are an error."""
+    """(name, make_members, context) for each derived input a family reads, from the pass of that name."""
+    from shards.passes import PassInputError, all_passes, resolve
+
+    makers = {p.name: p.generate for p in all_passes() if p.generate}
     out = []
     for name in names:
-        if name not in DERIVED_INPUTS:
+        if name not in makers:
             raise GenerateError(f"rrg generate: the model reads the derived input '{name}', which rrg generate "
-                                f"cannot make (it makes {sorted(DERIVED_INPUTS)})")
-        out.append((name, *DERIVED_INPUTS[name](cfg, model_dir)))
+                                f"cannot make (it makes {sorted(makers)})")
+        try:
+            out.append((name, *resolve(makers[name])(cfg, model_dir)))
+        except PassInputError as err:
+            raise GenerateError(f"rrg generate: {err}") from None
     return out
 
 
@@ -185,7 +154,7 @@ def study_sample(study: InputStudy, build, problems: list[str],
         for name, make_members, ctx in derived:
             try:
                 made = make_members(sample, ctx)
-            except (ValueError, RuntimeError, OSError) as err:  # KGError, a segmenter/channel mismatch, a missing file
+            except (ValueError, RuntimeError, OSError) as err:  # the pass's own error, a channel mismatch, a missing file
                 raise GenerateError(f"rrg generate: study '{study.id}': derived input '{name}' failed: {err}") from None
             members.update(made or {})
         sample = decode(key, "", members)  # joined as the reader joins a sidecar's members
@@ -253,7 +222,7 @@ def generate_files(inputs: list[str], *, model_dir: str, checkpoint: Optional[st
     threads = torch.get_num_threads()
     try:
         if derived:
-            torch.set_num_threads(1)  # as the passes' pool workers run (shards/segment_pass.py)
+            torch.set_num_threads(1)  # as the passes run in their pool workers (one thread each)
         samples = [s for s in (study_sample(st, cfg.data.build, problems, derived) for st in studies) if s is not None]
     finally:
         torch.set_num_threads(threads)
@@ -272,7 +241,7 @@ def generate_files(inputs: list[str], *, model_dir: str, checkpoint: Optional[st
     preds = list(generate_batches(model, family, tok, batches, gen, device=dev, dtype=dtype))
     files = {st.id: st.files for st in studies}
     rows = [{"id": p["id"], "generated": p["generated"], "files": files[p["id"]],
-             **({"trace": p["trace"]} if p.get("trace") else {})} for p in preds]  # e.g. LVMed-R2's reasoning chain
+             **({"trace": p["trace"]} if p.get("trace") else {})} for p in preds]  # the family's trace (e.g. a chain of thought)
     if labels:
         from shards.labeling import LABELERS
 

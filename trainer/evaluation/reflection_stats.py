@@ -22,8 +22,8 @@ import re
 from collections import Counter
 from typing import Any, Optional
 
-from shards.reasoning.chain import perception_lines
-from shards.reasoning.ontology import NORMAL, ONTOLOGY
+from shards.passes.reasoning.chain import perception_lines
+from shards.passes.reasoning.ontology import NORMAL, ONTOLOGY
 
 _PERCEPT = re.compile(r"^- ([A-Za-z]+) \(([^)]*)\)")
 _REFLECT = re.compile(r"^Reflection:\s*(?:Looking at the\s+)?([A-Za-z]+)\b")

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from shards.topic_ontology import Ontology
+from shards.passes.topics.ontology import Ontology
 from trainer.evaluation.report_html import _esc, _png_data_uri, overlay_image
-from trainer.topic_decompose import decompose
+from shards.passes.topics.decompose import decompose
 from trainer.evaluation.topic_scoring import generated_rows
 
 THUMB = 96

@@ -24,11 +24,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from shards.topic_ontology import BY_NAME, ORDER
+from shards.passes.topics.ontology import BY_NAME, ORDER
 from trainer.evaluation import nlg
 from shards.labeling import label_report
 from trainer.evaluation.scoring import _prf
-from trainer.topic_decompose import decompose
+from shards.passes.topics.decompose import decompose
 
 REFERENCE_DECOMPOSER = "rule"  # what splits the raw references into topics at scoring time
 

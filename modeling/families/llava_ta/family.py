@@ -51,7 +51,7 @@ from modeling.templates import get_template
 from modeling.vision import build_vision_encoder, image_stats, input_size, preprocess_image
 from modeling.vlm import VLM, VLMOutput, black_image, export_family, image_text_embeds, prompt_tokenizer, \
     restore_lm_tuning
-from shards.topic_ontology import ASSET_FILE, ASSET_NAME, Ontology
+from shards.passes.topics.ontology import ASSET_FILE, ASSET_NAME, Ontology
 
 SELECTIONS = ("all", "predicted", "oracle")
 

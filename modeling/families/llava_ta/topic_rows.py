@@ -4,7 +4,7 @@
 blanks (zeros) everything else; with ``crop`` it is then cut to the bounding box of that
 union (the vision preprocessing resizes it back to the encoder's size).  Region masks come
 from ``DecodedSample.masks`` by channel name through the ontology's region table
-(shards/topic_ontology.py; ``model.options.region_channels`` replaces it per region), so the
+(shards/passes/topics/ontology.py; ``model.options.region_channels`` replaces it per region), so the
 demo's drawn masks and a segmenter's (``rrg shards masks``, e.g. CXAS channels) both work.
 
 A training study fans out into one row per annotated topic (the ``topics`` sidecar, in
@@ -20,7 +20,7 @@ import torch
 
 from configs.schema import ConfigError
 from modeling.templates import IMAGE_TOKEN, PromptCodec, Template, get_template
-from shards.topic_ontology import Ontology
+from shards.passes.topics.ontology import Ontology
 
 PROMPT_TA = "Given the image {image} and the segmented part {image}, describe the findings for the topic: {topic}."
 PROMPT_T = "Given the image {image}, describe the findings for the topic: {topic}."
@@ -144,7 +144,7 @@ class TopicRowBuilder:
         if self.oracle:
             if sample.annotations.get("topics") is None:
                 raise TopicDataError(f"study {sample.key} ({sample.shard}): the oracle selection reads the eval split's "
-                                     f"reference topics: annotate it (data.topics.splits) or leave 'oracle' out of "
+                                     f"reference topics: annotate it (data.passes.topics.splits) or leave 'oracle' out of "
                                      f"eval.family_options.selections")
             row["oracle_topics"] = [r["topic"] for r in self.annotated_rows(sample)]
         return row

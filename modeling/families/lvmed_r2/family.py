@@ -4,7 +4,7 @@ The architecture is llava_rad's, the shared VLM of modeling/vlm.py (vision encod
 LM, ``<image>`` spliced in); what changes is the text the LM learns and emits:
 
 * training rows learn one target field per stage (``report``, ``reasoning`` or ``reflection``) from
-  the ``reasoning`` overlay of ``rrg annotate reasoning`` (shards/reasoning/); the prompt names the
+  the ``reasoning`` overlay of ``rrg annotate reasoning`` (shards/passes/reasoning/); the prompt names the
   target (reflection rows ask the model to check its perception), and the tokens of a reflection
   chain's corrupted span get label -100 (zero loss weight) unless ``include_corrupt_span``; a training
   study without an overlay entry is an error (``TargetError``: run ``rrg annotate reasoning``), one whose
@@ -34,8 +34,8 @@ from modeling.family import FAMILIES, Generation, GenConfig, TargetError
 from modeling.vlm import IGNORE, VLM, VLMFamily
 from modeling.templates import get_template
 from modeling.vision import image_stats, input_size, preprocess_image
-from shards.reasoning.annotate import SIDECAR as ANNOTATION  # the overlay `rrg annotate reasoning` writes
-from shards.reasoning.chain import TARGETS, extract_final_report, target_text
+from shards.passes.reasoning.annotate import SIDECAR as ANNOTATION  # the overlay `rrg annotate reasoning` writes
+from shards.passes.reasoning.chain import TARGETS, extract_final_report, target_text
 
 
 _DEFAULT_MAX_LEN = {"report": 160, "reasoning": 1024, "reflection": 1152}
@@ -137,8 +137,8 @@ class LvmedR2(VLM):
 def chain_vocabulary() -> list[str]:
     """The fixed text of every chain (thinking sentences, headers, ontology knowledge, organ and condition
     names): the tokenizer learns it beside the training reports, so chains tokenize compactly."""
-    from shards.reasoning.chain import HEADERS, REFLECTION, REFLECTION_COMPACT, THINKING
-    from shards.reasoning.ontology import ONTOLOGY, conditions
+    from shards.passes.reasoning.chain import HEADERS, REFLECTION, REFLECTION_COMPACT, THINKING
+    from shards.passes.reasoning.ontology import ONTOLOGY, conditions
 
     out = [*THINKING, *HEADERS, "Fine-grained report: no abnormality"]
     for organ, o in ONTOLOGY.items():

@@ -37,7 +37,7 @@ from torch import nn
 
 from configs.schema import ConfigError, to_dict
 from modeling.attention import hf_attn_name
-from modeling.families.r2genkg.constants import BANK_ASSET, KG_ASSET, KG_SIDECAR, RELATIONS
+from shards.passes.kg.constants import BANK_ASSET, KG_ASSET, KG_SIDECAR, RELATIONS
 from modeling.families.r2genkg.kg_modules import BiCrossAttention, CrossAttention, QFormer, RGCNEncoder, ScaleFusion, \
     pad_by_graph
 from modeling.formats import build_causal_lm

@@ -3,7 +3,7 @@
 As in the paper: a frozen vision encoder gives a patch grid (a ViT at 224 px gives 14x14;
 a CNN's last feature map works too).  The anatomy branch takes K region masks, either
 cached in the shards (``mask_source: shard``) or predicted by a frozen segmentation network
-inside the model (``mask_source: model``: a local segmenter directory in ``shards/segmenter.py``'s
+inside the model (``mask_source: model``: a local segmenter directory in ``shards/passes/masks/segmenter.py``'s
 safetensors layout, or a TorchScript file), average-pools them to
 the grid, and maps them with a trainable 1x1 convolution from K to ``mask_embed_dim``.  The
 result is concatenated with the patch features, and a trainable MLP maps that to LM tokens.
@@ -44,7 +44,7 @@ from modeling.vlm import VLM, VLMFamily, VLMOutput, build_prompt_sample, collate
 class RadixpertOptions:
     mask_source: Literal["shard", "model"] = "shard"
     mask_channels: list[str] = field(default_factory=list)  # shard mask channels used, in this order
-    segmenter: Optional[str] = None  # mask_source model: a segmenter directory (shards/segmenter.py layout;
+    segmenter: Optional[str] = None  # mask_source model: a segmenter directory (shards/passes/masks/segmenter.py layout;
     # mask_channels picks its outputs, default all) or a TorchScript file (normalised pixels -> K logits)
     num_masks: int = 0  # K for a TorchScript segmenter (and a check for shard channels); 0: len(mask_channels)
     mask_embed_dim: int = 64  # D_emb of the 1x1 convolution
@@ -63,7 +63,7 @@ class MaskBranch(nn.Module):
 
 
 class ImageSegmenter(nn.Module):
-    """A frozen ``shards/segmenter.py`` U-Net on the model's own input: the normalised pixels are
+    """A frozen ``shards/passes/masks/segmenter.py`` U-Net on the model's own input: the normalised pixels are
     taken back to [0, 1] grey, segmented at the U-Net's input size and the logits of the chosen
     channels resized back to the image (what ``rrg shards masks`` computes, inside the model)."""
 
@@ -93,10 +93,10 @@ class ImageSegmenter(nn.Module):
 
 def load_segmenter(path: str, channels: list[str], mean, std) -> nn.Module:
     """The frozen segmentation network of ``mask_source: model`` (local only; never fetched): a
-    directory in ``shards/segmenter.py``'s layout (config.json + model.safetensors), or a TorchScript
+    directory in ``shards/passes/masks/segmenter.py``'s layout (config.json + model.safetensors), or a TorchScript
     file mapping the model's normalised pixels to K mask logits."""
     if os.path.isdir(path):
-        from shards.segmenter import UNet
+        from shards.passes.masks.segmenter import UNet
 
         unet, config = UNet.from_pretrained(path)
         net = ImageSegmenter(unet, config, channels, mean, std)

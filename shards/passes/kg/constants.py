@@ -1,4 +1,4 @@
-"""R2GenKG's data names, one definition for the family (modeling) and the KG jobs (trainer/kg); no torch here."""
+"""R2GenKG's data names, one definition for the family (modeling) and the KG jobs (shards/passes/kg); no torch here."""
 
 # the dataset assets `rrg kg build` writes, and the per-study sidecar `rrg kg attach` writes
 KG_ASSET, BANK_ASSET, KG_SIDECAR = "kg", "kg_bank", "kg"

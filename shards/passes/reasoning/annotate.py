@@ -8,7 +8,7 @@ Two passes, both one task per training shard on the given pool (the training spl
 2. per training study, the four-module chain and its reflection variant -> the ``reasoning``
    sidecar (``<key>.reasoning.json``), built with ``splits=[split]`` so validation and test
    studies never get an entry.  The backend is a module-level member function: the template one
-   here, or the local causal-LM one (trainer/reasoning_lm.py, chosen by the CLI).
+   here, or the local causal-LM one (shards/passes/reasoning/lm.py, chosen by the CLI).
 
 A summary (entries, reflections, backend counts, malformed LM outputs) is written beside the
 sidecar as ``sidecars/reasoning.summary.json``.
@@ -18,49 +18,17 @@ from __future__ import annotations
 import json
 import tarfile
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 from configs.atomic import atomic_write_json
-from configs.schema import ConfigError
-from shards.reasoning.chain import (FORMATS, build_tree, feasible_directions, perception_lines, plan_reflections,
-                                    sentence_counts, template_chain)
-from shards.reasoning.ontology import ONTOLOGY
+from shards.passes.reasoning.chain import (build_tree, feasible_directions, perception_lines, plan_reflections,
+                                           sentence_counts, template_chain)
+from shards.passes.reasoning.config import ReasoningConfig
+from shards.passes.reasoning.ontology import ONTOLOGY
 
 TREE_ASSET, SIDECAR = "perception_tree", "reasoning"
 VERSION = "1"
-DEFAULT_PROMPT = ("Rewrite the chest X-ray report as a reasoning chain with the sections Knowledge:, "
-                  "Perception:, Fine-grained report: and Final report:.\nReport: {report}\nChain:\n")
-
-
-@dataclass
-class ReasoningConfig:
-    """``data.reasoning``: how reasoning chains are made (``rrg annotate reasoning``)."""
-
-    backend: Literal["template", "hf_lm"] = "template"
-    seed: int = 0  # the reflection corruption rule: rng(seed, crc32(study key))
-    max_examples: int = 5  # example sentences per (organ, condition) in the tree
-    lm_path: Optional[str] = None  # local HF causal-LM directory (backend hf_lm)
-    prompt: str = DEFAULT_PROMPT  # {report} and {organs} are filled in
-    max_new_tokens: int = 256
-    # share of the training studies whose reflection variant corrects a corrupted line; the others' reflection
-    # row is their plain chain (the model must learn when not to reflect).  The corrections are planned so that
-    # normal->abnormal and abnormal->normal are equally frequent (chain.plan_reflections).
-    reflect_share: float = 0.5
-    format: str = "paper"  # chain text: paper (the paper's four modules in full) or compact (conditions only)
-
-    def validate(self, key: str = "data.reasoning") -> None:
-        if not 0.0 <= self.reflect_share <= 1.0:
-            raise ConfigError(f"{key}.reflect_share", "must be in [0, 1]")
-        if self.format not in FORMATS:
-            raise ConfigError(f"{key}.format", f"one of {list(FORMATS)}")
-        if self.max_examples < 1:
-            raise ConfigError(f"{key}.max_examples", "must be >= 1")
-        if self.backend == "hf_lm" and not self.lm_path:
-            raise ConfigError(f"{key}.lm_path", "backend hf_lm needs a local causal-LM directory")
-        if "{report}" not in self.prompt:
-            raise ConfigError(f"{key}.prompt", "must contain {report}")
 
 
 def _count_shard(shards_dir: str, file: str, split: str = "train") -> dict[str, Any]:
@@ -167,3 +135,4 @@ def annotate_reasoning(shards_dir: str, cfg: ReasoningConfig, pool=None, make_me
     summary = {"sidecar": SIDECAR, "splits": [split], "producer": producer, **summarize(info)}
     atomic_write_json(Path(root) / "sidecars" / f"{SIDECAR}.summary.json", summary)
     return summary
+

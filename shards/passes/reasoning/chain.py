@@ -21,7 +21,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
-from shards.reasoning.ontology import NORMAL, ONTOLOGY, conditions, organ_sentences
+from shards.passes.reasoning.ontology import NORMAL, ONTOLOGY, conditions, organ_sentences
 
 HEADERS = ("Knowledge:", "Perception:", "Fine-grained report:", "Final report:")
 THINKING = (

@@ -24,8 +24,8 @@ import numpy as np
 from PIL import Image
 from safetensors.numpy import save
 
-from modeling.families.r2genkg.constants import KG_ASSET, NODE_TYPES, RELATIONS
-from trainer.kg import KGError
+from shards.passes.kg.constants import KG_ASSET, NODE_TYPES, RELATIONS
+from shards.passes.kg import KGError
 
 VERSION = "1"
 
@@ -107,9 +107,9 @@ def build_kg(data_cfg, pool=None, log=print) -> dict[str, Any]:
     """``rrg kg build``: read the training split, write the ``kg`` asset (and the vision-token bank)."""
     from shards.manifest import load_manifest
     from shards.sidecars import write_asset
-    from trainer.kg.extract import make_extractor
+    from shards.passes.kg.extract import make_extractor
 
-    cfg, split = data_cfg.kg, data_cfg.train_split
+    cfg, split = data_cfg.passes.kg, data_cfg.train_split
     manifest = load_manifest(data_cfg.shards_dir)
     if not manifest.split_shards(split):
         raise KGError(f"{manifest.root}: no '{split}' shards to build the KG from")
@@ -118,7 +118,7 @@ def build_kg(data_cfg, pool=None, log=print) -> dict[str, Any]:
     free = [k for k, x in zip(rows["keys"], rows["extractions"]) if not x.entities]
     if len(free) > cfg.max_entity_free_fraction * len(rows["keys"]):
         raise KGError(f"{len(free)}/{len(rows['keys'])} training reports have no entity (limit "
-                      f"data.kg.max_entity_free_fraction={cfg.max_entity_free_fraction}), e.g. study {free[0]}: "
+                      f"data.passes.kg.max_entity_free_fraction={cfg.max_entity_free_fraction}), e.g. study {free[0]}: "
                       f"{rows['reports'][rows['keys'].index(free[0])][:80]!r}; check the extractor")
     nodes, edge_index, edge_type, edge_count = assemble(rows["extractions"])
     if not nodes:
@@ -149,11 +149,11 @@ def build_kg(data_cfg, pool=None, log=print) -> dict[str, Any]:
         f"from {len(rows['keys'])} '{split}' reports ({summary['extractor_fallbacks']} extractor fallbacks)")
     if free:  # normal reports state no present finding; each is named in summary.json
         log(f"kg: {len(free)}/{len(rows['keys'])} training reports have no entity (limit "
-            f"data.kg.max_entity_free_fraction={cfg.max_entity_free_fraction}): they add nothing to the graph and "
+            f"data.passes.kg.max_entity_free_fraction={cfg.max_entity_free_fraction}): they add nothing to the graph and "
             f"stay in the retrieval index, where they vote for no entity; all listed in summary.json "
             f"'entity_free_reports', e.g. {', '.join(free[:3])} ({rows['reports'][rows['keys'].index(free[0])][:60]!r})")
     if cfg.bank:
-        from trainer.kg.bank import build_bank
+        from shards.passes.kg.bank import build_bank
 
         build_bank(manifest.root, rows, cfg, split, log=log)
     return summary
@@ -180,3 +180,8 @@ def load_kg(shards_dir) -> dict[str, Any]:
     return out
 
 
+
+
+def command(args, ctx) -> None:
+    """``rrg kg build CONFIG``."""
+    build_kg(ctx.load(args).data)

@@ -18,7 +18,7 @@ from safetensors.numpy import save
 from torch import nn
 
 from configs.labelsets import CHEXPERT_LABELS
-from modeling.families.r2genkg.constants import BANK_ASSET
+from shards.passes.kg.constants import BANK_ASSET
 
 VERSION = "1"
 
@@ -39,7 +39,7 @@ class BankClassifier(nn.Module):
 
 
 def _targets(reports: list[str]) -> np.ndarray:
-    from trainer.kg.extract import _engine
+    from shards.passes.kg.extract import _engine
 
     label_report = _engine().label_report
     return np.array([[1.0 if label_report(r)[n] == 1.0 else 0.0 for n in CHEXPERT_LABELS] for r in reports],

@@ -5,8 +5,8 @@ reference topics; evaluation never does, except as the declared ``oracle`` input
 sidecar holds ``topics.json`` = ``{"rows": [{"topic", "sentence"}, ...], "backend", "counts"}``
 with rows in ontology order.  Two backends:
 
-* ``rule`` (default, offline): trainer/topic_decompose.py;
-* ``hf``: any local Hugging Face causal-LM directory, prompted with ``data.topics.prompt``
+* ``rule`` (default, offline): shards/passes/topics/decompose.py;
+* ``hf``: any local Hugging Face causal-LM directory, prompted with ``data.passes.topics.prompt``
   (``{report}``, ``{topics}``), greedy.  Its answer must be lines ``topic: sentence`` naming
   ontology topics (blank lines are ignored).  An answer with no such line, a line that is not
   one (prose, a preamble), an unknown topic or a repeated one is *malformed*: the study falls
@@ -33,17 +33,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from configs.atomic import atomic_write_json
-from shards.config import TopicsConfig
-from shards.topic_ontology import BY_NAME, ORDER, write_ontology_asset
-from trainer.topic_decompose import DROPPED, decompose
+from shards.passes.topics import TopicAnnotationError
+from shards.passes.topics.config import TopicsConfig
+from shards.passes.topics.ontology import BY_NAME, ORDER, write_ontology_asset
+from shards.passes.topics.decompose import DROPPED, decompose
 
 SIDECAR_NAME, VERSION = "topics", "1"
 _LINE = re.compile(r"^\s*[-*\d.)]*\s*([a-z]+-[a-z_]+)\s*:\s*(\S.*?)\s*$")
-_MODELS: dict[str, Any] = {}  # model path -> (tokenizer, model), one load per task process
-
-
-class TopicAnnotationError(RuntimeError):
-    """Too many studies fell back to the rule backend, or the model directory is unusable."""
 
 
 def parse_lm_answer(text: str) -> tuple[Optional[list[dict[str, str]]], int]:
@@ -68,28 +64,11 @@ def parse_lm_answer(text: str) -> tuple[Optional[list[dict[str, str]]], int]:
     return [{"topic": t, "sentence": rows[t]} for t in sorted(rows, key=ORDER.__getitem__)], 0
 
 
-def _load_lm(path: str):
-    if path not in _MODELS:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        if not Path(path).is_dir():
-            raise TopicAnnotationError(f"data.topics.model_path {path!r} is not a directory (no download is attempted)")
-        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).eval()
-        _MODELS[path] = (tok, model)
-    return _MODELS[path]
-
-
 def lm_answer(cfg: TopicsConfig, report: str) -> str:
-    import torch
+    from shards.passes.local_lm import LocalLM
 
-    tok, model = _load_lm(cfg.model_path)
-    prompt = cfg.prompt.format(report=report, topics=", ".join(BY_NAME))
-    enc = tok(prompt, return_tensors="pt")
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=cfg.max_new_tokens, do_sample=False, pad_token_id=pad)
-    return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    lm = LocalLM.get(cfg.model_path, "data.passes.topics.model_path")
+    return lm.complete(cfg.prompt.format(report=report, topics=", ".join(BY_NAME)), cfg.max_new_tokens)
 
 
 def annotate_report(cfg: TopicsConfig, report: str) -> dict[str, Any]:
@@ -149,7 +128,9 @@ def annotate_topics(shards_dir: str, cfg: TopicsConfig, pool=None) -> dict[str, 
     from shards.sidecars import build_sidecar
 
     if cfg.backend == "hf":
-        _load_lm(cfg.model_path)  # fail here, with one line, before any task starts
+        from shards.passes.local_lm import LocalLM
+
+        LocalLM.get(cfg.model_path, "data.passes.topics.model_path")  # fail here, with one line, before any task starts
     write_ontology_asset(shards_dir)
     producer = {"name": "rrg.topic_annotate", "backend": cfg.backend, "model_path": cfg.model_path or None,
                 "prompt_sha256": hashlib.sha256(cfg.prompt.encode()).hexdigest() if cfg.backend == "hf" else None}
@@ -161,6 +142,14 @@ def annotate_topics(shards_dir: str, cfg: TopicsConfig, pool=None) -> dict[str, 
     fell_back = summary["backends"].get("rule-fallback", 0)
     if cfg.backend == "hf" and fell_back > cfg.max_fallback_fraction * max(summary["studies"], 1):
         raise TopicAnnotationError(f"{fell_back} of {summary['studies']} studies got a malformed LM answer and fell "
-                                   f"back to the rule backend (limit data.topics.max_fallback_fraction="
+                                   f"back to the rule backend (limit data.passes.topics.max_fallback_fraction="
                                    f"{cfg.max_fallback_fraction}); see {info.root}")
     return summary
+
+
+def command(args, ctx) -> None:
+    """``rrg annotate topics CONFIG``."""
+    cfg = ctx.load(args)
+    s = annotate_topics(cfg.data.shards_dir, cfg.data.passes.topics, pool=ctx.pool(cfg))
+    print(f"topics: {s['studies']} studies ({', '.join(s['splits'])}), backends {s['backends']}, "
+          f"sentence counts {s['counts']}, sidecar {s['sidecar']}")

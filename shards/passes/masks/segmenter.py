@@ -12,7 +12,7 @@ with named channels.  Backends, all local files (nothing is downloaded):
 ``torchscript``
     a TorchScript file (``torch.jit.save``) taking (1, 1, S, S) float in
     [0, 1] and returning (1, C, S, S) logits; channel names come from
-    ``data.masks.channels``.
+    ``data.passes.masks.channels``.
 
 torchxrayvision's PSPNet (14 structures) is not a backend here: the
 ``torchxrayvision`` package pulls torchvision, which this project does not
@@ -114,7 +114,7 @@ def load_hf_dir(path: str, channels: list[str], input_size: int) -> Segmenter:
     model, cfg = UNet.from_pretrained(path)
     names = list(channels) or cfg["channels"]
     if names != cfg["channels"]:
-        raise ValueError(f"data.masks.channels {names} differ from the model's {cfg['channels']} ({path})")
+        raise ValueError(f"data.passes.masks.channels {names} differ from the model's {cfg['channels']} ({path})")
     return Segmenter(model, names, input_size or cfg.get("input_size", 256))
 
 
@@ -123,9 +123,9 @@ def load_torchscript(path: str, channels: list[str], input_size: int) -> Segment
     if not os.path.isfile(path):
         raise FileNotFoundError(f"TorchScript segmenter {path} not found")
     if not channels:
-        raise ValueError("a TorchScript segmenter needs data.masks.channels (its output channel names)")
+        raise ValueError("a TorchScript segmenter needs data.passes.masks.channels (its output channel names)")
     return Segmenter(torch.jit.load(path, map_location="cpu").eval(), channels, input_size or 256)
 
 
 def load_segmenter(backend: str, path: str, channels: list[str], input_size: int) -> Segmenter:
-    return SEGMENTERS.get(backend, "data.masks.backend")(path, channels, input_size)
+    return SEGMENTERS.get(backend, "data.passes.masks.backend")(path, channels, input_size)

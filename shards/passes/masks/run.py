@@ -1,6 +1,6 @@
 """``rrg shards masks``: cache a segmenter's masks for every study, once, as a sidecar aligned by key.
 
-The pass runs the model of ``data.masks`` (shards/segmenter.py) on view 0 of
+The pass runs the model of ``data.passes.masks`` (shards/passes/masks/segmenter.py) on view 0 of
 every study (the frontal view under every adapter's view policy), one pool
 task per shard, and publishes the sidecar ``<shards_dir>/sidecars/<name>/``
 (shards/sidecars.py) with, per study key::
@@ -8,7 +8,7 @@ task per shard, and publishes the sidecar ``<shards_dir>/sidecars/<name>/``
     <key>.<name>.json        {"masks_member": "<name>.masks.bin", "encoding", "shape": [C, H, W],
                               "channels": [...], "num_bytes", "view": 0}
     <key>.<name>.masks.bin   bool masks, bit-packed + zlib (shards/masks.py): a few KB per study
-    <key>.<name>.safetensors {"soft": uint8 (C, H, W)}, only with ``data.masks.soft: true``
+    <key>.<name>.safetensors {"soft": uint8 (C, H, W)}, only with ``data.passes.masks.soft: true``
                              (probabilities quantised to 0..255)
 
 The sidecar's provenance (backend, model file digest, channels, threshold,
@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from shards.config import DataConfig, MasksConfig
+from shards.config import DataConfig
+from shards.passes.masks.config import MasksConfig
 from shards.manifest import file_sha256, load_manifest
 from shards.masks import ENCODING, encode_masks
 
@@ -35,7 +36,7 @@ _LOADED: dict[tuple, Any] = {}  # per process: the model is loaded once per task
 
 def producer(cfg: MasksConfig) -> dict[str, Any]:
     """What determines the masks (the sidecar's provenance)."""
-    from shards.segmenter import load_segmenter
+    from shards.passes.masks.segmenter import load_segmenter
 
     path = os.path.abspath(cfg.path)
     files = [os.path.join(path, f) for f in sorted(os.listdir(path))] if os.path.isdir(path) else [path]
@@ -47,7 +48,7 @@ def producer(cfg: MasksConfig) -> dict[str, Any]:
 
 
 def _segmenter(cfg: MasksConfig) -> Any:
-    from shards.segmenter import load_segmenter
+    from shards.passes.masks.segmenter import load_segmenter
 
     key = (cfg.backend, os.path.abspath(cfg.path), tuple(cfg.channels), cfg.input_size)
     if key not in _LOADED:
@@ -83,11 +84,11 @@ def masks_from_config(data_cfg: DataConfig, pool: Any = None, shards_dir: str | 
     """Build the masks sidecar over every split; return (SidecarInfo, the new dataset fingerprint)."""
     from shards.sidecars import build_sidecar
 
-    cfg = data_cfg.masks
+    cfg = data_cfg.passes.masks
     if not cfg.path:
         from configs.schema import ConfigError
 
-        raise ConfigError("data.masks.path", "set the segmentation model (directory or TorchScript file)")
+        raise ConfigError("data.passes.masks.path", "set the segmentation model (directory or TorchScript file)")
     root = shards_dir or data_cfg.shards_dir
     manifest = load_manifest(root)
     prod = producer(cfg)
@@ -109,3 +110,26 @@ def _mask_sizes(side: Any):
             for m in tar:
                 if m.name.endswith(".masks.bin"):
                     yield m.size
+
+
+def command(args, ctx) -> None:
+    """``rrg shards masks CONFIG [--shards DIR]``."""
+    cfg = ctx.load(args)
+    side, fingerprint = masks_from_config(cfg.data, ctx.pool(cfg), shards_dir=args.shards)
+    print(f"masks sidecar: {side.root}  studies: {sum(s['num_entries'] for s in side.shards.values())}  "
+          f"dataset fingerprint: {fingerprint[:16]}")
+
+
+def generate_members(cfg, model_dir) -> tuple[Any, Any]:
+    """For ``rrg generate``: the segmenter of ``data.passes.masks`` on view 0, thresholded and encoded as the
+    pass does (:func:`study_members`)."""
+    from shards.passes import PassInputError
+
+    masks = cfg.data.passes.masks
+    if not masks.path:
+        raise PassInputError("this model reads segmenter masks (`rrg shards masks`) and the run config names no "
+                             "segmenter: set data.passes.masks.path (and data.passes.masks.backend) in --config, as "
+                             "for `rrg shards masks`")
+    if not os.path.exists(masks.path):
+        raise PassInputError(f"segmenter {masks.path} not found (data.passes.masks.path)")
+    return study_members, masks

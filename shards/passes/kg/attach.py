@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save
 
-from modeling.families.r2genkg.constants import KG_SIDECAR
-from trainer.kg import KGError
-from trainer.kg.graph import image_embedding, load_kg
+from shards.passes.kg.constants import KG_SIDECAR
+from shards.passes.kg import KGError
+from shards.passes.kg.graph import image_embedding, load_kg
 
 VERSION = "1"
 
@@ -144,7 +144,7 @@ def attach(data_cfg, pool=None, name: str = KG_SIDECAR, log=print) -> dict[str, 
     root = Path(data_cfg.shards_dir)
     check_existing(root)
     kg = load_kg(root)
-    ctx = make_context(kg, data_cfg.kg)
+    ctx = make_context(kg, data_cfg.passes.kg)
     manifest = load_manifest(root)
     splits = sorted(manifest.splits)
     t0 = time.perf_counter()
@@ -226,6 +226,38 @@ def _attach_in_one_process(data_cfg, name: str) -> dict[str, Any]:
 
 def _warm(i: int) -> int:
     import shards.reader  # noqa: F401  (torch, PIL, the reader: what every attach task imports)
-    import trainer.kg.attach  # noqa: F401
+    import shards.passes.kg.attach  # noqa: F401
 
     return i
+
+
+def command(args, ctx) -> None:
+    """``rrg kg attach CONFIG [--address ADDR]``."""
+    cfg = ctx.load(args)
+    check_existing(cfg.data.shards_dir)  # refuse a corrupt sidecar before starting Ray
+    attach(cfg.data, pool=ctx.pool(cfg, args.address))
+
+
+def bench_command(args, ctx) -> None:
+    """``rrg bench kg CONFIG [--rounds N]``."""
+    cfg = ctx.load(args)
+    bench_attach(cfg.data, ctx.pool(cfg), rounds=args.rounds)
+
+
+def generate_members(cfg, model_dir) -> tuple[Any, dict[str, Any]]:
+    """For ``rrg generate``: subgraph retrieval from the training index of the export's ``kg`` asset (copied to
+    ``<export>/assets/kg`` by the export), with ``data.passes.kg``.  A new study is in no training index: there
+    is no study or patient to leave out of its retrieval."""
+    from shards.passes import PassInputError
+    from shards.passes.kg.constants import KG_ASSET
+    from shards.passes.kg.graph import load_kg
+    from shards.sidecars import ASSETS_DIR, SidecarError
+
+    try:
+        kg = load_kg(model_dir)
+    except SidecarError as err:
+        raise PassInputError(f"this model retrieves KG subgraphs (`rrg kg attach`) from the export's "
+                             f"{ASSETS_DIR}/{KG_ASSET}, which is unusable ({err}): export again from the run") from None
+    ctx = make_context(kg, cfg.data.passes.kg)
+    ctx["same"] = {}
+    return kg_members, ctx

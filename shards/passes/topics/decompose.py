@@ -31,7 +31,7 @@ afresh).  Per sentence, in this order:
    when the negative names that topic alone ("Right pleural effusion. No left pleural
    effusion."); a negated *list* that names a topic stated positively elsewhere is a contradiction
    the standard sentence cannot carry: it is counted (``conflict``) and left out of that topic.
-5. **Order.** Rows are sorted by the ontology order (shards/topic_ontology.py).
+5. **Order.** Rows are sorted by the ontology order (shards/passes/topics/ontology.py).
 
 ``decompose(report) -> (rows, counts)``; counts: ``sentences`` seen; dropped whole sentences
 (``comparison``, ``speculation``, ``cross_reference`` such as "Findings as above."); and the
@@ -43,7 +43,7 @@ import re
 from collections import Counter
 from typing import Optional
 
-from shards.topic_ontology import BY_LABEL, BY_NAME, FALLBACK, ORDER
+from shards.passes.topics.ontology import BY_LABEL, BY_NAME, FALLBACK, ORDER
 
 Row = dict[str, str]
 DROPPED = ("comparison", "speculation", "cross_reference")  # whole sentences left out by clean_sentence

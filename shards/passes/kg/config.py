@@ -1,7 +1,6 @@
-"""Typed config of the knowledge-graph jobs (``data.kg``): ``rrg kg build`` and ``rrg kg attach``.
+"""Typed config of the knowledge-graph jobs (``data.passes.kg``): ``rrg kg build`` and ``rrg kg attach``.
 
-It lives on the shards floor because :class:`shards.config.DataConfig` holds it; the jobs
-themselves (they need the labeler engine and a small torch classifier) live in ``trainer/kg``.
+Light on purpose (no torch): every config load builds the ``data.passes`` section from it.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ Per sentence, with the findings that are present or uncertain:
 
 The ``hf_token`` / ``hf_causal`` backends run a LOCAL Hugging Face directory (token
 classification with B-/I- FINDING|ANATOMY|MODIFIER labels, or a causal LM prompted with
-``data.kg.prompt`` that answers ``type: name; ...``); output that does not parse is counted and
+``data.passes.kg.prompt`` that answers ``type: name; ...``); output that does not parse is counted and
 the sentence falls back to the rule backend.
 """
 from __future__ import annotations
@@ -209,25 +209,17 @@ class TokenClassExtractor(_HFExtractor):
 
 @EXTRACTORS.register("hf_causal")
 class CausalLMExtractor(_HFExtractor):
-    """A local causal LM prompted with ``data.kg.prompt``; greedy answer parsed by :func:`parse_entity_list`."""
+    """A local causal LM prompted with ``data.passes.kg.prompt``; greedy answer parsed by :func:`parse_entity_list`."""
 
     def __init__(self, cfg):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from shards.passes.local_lm import LocalLM
 
         super().__init__(cfg)
-        self.tok = AutoTokenizer.from_pretrained(cfg.extractor_dir, local_files_only=True)
-        self.model = AutoModelForCausalLM.from_pretrained(cfg.extractor_dir, local_files_only=True).eval()
+        self.lm = LocalLM.get(cfg.extractor_dir, "data.passes.kg.extractor_dir")
 
     def model_entities(self, sent: str) -> Optional[dict[str, list[str]]]:
-        import torch
-
-        enc = self.tok(self.cfg.prompt.format(sentence=sent), return_tensors="pt")
-        enc.pop("token_type_ids", None)
-        with torch.no_grad():
-            out = self.model.generate(**enc, max_new_tokens=24, do_sample=False,
-                                      pad_token_id=self.tok.pad_token_id or 0)
-        return parse_entity_list(self.tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+        return parse_entity_list(self.lm.complete(self.cfg.prompt.format(sentence=sent), 24))
 
 
 def make_extractor(cfg):
-    return EXTRACTORS.get(cfg.extractor, "data.kg.extractor")(cfg)
+    return EXTRACTORS.get(cfg.extractor, "data.passes.kg.extractor")(cfg)

@@ -1,1 +1,0 @@
-"""LVMed-R2 data side: shipped ontology, perception tree asset, reasoning/reflection chains (pure text)."""
