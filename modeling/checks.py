@@ -7,6 +7,7 @@ Ray or any worker starts, and only where paths are checked (``CHECK_PATHS``).
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 from configs.schema import ConfigError
 from modeling.config import CHECK_PATHS, ModelConfig
@@ -38,12 +39,14 @@ def check_checkpoints(model: ModelConfig, key: str = "model") -> None:
         raise ConfigError(f"{key}.{part}.path", str(err).split(": ", 1)[-1]) from None
 
 
-def check_family(model: ModelConfig, packing: bool = False) -> None:
-    """Unknown family, unknown option or a bad option type; ``packing``: the family takes packed batches."""
-    from modeling.family import family_class, parse_options
+def check_family(model: ModelConfig, packing: bool = False, eval_options: Optional[dict] = None) -> None:
+    """Unknown family, unknown option or a bad option type (``model.options`` and ``eval.family_options``);
+    ``packing``: the family takes packed batches."""
+    from modeling.family import family_class, parse_eval_options, parse_options
 
     cls = family_class(model.family)
     parse_options(cls, model)
+    parse_eval_options(cls, eval_options or {})
     if packing and not cls.supports_packing:
         raise ConfigError("train.packing.enabled", f"family '{model.family}' takes no packed batches "
                           f"(see modeling/packing.py): set it to false")

@@ -6,6 +6,8 @@ subpackages of ``modeling.families``; a user's own live in the directories of ``
 (see :func:`import_families`).  The trainer never branches on a family's name; it calls:
 
 * ``Options`` - the family's typed options (``model.options`` in YAML), checked at config load;
+* ``EvalOptions`` - its typed generation switches (``eval.family_options``), checked at config load too;
+  ``eval_options(gen)`` reads them from a :class:`GenConfig`;
 * ``tokenizer(train_texts, save_dir)`` and ``tokenizer_texts(records)`` - what its tokenizer must cover;
 * ``build_model(tok, assets)`` - an ``nn.Module`` whose ``forward(**batch_tensors)`` returns an
   object with ``loss`` and ``weight_sum``; an unknown batch key is an error (no ``**ignored``);
@@ -95,6 +97,7 @@ class ParamGroup:
 class ModelFamily(ABC):
     name: str = ""
     Options: type = NoOptions
+    EvalOptions: type = NoOptions  # eval.family_options (a dataclass; its validate(key), if any, is called)
     # batch tensors that come from the image (blanked by "black", moved by "shuffle")
     image_keys: tuple[str, ...] = ("pixel_values",)
     # ablation kind -> what it blanks (shown in metrics.json and the HTML report)
@@ -110,6 +113,10 @@ class ModelFamily(ABC):
     def __init__(self, cfg: ModelConfig):
         self.cfg = cfg
         self.opts = parse_options(type(self), cfg)
+
+    def eval_options(self, gen: Optional["GenConfig"]) -> Any:
+        """``gen.options`` (``eval.family_options``) as this family's typed EvalOptions."""
+        return parse_eval_options(type(self), gen.options if gen is not None else {})
 
     # ---- text --------------------------------------------------------------------------
     @abstractmethod
@@ -234,6 +241,17 @@ def target_text(sample: Any, target: str) -> str:
         raise TargetError(f"study {sample.key} (shard {sample.shard}) has no '{target}' annotation: "
                           f"run the annotator that writes it, or train on target 'report'")
     return entry["text"] if isinstance(entry, dict) else str(entry)
+
+
+def parse_eval_options(family_cls: type[ModelFamily], options: Any) -> Any:
+    """``eval.family_options`` as the family's typed EvalOptions dataclass, checked (unknown keys, bad types and
+    the dataclass's own ``validate(key)``)."""
+    if dataclasses.is_dataclass(options):
+        return options
+    opts = from_dict(family_cls.EvalOptions, dict(options or {}), "eval.family_options")
+    if hasattr(opts, "validate"):
+        opts.validate("eval.family_options")
+    return opts
 
 
 def parse_options(family_cls: type[ModelFamily], cfg: ModelConfig) -> Any:

@@ -114,3 +114,16 @@ def test_family_options_are_typed_and_stages_set_max_steps():
     with pytest.raises(ConfigError, match="model.options.mask_embed_dim"):
         load_config(Path(__file__).resolve().parent.parent / "configs" / "radixpert_demo.yaml",
                     ["model.options.mask_embed_dim=wide"])
+
+
+@pytest.mark.parametrize("config, override, key", [
+    ("lvmed_r2_demo.yaml", "eval.family_options.reflect=true", r"eval\.family_options\.reflect'.*unknown key"),
+    ("lvmed_r2_demo.yaml", "eval.family_options.chain=false", r"eval\.family_options\.reflections'.*needs chain"),
+    ("llava_ta_demo.yaml", "eval.family_options.threshold=1.5", r"eval\.family_options\.threshold'.*within \(0, 1\)"),
+    ("llava_ta_demo.yaml", "eval.family_options.selections=[all, best]", r"eval\.family_options\.selections'.*best"),
+    ("demo.yaml", "eval.family_options.selection=all", r"eval\.family_options\.selection'.*unknown key"),
+])
+def test_eval_family_options_are_typed_per_family_and_refused_at_load(config, override, key):
+    """Each family's EvalOptions dataclass checks eval.family_options when the config loads, before any worker."""
+    with pytest.raises(ConfigError, match=key):
+        load_config(Path(__file__).resolve().parent.parent / "configs" / config, [override])

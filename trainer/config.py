@@ -243,7 +243,7 @@ class RunConfig:
         from modeling.checks import check_checkpoints, check_family
 
         check_checkpoints(self.model, "model")  # the files on disk, then the family modules: the slow checks last
-        check_family(self.model, packing=self.train.packing.enabled)
+        check_family(self.model, packing=self.train.packing.enabled, eval_options=self.eval.family_options)
         return self
 
     @property

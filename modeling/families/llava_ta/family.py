@@ -57,6 +57,24 @@ SELECTIONS = ("all", "predicted", "oracle")
 
 
 @dataclass
+class TopicEvalOptions:
+    """``eval.family_options`` of llava_ta / llava_t: which topics generate, and which selections are scored."""
+
+    selection: Optional[str] = None  # all | predicted | oracle; default model.options.selection
+    threshold: Optional[float] = None  # predicted selection's head probability; default model.options.threshold
+    selections: list[str] = field(default_factory=lambda: list(SELECTIONS))  # scored side by side (eval_variants)
+
+    def validate(self, key: str) -> None:
+        if self.selection is not None and self.selection not in SELECTIONS:
+            raise ConfigError(f"{key}.selection", f"must be one of {SELECTIONS}, got {self.selection!r}")
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"{key}.threshold", f"must be within (0, 1), got {self.threshold}")
+        bad = [s for s in self.selections if s not in SELECTIONS]
+        if bad:
+            raise ConfigError(f"{key}.selections", f"unknown {bad}; choose from {SELECTIONS}")
+
+
+@dataclass
 class TopicOptions:
     """``model.options`` of llava_ta / llava_t."""
 
@@ -187,6 +205,7 @@ class LlavaTAFamily(ModelFamily):
     name = "llava_ta"
     segmented = True
     Options = TopicOptions
+    EvalOptions = TopicEvalOptions
     image_keys = ("pixel_values", "global_image", "segments")
     ablations = {"black": "global image I and segmented image S", "segment": "segmented image S only",
                  "shuffle": "each study gets another study's images"}
@@ -289,24 +308,21 @@ class LlavaTAFamily(ModelFamily):
         return ("masks",) if self.segmented else ()
 
     def _selection(self, gen: Optional[GenConfig]) -> str:
-        sel = (gen.options if gen is not None else {}).get("selection", self.opts.selection)
+        sel = self.eval_options(gen).selection or self.opts.selection
         if sel not in SELECTIONS:
-            raise ConfigError("eval.family_options.selection", f"must be one of {SELECTIONS}, got {sel!r}")
+            raise ConfigError("model.options.selection", f"must be one of {SELECTIONS}, got {sel!r}")
         return sel
 
     def _threshold(self, gen: GenConfig) -> float:
         """``predicted`` selection's head-probability threshold (eval.family_options.threshold overrides)."""
-        t = float(gen.options.get("threshold", self.opts.threshold))
-        if not 0.0 < t < 1.0:
-            raise ConfigError("eval.family_options.threshold", f"must be within (0, 1), got {t}")
-        return t
+        t = self.eval_options(gen).threshold
+        if t is None and not 0.0 < self.opts.threshold < 1.0:
+            raise ConfigError("model.options.threshold", f"must be within (0, 1), got {self.opts.threshold}")
+        return float(self.opts.threshold if t is None else t)
 
     def eval_variants(self, gen: GenConfig) -> dict[str, GenConfig]:
         """``selection_<s>`` for every selection in ``eval.family_options.selections`` (default all three)."""
-        wanted = gen.options.get("selections", list(SELECTIONS))
-        bad = [s for s in wanted if s not in SELECTIONS]
-        if bad:
-            raise ConfigError("eval.family_options.selections", f"unknown {bad}; choose from {SELECTIONS}")
+        wanted = self.eval_options(gen).selections
         head = self._selection(gen)
         return {f"selection_{s}": gen if s == head else replace(gen, options={**gen.options, "selection": s})
                 for s in wanted}

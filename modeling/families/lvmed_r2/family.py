@@ -42,6 +42,21 @@ _DEFAULT_MAX_LEN = {"report": 160, "reasoning": 1024, "reflection": 1152}
 
 
 @dataclass
+class LvmedR2EvalOptions:
+    """``eval.family_options`` of lvmed_r2: how the chain is generated, and which settings are scored."""
+
+    chain: bool = True  # false: the report directly (no chain, no trace)
+    reflection: bool = False  # the reflection prompt (the headline run's setting)
+    reflections: Optional[list[bool]] = None  # settings scored side by side; default [false, true] with a chain
+
+    def validate(self, key: str) -> None:
+        if self.reflection and not self.chain:
+            raise ConfigError(f"{key}.reflection", "reflection needs chain: true")
+        if self.reflections and not self.chain:
+            raise ConfigError(f"{key}.reflections", "scoring reflection variants needs chain: true")
+
+
+@dataclass
 class LvmedR2Options:
     """``model.options`` of lvmed_r2."""
 
@@ -155,6 +170,7 @@ class LvmedR2Family(VLMFamily):
 
     name = "lvmed_r2"
     Options = LvmedR2Options
+    EvalOptions = LvmedR2EvalOptions
     model_class = LvmedR2
     # trainer/evaluation/eval_hooks.py: reflection statistics in metrics.json, reflections in report.html
     extra_scores = ("reflection_stats",)
@@ -198,22 +214,11 @@ class LvmedR2Family(VLMFamily):
         prompt = torch.tensor(prompt_ids(tok, self.cfg, self.opts, target), dtype=torch.long)
         return prompt.to(batch["pixel_values"].device)[None].expand(batch["pixel_values"].shape[0], -1).contiguous()
 
-    @staticmethod
-    def _options(gen: GenConfig) -> tuple[bool, bool, list[bool]]:
-        """(chain, reflection, reflections) of ``eval.family_options``, checked."""
-        unknown = set(gen.options) - {"reflection", "chain", "reflections"}
-        if unknown:
-            raise ConfigError("eval.family_options",
-                              f"lvmed_r2 reads 'reflection', 'chain' and 'reflections', not {sorted(unknown)}")
-        chain, reflection = bool(gen.options.get("chain", True)), bool(gen.options.get("reflection", False))
-        if reflection and not chain:
-            raise ConfigError("eval.family_options.reflection", "reflection needs chain: true")
-        reflections = gen.options.get("reflections", [False, True] if chain else [])
-        if not isinstance(reflections, list) or not all(isinstance(r, bool) for r in reflections):
-            raise ConfigError("eval.family_options.reflections", f"a list of true/false, got {reflections!r}")
-        if reflections and not chain:
-            raise ConfigError("eval.family_options.reflections", "scoring reflection variants needs chain: true")
-        return chain, reflection, list(dict.fromkeys(reflections))
+    def _options(self, gen: GenConfig) -> tuple[bool, bool, list[bool]]:
+        """(chain, reflection, reflections) of ``eval.family_options``."""
+        o = self.eval_options(gen)
+        reflections = ([False, True] if o.chain else []) if o.reflections is None else o.reflections
+        return o.chain, o.reflection, list(dict.fromkeys(reflections))
 
     def eval_variants(self, gen: GenConfig) -> dict[str, GenConfig]:
         """``reflection_off`` / ``reflection_on``: the chain generated with reflection off and on, scored in the
