@@ -3,8 +3,9 @@ from setuptools import find_packages, setup
 # torch is pinned and installed first (see README / .ci/run): a bare requirement on
 # torch here would let pip pull a newer CUDA build.  Keep this list in step with
 # constraints.txt.
+# The distribution is "rrg-cxr" ("rrg" on the public index is another project); the command stays `rrg`.
 setup(
-    name="rrg",
+    name="rrg-cxr",
     version="0.1.0",
     description="Distributed training of chest X-ray report-generation models",
     python_requires=">=3.10",
@@ -34,7 +35,8 @@ setup(
         "s3fs==2026.9.0",  # s3:// shards and checkpoints (fsspec)
         "nltk==3.10.4",  # Porter stemmer of rouge_score's ROUGE (rouge_1/2/l_f1), pure Python; no data download
     ],
-    package_data={"cluster": ["kuberay/*"]},
+    # the shipped run and dataset configs and the KubeRay schema travel in the wheel (tests/test_install.py)
+    package_data={"cluster": ["kuberay/*"], "configs": ["*.yaml", "datasets/*.yaml"]},
     extras_require={
         "test": ["pytest", "pytest-timeout", "pytest-xdist", "pycocoevalcap==1.2", "moto[server]==5.2.5"],
     },

@@ -127,3 +127,17 @@ def test_eval_family_options_are_typed_per_family_and_refused_at_load(config, ov
     """Each family's EvalOptions dataclass checks eval.family_options when the config loads, before any worker."""
     with pytest.raises(ConfigError, match=key):
         load_config(Path(__file__).resolve().parent.parent / "configs" / config, [override])
+
+
+def test_a_shipped_config_is_found_by_name_from_any_directory(tmp_path, monkeypatch):
+    from trainer.config import SHIPPED_CONFIGS, config_path
+
+    monkeypatch.chdir(tmp_path)  # no configs/ here: an installed rrg's users run from their own directories
+    for name in ("demo", "demo.yaml", "configs/demo.yaml", str(SHIPPED_CONFIGS / "demo.yaml")):
+        assert config_path(name) == SHIPPED_CONFIGS / "demo.yaml", name
+    assert config_path("datasets/padchest") == SHIPPED_CONFIGS / "datasets" / "padchest.yaml"
+    assert load_config("tiny").name == "tiny"  # its base: demo.yaml resolved beside it
+    (tmp_path / "demo.yaml").write_text(f"base: {SHIPPED_CONFIGS / 'tiny.yaml'}\nname: mine\n")
+    assert config_path("demo.yaml") == Path("demo.yaml") and load_config("demo.yaml").name == "mine"  # a file wins
+    with pytest.raises(ConfigError, match=r"config file not found: nope.yaml \(nor a shipped config: .*datasets/padchest.*demo"):
+        config_path("nope.yaml")

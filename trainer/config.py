@@ -263,7 +263,24 @@ class RunConfig:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+SHIPPED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"  # in the checkout and in an installed wheel
+DEFAULT_CONFIG = SHIPPED_CONFIGS / "demo.yaml"
+
+
+def config_path(path: str | os.PathLike) -> Path:
+    """A config file: ``path`` where it exists, else the shipped config it names (``demo``, ``demo.yaml``,
+    ``configs/demo.yaml``, ``datasets/padchest``), so that an installed rrg runs its configs from any directory."""
+    given = Path(path)
+    if given.is_file() or given.is_absolute():
+        return given
+    parts = given.parts[1:] if given.parts[:1] == ("configs",) else given.parts
+    shipped = SHIPPED_CONFIGS.joinpath(*parts) if parts else SHIPPED_CONFIGS
+    if not shipped.suffix:
+        shipped = shipped.with_suffix(".yaml")
+    if shipped.is_file():
+        return shipped
+    names = sorted(str(f.relative_to(SHIPPED_CONFIGS).with_suffix("")) for f in SHIPPED_CONFIGS.rglob("*.yaml"))
+    raise ConfigError("", f"config file not found: {path} (nor a shipped config: {', '.join(names)})")
 
 
 def _merge_base(base: dict, child: dict) -> dict:
@@ -284,7 +301,7 @@ def _merge_base(base: dict, child: dict) -> dict:
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> RunConfig:
-    data = read_yaml_chain(Path(path) if path else DEFAULT_CONFIG, merge=_merge_base)
+    data = read_yaml_chain(config_path(path) if path else DEFAULT_CONFIG, merge=_merge_base)
     data = apply_overrides(data, overrides or [])
     return from_dict(RunConfig, data).validate()
 
