@@ -34,9 +34,10 @@ def test_invalid_config_fails_fast_and_names_the_key(tmp_path):
 
 @pytest.mark.slow
 # each ZeRO stage and each tuning once, two pairs of the four: a 2-rank resume costs ~50 s of the suite, and the
-# stage/tuning-specific state (ZeRO-3 partitions, LoRA adapters) is what each pair exercises
-@pytest.mark.parametrize("stage,tuning", [(3, "full"), (2, "lora")])
-def test_resume_in_new_process_is_bit_identical(shards, tmp_path, stage, tuning):
+# stage/tuning-specific state (ZeRO-3 partitions, LoRA adapters) is what each pair exercises; the second resumes
+# the checkpoint rewritten into the layout before trainer/stateful.py (no tensor index in the client json)
+@pytest.mark.parametrize("stage,tuning,old_layout", [(3, "full", False), (2, "lora", True)])
+def test_resume_in_new_process_is_bit_identical(shards, tmp_path, stage, tuning, old_layout):
     common = [f"data.shards_dir={shards}", f"train.zero_stage={stage}", f"train.tuning={tuning}",
               f"train.train_vision={'true' if tuning == 'full' else 'false'}"]
     torchrun(2, common + [f"output_dir={tmp_path / 'full'}"])
@@ -44,6 +45,16 @@ def test_resume_in_new_process_is_bit_identical(shards, tmp_path, stage, tuning)
     assert (ckpt / "COMPLETE").is_file()
     meta = json.loads((ckpt / "meta.json").read_text())
     assert meta["tuning"] == tuning and meta["zero_stage"] == stage and meta["world_size"] == 2
+    assert {"stage", "stage_name", "skipped_samples", "wandb_id"} <= set(meta)
+    if old_layout:
+        from configs.atomic import atomic_write_text
+        from trainer.safe_load import write_complete
+
+        for path in (ckpt / "client").glob("rank_*.json"):
+            client = json.loads(path.read_text())
+            assert client.pop("tensor_keys") == {"rng": ["torch"]} and set(client) == {"reader", "step", "rng"}
+            path.write_text(json.dumps(client))
+        write_complete(ckpt, ckpt.name, atomic_write_text)  # hashed again, as the old code would have
     torchrun(2, common + [f"output_dir={tmp_path / 'resumed'}", f"checkpoint.resume={ckpt}"])
     full, resumed = step_losses(tmp_path / "full"), step_losses(tmp_path / "resumed")
     assert sorted(resumed) == [5, 6, 7, 8]

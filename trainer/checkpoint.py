@@ -5,10 +5,12 @@ Layout under ``checkpoint_dir``::
     latest                      text file naming the newest complete checkpoint (replaced atomically)
     step_000200/
         ds/                     DeepSpeed's sharded model + optimizer state (every rank writes its part)
-        client/rank_00000.json  per-rank client state: reader state, python/numpy RNG
-        client/rank_00000.rng.safetensors   per-rank torch RNG state
-        meta.json               global step, world size, ZeRO stage, tuning, manifest fingerprint,
-                                W&B run id, resolved config
+        client/rank_00000.json  per-rank client state: step, and each ``rank``-scope component's state
+                                under its name (``reader``, ``rng``: python/numpy RNG)
+        client/rank_00000.rng.safetensors   their tensors (the torch and CUDA RNG states)
+        meta.json               global step, world size, ZeRO stage, tuning, manifest fingerprint, resolved
+                                config, and the ``run``-scope components' keys (``stage``, ``stage_name``,
+                                ``skipped_samples``, ``wandb_id``)
         COMPLETE                written last, before the rename: the checkpoint is valid iff it exists;
                                 it lists every file's digest (sha256 over 64 MiB pieces, every file
                                 fsynced first), checked before loading (trainer/safe_load.py)
@@ -24,6 +26,8 @@ each is first renamed to ``.trash-step_N`` (atomic: it is no longer a checkpoint
 load) and then removed; the next save waits for that thread.
 torch.save's zip CRC32 is not computed (``COMPLETE``'s digests cover every byte; loading does
 not need it), which makes writing DeepSpeed's files about a third faster.
+What a resume restores is registered with the manager (:meth:`CheckpointManager.register`, the
+components of trainer/stateful.py), saved and restored alike.
 Nothing here is a pickle except DeepSpeed's own files, and those are loaded with
 ``weights_only=True`` and an allow-list (trainer/safe_load.py).
 """
@@ -31,7 +35,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -40,7 +43,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -48,10 +50,14 @@ from configs.atomic import atomic_write_text
 from trainer import chaos
 from trainer.runguard import check_free_space, dir_size, storage_errors
 from trainer.safe_load import verify_checkpoint, write_complete
+from trainer.stateful import Stateful
 
 STEP_PREFIX = "step_"
 DS_TAG = "ds"
 UNIVERSAL_TAG = "universal"
+TENSOR_INDEX = "tensor_keys"  # client json: component -> its keys in the rank's tensor file
+RESERVED_CLIENT_KEYS = {"step", TENSOR_INDEX}
+RESERVED_META_KEYS = {"global_step", "world_size"}
 
 
 def step_name(step: int) -> str:
@@ -79,30 +85,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-# -- RNG state, without pickles ---------------------------------------------------------
-def rng_state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    py = random.getstate()
-    np_state = np.random.get_state()
-    meta = {
-        "python": [py[0], list(py[1]), py[2]],
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-    }
-    tensors = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        tensors["cuda"] = torch.cuda.get_rng_state()
-    return meta, tensors
-
-
-def set_rng_state(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-    v, state, gauss = meta["python"]
-    random.setstate((v, tuple(state), gauss))
-    name, keys, pos, has_gauss, cached = meta["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(tensors["torch"])
-    if "cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["cuda"])
 
 
 @dataclass
@@ -135,6 +117,67 @@ class CheckpointManager:
         self.rank, self.world_size, self.keep_last = rank, world_size, keep_last
         self.barrier = barrier
         self._pruner: Optional[threading.Thread] = None
+        self.components: dict[str, tuple[Stateful, str]] = {}  # name -> (component, scope), restored in this order
+
+    # -- what a checkpoint restores ---------------------------------------------------------
+    def register(self, name: str, component: Stateful, scope: str = "rank") -> None:
+        """Save ``component`` with every checkpoint and restore it on resume (scopes: trainer/stateful.py)."""
+        if scope not in ("rank", "run"):
+            raise ValueError(f"scope must be 'rank' or 'run', not {scope!r}")
+        if name in self.components or name in RESERVED_CLIENT_KEYS:
+            raise ValueError(f"checkpoint component {name!r} is registered already (or reserved)")
+        self.components[name] = (component, scope)
+
+    def _collect(self) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+        """(client json, client tensors, meta keys) of the registered components, as they are now."""
+        client: dict[str, Any] = {}
+        tensors: dict[str, torch.Tensor] = {}
+        index: dict[str, list[str]] = {}
+        meta: dict[str, Any] = {}
+        for name, (component, scope) in self.components.items():
+            state = component.state_dict()
+            if scope == "run":
+                clash = set(state) & (set(meta) | RESERVED_META_KEYS)
+                if clash:
+                    raise ValueError(f"checkpoint component {name!r}: meta keys {sorted(clash)} are taken")
+                meta.update(state)
+                continue
+            own = {k: v for k, v in state.items() if torch.is_tensor(v)}
+            if set(own) & set(tensors):
+                raise ValueError(f"checkpoint component {name!r}: tensor keys {sorted(set(own) & set(tensors))} "
+                                 f"are taken")
+            tensors.update(own)
+            if own:
+                index[name] = sorted(own)
+            client[name] = {k: v for k, v in state.items() if k not in own}
+        if index:
+            client[TENSOR_INDEX] = index
+        return client, tensors, meta
+
+    def restore(self, point: ResumePoint, names: Optional[list[str]] = None, skip: tuple[str, ...] = ()) -> None:
+        """Load the registered components (``names``, default all but ``skip``) from ``point``.
+
+        With another world size than the checkpoint's, every rank reads rank 0's ``rank``-scope state
+        (the reader re-plans the rest of the epoch itself; RNG streams are seeded anew).
+        """
+        resized = point.world_size != self.world_size
+        client = tensors = None
+        for name in names if names is not None else list(self.components):
+            if name in skip:
+                continue
+            component, scope = self.components[name]
+            if scope == "run":
+                component.load_state_dict(point.meta)
+                continue
+            if client is None:
+                client, tensors = point.client_state(0 if resized else self.rank)
+            # checkpoints before the index held one component with tensors: the RNG streams
+            keys = client.get(TENSOR_INDEX, {"rng": sorted(tensors)}).get(name, [])
+            state = {**client[name], **{k: tensors[k] for k in keys}}
+            if resized and hasattr(component, "load_resized"):
+                component.load_resized(state, point.step)
+            else:
+                component.load_state_dict(state)
 
     # -- finding -------------------------------------------------------------------------
     def complete_checkpoints(self) -> list[Path]:
@@ -173,9 +216,10 @@ class CheckpointManager:
         return ResumePoint(path, json.loads((path / "meta.json").read_text()))
 
     # -- saving --------------------------------------------------------------------------
-    def save(self, step: int, *, write_shards: Callable[[str, str], None], meta: dict[str, Any],
-             client: dict[str, Any]) -> Path:
-        """Collective: every rank calls with its own ``client`` state.  Returns the published path."""
+    def save(self, step: int, *, write_shards: Callable[[str, str], None], meta: Optional[dict[str, Any]] = None,
+             client: Optional[dict[str, Any]] = None) -> Path:
+        """Collective: every rank calls; the registered components' state is added to ``client`` (this
+        rank's) and ``meta`` (rank 0's, the same on every rank).  Returns the published path."""
         self.wait()  # the previous save's pruning is over (it also frees the space counted below)
         name = step_name(step)
         tmp = self.root / f".tmp-{name}"
@@ -183,7 +227,7 @@ class CheckpointManager:
         previous = self.latest()
         check_free_space(self.root, dir_size(previous) if previous else 0)  # every rank: all refuse alike
         with storage_errors(tmp, cleanup=tmp):  # ENOSPC/EROFS/EACCES: one line, no partial temp dir left
-            return self._save(step, name, tmp, final, write_shards, meta, client)
+            return self._save(step, name, tmp, final, write_shards, meta or {}, client or {})
 
     def _save(self, step: int, name: str, tmp: Path, final: Path, write_shards, meta, client) -> Path:
         if self.rank == 0:
@@ -194,10 +238,11 @@ class CheckpointManager:
         self.barrier()
         with _no_zip_crc32():
             write_shards(str(tmp), DS_TAG)
-        rng_meta, rng_tensors = rng_state()
+        own_client, tensors, own_meta = self._collect()  # after the shards, as the RNG streams were read before
+        meta = {**meta, **own_meta}
         client_dir = tmp / "client"
-        _atomic_write(client_dir / f"rank_{self.rank:05d}.json", json.dumps({**client, "rng": rng_meta}))
-        save_file(rng_tensors, str(client_dir / f"rank_{self.rank:05d}.rng.safetensors"))
+        _atomic_write(client_dir / f"rank_{self.rank:05d}.json", json.dumps({"step": step, **client, **own_client}))
+        save_file(tensors, str(client_dir / f"rank_{self.rank:05d}.rng.safetensors"))
         chaos.point("checkpoint_write", step, self.rank)  # every file written, no COMPLETE yet
         self.barrier()
         if self.rank == 0:

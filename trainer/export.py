@@ -136,8 +136,6 @@ def export_checkpoint(cfg, point, out_dir: Path) -> Path:
     """
     import json
 
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
     from trainer.config import config_from_dict
     from modeling.family import build_family
     from trainer.checkpoint import DS_TAG
@@ -148,10 +146,10 @@ def export_checkpoint(cfg, point, out_dir: Path) -> Path:
     if not tok_dir.is_dir():
         tok_dir = Path(cfg.output_dir) / "tokenizer"
     tokenizer = family.tokenizer(None, save_dir=str(tok_dir))
-    from trainer.safe_load import safe_torch_load
+    from trainer.strategy import DeepSpeedStrategy
 
-    with safe_torch_load(cfg.checkpoint.trust):  # weights-only unpickling unless --trust-checkpoint
-        state = get_fp32_state_dict_from_zero_checkpoint(str(point.path), tag=DS_TAG)
+    # weights-only unpickling unless --trust-checkpoint
+    state = DeepSpeedStrategy.consolidated_state_dict(str(point.path), DS_TAG, trusted=cfg.checkpoint.trust)
     stage = run_cfg.train.resolved_stages()[int(point.meta.get("stage", 0))]
     write_export(family, tokenizer, stage.spec(run_cfg.train.lora), state, out_dir, merge=True,
                  where=str(point.path), shards_dir=run_cfg.data.shards_dir)

@@ -19,6 +19,14 @@ class LoopState:
     skipped: int = 0  # bad samples skipped, summed over all ranks (updated at log steps)
     step_losses: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # kept on device until a log step
 
+    # a ``run``-scope checkpoint component (trainer/stateful.py): the step is the checkpoint's own global_step
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped_samples": self.skipped}  # summed over ranks, up to the last log step
+
+    def load_state_dict(self, meta: dict[str, Any]) -> None:
+        self.step = int(meta["global_step"])
+        self.skipped = int(meta.get("skipped_samples", 0))  # the run's total, not only this process's part
+
 
 class StepMeter:
     """Throughput and efficiency over one logging window (cheap: no device syncs per step)."""

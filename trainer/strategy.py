@@ -288,8 +288,27 @@ class DeepSpeedStrategy:
     def device(self) -> torch.device:
         return self.engine.device
 
+    @property
+    def module(self) -> torch.nn.Module:
+        """The wrapped model (e.g. for generation; under ZeRO-3 its parameters stay partitioned)."""
+        return self.engine.module
+
     def forward(self, batch: dict[str, Any]):
         return self.engine(**batch)
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[torch.nn.Module]:
+        """The module in eval mode inside (dropout off), back in train mode after."""
+        self.engine.eval()
+        try:
+            yield self.engine.module
+        finally:
+            self.engine.train()
+
+    def eval_forward(self, batch: dict[str, Any]):
+        """A forward in eval mode without gradients (``batch`` already on the device)."""
+        with self.evaluating(), torch.no_grad():
+            return self.engine(**batch)
 
     def backward_and_step(self, loss: torch.Tensor) -> bool:
         """Backward + (at an accumulation boundary) clip, optimizer and LR step.  True on a boundary."""
@@ -322,6 +341,23 @@ class DeepSpeedStrategy:
                                                   load_lr_scheduler_states=True)
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {directory}/{tag}")
+
+    @staticmethod
+    def consolidated_state_dict(directory: str, tag: str, *, trusted: bool = False) -> dict[str, torch.Tensor]:
+        """The full fp32 state of a saved checkpoint (any ZeRO stage and world size), rebuilt in this
+        process without a process group; torch files weights-only unless ``trusted``."""
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        from trainer.safe_load import safe_torch_load
+
+        with safe_torch_load(trusted):
+            return get_fp32_state_dict_from_zero_checkpoint(directory, tag=tag)
+
+    def load_plain_state(self, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[list, list]:
+        """``model.load_state_dict(state, strict=False)`` on a model every rank built (ZeRO-3: rank 0's
+        copy, gathered, is kept on every rank); returns (missing, unexpected)."""
+        with self.gathered(list(model.parameters()), modify=True):
+            return model.load_state_dict(state, strict=False)
 
     def full_state_dict(self, *, only_trainable: bool = False, all_ranks: bool = False) -> dict[str, torch.Tensor]:
         """The unpartitioned ``module.state_dict()`` on rank 0 (others get {} unless ``all_ranks``); all must call.

@@ -8,21 +8,21 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 from trainer.config import RunConfig, config_from_dict
 from trainer.distributed import broadcast_json
-from trainer.checkpoint import DS_TAG, CheckpointManager, ResumePoint, set_rng_state
+from trainer.checkpoint import DS_TAG, CheckpointManager, ResumePoint
 from trainer.export import export_model, save_trainable
 from trainer.logger import RunLogger
 from trainer.loop import LoopState, Trainer
+from trainer.stages import StageCursor
+from trainer.stateful import RNGStreams, WandbRun, seed_all
 from trainer.strategy import DeepSpeedStrategy
 
 
@@ -39,12 +39,6 @@ def dist_info() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
-def seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def _barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
@@ -58,6 +52,10 @@ class TrainingRun:
     family name what trains (:func:`modeling.tuning.apply_tuning`) and gets its own DeepSpeed
     engine, optimizer and schedule.  The loader keeps its position across stages; only the
     sample builder's target changes.  Checkpoints record the stage, so a resume lands inside it.
+
+    What a resume restores is registered with the checkpoint manager (trainer/stateful.py): the stage
+    cursor, loop state (step, skipped samples) and W&B run id in meta.json, the reader position and
+    RNG streams per rank.
     """
 
     def __init__(self, cfg: RunConfig, loop_config: dict[str, Any]):
@@ -78,9 +76,11 @@ class TrainingRun:
                                              keep_last=cfg.checkpoint.keep_last, barrier=_barrier,
                                              trusted=cfg.checkpoint.trust)
         self.resume: ResumePoint | None = self.checkpoints.resolve(cfg.checkpoint.resume)
-        self.wandb_id = loop_config["wandb_id"]
-        self.stages = cfg.train.resolved_stages()
-        self.stage_index = 0
+        self.stage = StageCursor(cfg.train)
+        self.loop_state = LoopState()
+        self.wandb = WandbRun(loop_config["wandb_id"])
+        for name, component in (("stage", self.stage), ("loop", self.loop_state), ("wandb", self.wandb)):
+            self.checkpoints.register(name, component, scope="run")
         self.loader = None
         self.logger = None
         self.tokenizer_sha256 = loop_config["tokenizer_sha256"]  # hashed once, by the driver
@@ -103,7 +103,7 @@ class TrainingRun:
         from modeling.tuning import apply_tuning, trainable_summary
         from shards.reader import make_loader
 
-        cfg, stage = self.cfg, self.stages[index]
+        cfg, stage = self.cfg, self.stage.stages[index]
         seed_all(cfg.seed)  # same initial weights on every rank
         if model is None:
             with self.strategy.model_init_context():
@@ -113,22 +113,25 @@ class TrainingRun:
         if start_state is None and index == 0 and cfg.model.init_from:
             start_state = init_state(cfg.model.init_from)
         if start_state is not None:
-            load_plain_state(model, start_state, where=f"stage '{stage.name}'")
+            load_plain_state(self.strategy, model, start_state, where=f"stage '{stage.name}'")
         groups = apply_tuning(model, self.family, stage.spec(cfg.train.lora))
         if cfg.train.activation_checkpointing:
             self.family.enable_activation_checkpointing(model)
         self.strategy.setup(model, groups=groups, lr=stage.lr, steps=stage.steps, load_universal=load_universal)
-        self.stage_index = index
+        self.stage.index = index
         builder = self.family.sample_builder(self.tokenizer, "train", stage.target)
         if self.loader is None:
             self.loader = make_loader(cfg.data, cfg.data.train_split, rank=self.rank, world_size=self.world_size,
                                       batch_size=cfg.train.micro_batch_size, seed=cfg.seed, builder=builder,
                                       collate=self.train_collate(model), mode="train")
+            # restored in this order: the reader, then the RNG streams last
+            self.checkpoints.register("reader", self.loader)
+            self.checkpoints.register("rng", RNGStreams(cfg.seed, self.rank))
         else:
             self.loader.builder = builder
         seed_all(cfg.seed * 1000 + self.rank + 7919 * index)  # per-rank, per-stage stream for dropout etc.
         if self.rank == 0:
-            print(f"rrg: stage {index + 1}/{len(self.stages)} '{stage.name}' (target {stage.target}): "
+            print(f"rrg: stage {index + 1}/{len(self.stage.stages)} '{stage.name}' (target {stage.target}): "
                   f"{trainable_summary(model)}", flush=True)
 
     def train_collate(self, model: torch.nn.Module):
@@ -152,40 +155,32 @@ class TrainingRun:
         """Hand the trained weights to the next stage in place: the same module, its LoRA merged into the base
         weights one layer at a time, re-tuned and wrapped by a new engine.  No rank ever holds a second copy of
         the model (ZeRO-3 partitions stay partitioned)."""
-        model = self.strategy.engine.module
+        model = self.strategy.module
         self.strategy.merge_lora_in_place(model)
         digest = self.strategy.weights_digest(model) if self.logger is not None else ""
         self.strategy.teardown()
-        self._build_stage(self.stage_index + 1, model=model)
+        self._build_stage(self.stage.index + 1, model=model)
         if self.logger is not None:
-            name = self.stages[self.stage_index].name
+            name = self.stage.current.name
             # the digest lets a test (or a user) check the hand-off against the previous stage's last checkpoint
-            self.logger.record({"stage_start": name, "step": self.cfg.train.stage_bounds(self.stage_index)[0],
+            self.logger.record({"stage_start": name, "step": self.stage.start(),
                                 "start_weights_sha256": digest})
             self.logger.note(f"stage '{name}' starts from the previous stage's weights (sha256 {digest[:12]})")
 
-    def _restore(self, state: LoopState) -> None:
+    def _restore(self) -> None:
         point = self.resume
         self.universal = point.world_size != self.world_size
-        index = int(point.meta.get("stage", self.cfg.train.stage_at(max(point.step - 1, 0))))
-        self._build_stage(index, load_universal=self.universal)
+        self.checkpoints.restore(point, ["stage"])  # the stage to build
+        self._build_stage(self.stage.index, load_universal=self.universal)
         tag = self.checkpoints.ensure_universal(point) if self.universal else DS_TAG
         self.strategy.load(str(point.path), tag, trusted=self.cfg.checkpoint.trust)
-        # every rank saved the same reader position (ranks step in lockstep); the reader
-        # re-plans the rest of the epoch itself when the world size changed
-        client, rng = point.client_state(self.rank if not self.universal else 0)
-        self.loader.load_state_dict(client["reader"])
-        if self.universal:
-            seed_all(self.cfg.seed * 1000 + point.step * 7 + self.rank)  # RNG streams cannot be re-sharded
-        else:
-            set_rng_state(client["rng"], rng)
-        state.step = point.step
-        state.skipped = int(point.meta.get("skipped_samples", 0))  # the run's total, not only this process's part
-        self.wandb_id = point.meta.get("wandb_id") or self.wandb_id
+        # loop state, W&B id, then per rank the reader and RNG streams (another world size: rank 0's
+        # reader position, re-planned by the reader; RNG streams seeded anew)
+        self.checkpoints.restore(point, skip=("stage",))
 
     def save_checkpoint(self, step: int) -> Path:
         cfg = self.cfg
-        tuning = self.stages[self.stage_index].tuning
+        tuning = self.stage.current.tuning
 
         def write_shards(directory: str, tag: str) -> None:
             self.strategy.save(directory, tag)
@@ -193,15 +188,12 @@ class TrainingRun:
                 save_trainable(self.strategy, Path(directory) / "trainable.safetensors", rank=self.rank,
                                tuning=tuning)
 
-        reader = self.loader.state_dict()
-        meta = {"zero_stage": cfg.train.zero_stage, "tuning": tuning, "wandb_id": self.wandb_id,
-                "stage": self.stage_index, "stage_name": self.stages[self.stage_index].name,
-                "manifest_fingerprint": reader.get("fingerprint"),
+        # what describes the checkpoint; the registered components add what a resume restores
+        meta = {"zero_stage": cfg.train.zero_stage, "tuning": tuning,
+                "manifest_fingerprint": self.loader.state_dict().get("fingerprint"),
                 "precision": cfg.train.precision, "config": cfg.to_dict(),
-                "tokenizer_sha256": self.tokenizer_sha256,
-                "skipped_samples": self.loop_state.skipped}  # summed over ranks, up to the last log step
-        path = self.checkpoints.save(step, write_shards=write_shards, meta=meta,
-                                     client={"reader": reader, "step": step})
+                "tokenizer_sha256": self.tokenizer_sha256}
+        path = self.checkpoints.save(step, write_shards=write_shards, meta=meta)
         self.logger.note(f"checkpoint: {path}")
         from shards.storage import is_remote, publish_checkpoint
 
@@ -224,13 +216,7 @@ class TrainingRun:
                              builder=self.family.sample_builder(self.tokenizer, "train", "report"),
                              collate=self.family.collate(self.tokenizer), mode="eval")
         batch = next(iter(loader))
-        engine = self.strategy.engine
-        engine.eval()
-        with torch.no_grad():
-            dtype = torch.bfloat16 if self.cfg.train.precision == "bf16" else torch.float32
-            loss = float(engine(**to_device(batch, engine.device, dtype)).loss)
-        engine.train()
-        return loss
+        return float(self.strategy.eval_forward(to_device(batch, self.strategy.device, self.strategy.dtype)).loss)
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -240,18 +226,17 @@ class TrainingRun:
         from trainer.runlock import write_worker_record
 
         write_worker_record(Path(cfg.output_dir), self.rank)  # a later run's lock waits for live workers
-        state = self.loop_state = LoopState()
+        state = self.loop_state
         self.universal = False
         if self.resume is not None:
-            self._restore(state)
+            self._restore()
         else:
             self._build_stage(0)
         from modeling.attention import plan_attention
 
-        engine = self.strategy.engine
-        attention = plan_attention(cfg.model.attention, engine.device, self.strategy.dtype).as_dict()
+        attention = plan_attention(cfg.model.attention, self.strategy.device, self.strategy.dtype).as_dict()
         self.logger = RunLogger(cfg.logging, rank=self.rank, output_dir=cfg.output_dir, run_name=cfg.name,
-                                run_id=self.wandb_id, total_steps=cfg.train.max_steps, start_step=state.step,
+                                run_id=self.wandb.id, total_steps=cfg.train.max_steps, start_step=state.step,
                                 config={**cfg.to_dict(), "resolved": {"attention": attention}})
         from trainer.strategy import module_dtypes
 
@@ -259,27 +244,28 @@ class TrainingRun:
         # one "start" line per start of the workers (a launch or a Ray restart): where it resumed from, if anywhere
         self.logger.record({"step": state.step, "event": "start", "world_size": self.world_size,
                             "resumed_from": str(self.resume.path) if self.resume is not None else None,
-                            "model_dtypes": module_dtypes(engine.module), "attention": attention})
+                            "model_dtypes": module_dtypes(self.strategy.module), "attention": attention})
         self.logger.note("attention: " + ", ".join(f"{k} {v}" for k, v in attention.items() if k != "requested"))
         if self.resume is not None:
             self.logger.note(f"resumed from {self.resume.path} at step {state.step}, stage "
-                             f"'{self.stages[self.stage_index].name}'"
+                             f"'{self.stage.current.name}'"
                              + (f" (world size {self.resume.world_size} -> {self.world_size})" if self.universal else ""))
         stop_file = Path(self.loop_config["stop_file"])
         evaluator = None
         if cfg.eval.every_steps:
             from trainer.evaluation.evaluate import InTrainingEvaluator
 
-            evaluator = InTrainingEvaluator(self, self.logger)
+            evaluator = InTrainingEvaluator(cfg, strategy=self.strategy, family=self.family, tokenizer=self.tokenizer,
+                                            logger=self.logger, rank=self.rank, world_size=self.world_size)
         trainer = Trainer(cfg=cfg, strategy=self.strategy, loader=self.loader, checkpoints=self.checkpoints,
                           logger=self.logger, rank=self.rank, world_size=self.world_size, state=state,
                           save_checkpoint=self.save_checkpoint, stop_requested=stop_file.exists,
                           evaluator=evaluator)
         while True:
-            end = cfg.train.stage_bounds(self.stage_index)[1]
+            end = self.stage.end()
             if state.step < end:
                 state = trainer.fit(until=end)
-            if state.preempted or self.stage_index == len(self.stages) - 1:
+            if state.preempted or self.stage.is_last:
                 break
             self._next_stage()
             trainer.loader = self.loader
@@ -289,11 +275,11 @@ class TrainingRun:
         if not state.preempted and cfg.checkpoint.export != "none":
             export_dir = export_model(self.strategy, self.family, self.tokenizer, cfg,
                                       Path(cfg.output_dir) / "export", rank=self.rank,
-                                      spec=self.stages[self.stage_index].spec(cfg.train.lora))
+                                      spec=self.stage.current.spec(cfg.train.lora))
         final_eval_loss = None if state.preempted else self.eval_loss()
         self.checkpoints.wait()  # the last save's pruning, running in the background, is over
         result = {"step": state.step, "preempted": state.preempted, "final_eval_loss": final_eval_loss,
-                  "stage": self.stages[self.stage_index].name,
+                  "stage": self.stage.current.name,
                   "checkpoint": str(self.checkpoints.latest() or ""), "export": str(export_dir or ""),
                   "skipped_samples": state.skipped}
         if self.rank == 0:
@@ -312,16 +298,10 @@ def init_state(export_dir: str) -> dict[str, torch.Tensor]:
     return plain_state_dict(model)
 
 
-def load_plain_state(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+def load_plain_state(strategy: DeepSpeedStrategy, model: torch.nn.Module, state: dict[str, torch.Tensor],
+                     where: str) -> None:
     """Load a plain state dict into a freshly built model (every rank holds it; ZeRO-3 aware)."""
-    params = [p for p in model.parameters() if hasattr(p, "ds_id")]
-    if params:
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
-            missing, unexpected = model.load_state_dict(state, strict=False)
-    else:
-        missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = strategy.load_plain_state(model, state)
     missing = [k for k in missing if not k.endswith("inv_freq")]
     if missing or unexpected:
         raise RuntimeError(f"{where}: the starting weights do not fit the model: missing={missing[:5]} "

@@ -367,34 +367,30 @@ class InTrainingEvaluator:
     the generation itself.
     """
 
-    def __init__(self, run, logger):
-        self.run, self.logger = run, logger
+    def __init__(self, cfg, *, strategy, family, tokenizer, logger, rank: int, world_size: int):
+        self.cfg, self.strategy, self.family, self.tokenizer = cfg, strategy, family, tokenizer
+        self.logger, self.rank, self.world_size = logger, rank, world_size
         self._thread: Optional[threading.Thread] = None
         self._labeler = None  # built on first use, on rank 0 only
 
     def __call__(self, step: int) -> None:
-        import torch
-
         from trainer.evaluation.generate import eval_loader, gen_config, generate_batches
         from trainer.distributed import gather_json
 
-        run, cfg = self.run, self.run.cfg
-        per_rank_batches = max(1, -(-cfg.eval.subset // (run.world_size * cfg.eval.batch_size)))
+        cfg, strategy = self.cfg, self.strategy
+        per_rank_batches = max(1, -(-cfg.eval.subset // (self.world_size * cfg.eval.batch_size)))
         gen = gen_config(cfg, synced_gpus=cfg.train.zero_stage == 3)
-        loader = eval_loader(cfg, run.family, run.tokenizer, rank=run.rank, world_size=run.world_size,
+        loader = eval_loader(cfg, self.family, self.tokenizer, rank=self.rank, world_size=self.world_size,
                              split=cfg.data.eval_split, gen=gen)
         batches = (b for _, b in zip(range(per_rank_batches), loader))
-        engine = run.strategy.engine
-        engine.eval()
-        dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
-        preds = list(generate_batches(engine.module, run.family, run.tokenizer, batches, gen,
-                                      device=engine.device, dtype=dtype))
-        from trainer import chaos
+        with strategy.evaluating() as model:
+            preds = list(generate_batches(model, self.family, self.tokenizer, batches, gen,
+                                          device=strategy.device, dtype=strategy.dtype))
+            from trainer import chaos
 
-        chaos.point("eval", step, run.rank)  # generated, not yet gathered or scored (trainer/chaos.py)
-        engine.train()
+            chaos.point("eval", step, self.rank)  # generated, not yet gathered or scored (trainer/chaos.py)
         gathered = gather_json(preds)
-        if run.rank == 0:
+        if self.rank == 0:
             if self._thread is not None:
                 self._thread.join()
             records = [p for part in gathered for p in part]
@@ -403,7 +399,7 @@ class InTrainingEvaluator:
 
     def _score(self, step: int, records: list[dict]) -> None:
         if self._labeler is None:
-            self._labeler = make_eval_labeler(self.run.cfg)
+            self._labeler = make_eval_labeler(self.cfg)
         m = score(records, bootstrap=0, labeler=self._labeler, meteor=False)
         self.logger.log_eval(step, {k: m[k] for k in HEADLINE if isinstance(m.get(k), float)}, samples=records[:8])
 
