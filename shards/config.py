@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Literal
 
-from configs.schema import ConfigError
+from configs.schema import ConfigError, deep_merge
 from shards.passes import all_passes
 
 

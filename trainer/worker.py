@@ -190,7 +190,7 @@ class TrainingRun:
 
         # what describes the checkpoint; the registered components add what a resume restores
         meta = {"zero_stage": cfg.train.zero_stage, "tuning": tuning,
-                "manifest_fingerprint": self.loader.state_dict().get("fingerprint"),
+                "manifest_fingerprint": self.loader.manifest.dataset_fingerprint,
                 "precision": cfg.train.precision, "config": cfg.to_dict(),
                 "tokenizer_sha256": self.tokenizer_sha256}
         path = self.checkpoints.save(step, write_shards=write_shards, meta=meta)
