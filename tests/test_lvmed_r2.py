@@ -216,6 +216,69 @@ def test_generate_reflection_switch_trace_and_export_roundtrip(fam_tok, tmp_path
     assert torch.allclose(model(**inputs).logits, loaded(**inputs).logits, atol=1e-5)
 
 
+def test_normal_weight_lowers_the_loss_weight_of_studies_with_nothing_abnormal(fam_tok):
+    fam, tok, ann = fam_tok
+    normal = "FINDINGS: The lungs are clear. No pleural effusion. The heart is normal in size.\nIMPRESSION: Normal."
+    devices = "FINDINGS: Endotracheal tube tip is 4 cm above the carina. The lungs are clear.\nIMPRESSION: Normal."
+
+    def weight(report, target="reasoning", mode="train"):
+        sample = _sample(ann)
+        sample.record["report"]["text"] = report
+        return fam.sample_builder(tok, mode, target)(sample)[0].get("sample_weight", 1.0)
+
+    assert weight(normal) == 1.0  # default: every study weighs 1
+    fam.opts.normal_weight = 0.25
+    try:
+        assert [weight(r) for r in (normal, devices, REPORT)] == [0.25, 1.0, 1.0]  # a device is a finding
+        assert weight(normal, "reflection") == 0.25 and weight(normal, "reasoning", "eval") == 1.0
+        batch = fam.collate(tok)([fam.sample_builder(tok, "train", "reasoning")(_sample(ann))[0]])
+        assert batch["sample_weight"].tolist() == [1.0]
+    finally:
+        fam.opts.normal_weight = 1.0
+    with pytest.raises(Exception, match="normal_weight"):
+        type(fam.opts)(normal_weight=0.0).validate()
+
+
+def test_inline_reflection_shares_the_reasoning_prompt_and_off_bans_the_reflection_header(fam_tok):
+    """reflection_mode inline: the reflection stage learns under the reasoning prompt, and reflection off is the
+    same model and prompt with the reflection header banned while decoding - a model that would write nothing
+    but "Reflection" writes it with reflection on and never with reflection off."""
+    from modeling.families.lvmed_r2.family import prompt_ids, reflection_ban
+
+    fam, tok, ann = fam_tok
+    prompt_rows = {t: fam.sample_builder(tok, "train", t)(_sample(ann))[0] for t in ("reasoning", "reflection")}
+    fam.opts.reflection_mode, fam.opts.max_new_tokens = "inline", 6
+    try:
+        rows = {t: fam.sample_builder(tok, "train", t)(_sample(ann))[0] for t in ("reasoning", "reflection")}
+        torch.manual_seed(0)
+        model = fam.build_model(tok).eval()
+        batch = fam.collate(tok)([fam.sample_builder(tok, "eval")(_sample(None, k))[0] for k in ("a", "b")])
+        batch["sample_weight"] = torch.ones(2)
+        word, colon = reflection_ban(tok)[0][0], tok.convert_tokens_to_ids(":")
+        head = model.lm.get_output_embeddings()  # "Reflection" first, ":" second, whatever the input
+        hook = head.register_forward_hook(lambda m, i, out: out.index_add(
+            -1, torch.tensor([word, colon]), torch.tensor([1e4, 5e3]).expand(*out.shape[:-1], 2)))
+        try:
+            outs = {r: fam.generate(model, tok, batch, GenConfig(max_new_tokens=1, options={"reflection": r}))
+                    for r in (False, True)}
+        finally:
+            hook.remove()
+    finally:
+        fam.opts.reflection_mode, fam.opts.max_new_tokens = "prompt", 0
+    n = len(prompt_ids(tok, fam.cfg, fam.opts, "reasoning"))
+    assert torch.equal(rows["reflection"]["input_ids"][:n], rows["reasoning"]["input_ids"][:n])  # one prompt
+    assert "check each perception" in tok.decode(prompt_rows["reflection"]["input_ids"][:90])
+    assert "check each perception" not in tok.decode(rows["reflection"]["input_ids"][:90])
+    # the same reflection chain (corrupted span at -100 included) is learned behind either prompt
+    m = len(prompt_ids(tok, fam.cfg, fam.opts, "reflection"))
+    assert torch.equal(rows["reflection"]["labels"][n:], prompt_rows["reflection"]["labels"][m:])
+    assert not torch.equal(rows["reflection"]["labels"][n:], rows["reasoning"]["labels"][n:])
+    assert all("Reflection" in g.trace for g in outs[True])
+    assert all("Reflection" not in g.trace and g.trace.startswith("::") for g in outs[False])
+    with pytest.raises(Exception, match="reflection_mode"):
+        type(fam.opts)(reflection_mode="sometimes").validate()
+
+
 def test_trace_is_collapsible_in_the_report_and_fallbacks_are_counted():
     from trainer.evaluation.evaluate import fallback_counts
     from trainer.evaluation.report_html import study_card
@@ -329,6 +392,23 @@ def test_reflection_statistics_on_hand_made_traces():
     fam = build_family(load_config(ROOT / "configs" / "tiny.yaml", ["model.family=lvmed_r2"]).model)
     page = sections_html(fam, {"reflection_on": records, "reflection_off": records[2:]})
     assert "Reflections (reflection_on)" in page and "no generated chain reflects" in page
+
+
+def test_collapse_by_findings_counts_two_wordings_of_one_finding_set_once():
+    from trainer.evaluation.reflection_stats import report_collapse
+
+    normal, edema = {"No Finding": 1.0, "Edema": 0.0}, {"No Finding": None, "Edema": 1.0}
+    records = [{"generated": g, "gen_labels": gl, "ref_labels": rl} for g, gl, rl in [
+        ("Lungs clear.", normal, normal), ("No effusion.", normal, edema), ("Clear lungs.", normal, edema),
+        ("Edema.", edema, edema)]]
+    got = report_collapse(records)
+    assert got == {"generated_distinct_reports": 4, "generated_top_report_share": 0.25,
+                   "generated_top_findings_share": 0.75, "reference_top_findings_share": 0.75}
+    records[3]["ref_labels"] = {"No Finding": None, "Edema": -1.0}  # uncertain is not positive: its own set
+    assert report_collapse(records)["reference_top_findings_share"] == 0.5
+    # without labels on every record the findings shares are left out, not guessed
+    assert set(report_collapse([{"generated": "x"}, {"generated": "x", "gen_labels": normal}])) == \
+        {"generated_distinct_reports", "generated_top_report_share"}
 
 
 def test_compare_scores_another_runs_predictions_on_the_same_studies(tmp_path):

@@ -13,7 +13,8 @@ metrics.json keys (prefixed ``reflection_on_`` / ``reflection_off_`` for the fam
 ``reflection_normal_to_abnormal`` / ``reflection_abnormal_to_normal`` / ``reflection_abnormal_to_abnormal``,
 ``reflection_change_right`` / ``reflection_change_right_rate`` (changes whose corrected normal/abnormal status
 matches the reference), ``reflection_claim_right`` (the claim already matched: the change made it wrong or kept
-it), and ``generated_distinct_reports`` / ``generated_top_report_share`` (collapse to one report).
+it), and ``generated_distinct_reports`` / ``generated_top_report_share`` (collapse to one report) /
+``generated_top_findings_share`` beside ``reference_top_findings_share`` (collapse to one set of findings).
 """
 from __future__ import annotations
 
@@ -102,10 +103,21 @@ def reflection_stats(records: list[dict]) -> dict[str, Any]:
 
 
 def report_collapse(records: list[dict]) -> dict[str, Any]:
-    """How many distinct reports the run wrote, and the share of studies given the most common one."""
+    """How many distinct reports the run wrote, and the share of studies given the most common one.
+
+    With labels on every record, also collapse by content, not wording: the share of studies whose
+    generated report has the most common set of positive labels (``generated_top_findings_share``; two
+    phrasings of "normal" count once), beside the same share over the references (what a model that is
+    right on every study would get)."""
     reports = Counter((r.get("generated") or "").strip() for r in records)
-    return {"generated_distinct_reports": len(reports),
-            "generated_top_report_share": max(reports.values()) / len(records) if records else 0.0}
+    out = {"generated_distinct_reports": len(reports),
+           "generated_top_report_share": max(reports.values()) / len(records) if records else 0.0}
+    for side in ("generated", "reference"):
+        labels = [r.get(f"{side[:3]}_labels") for r in records]
+        if records and all(isinstance(x, dict) for x in labels):
+            sets = Counter(tuple(sorted(k for k, v in x.items() if v == 1)) for x in labels)
+            out[f"{side}_top_findings_share"] = max(sets.values()) / len(records)
+    return out
 
 
 def reflection_rows_html(sample: dict, limit: int = 3) -> str:

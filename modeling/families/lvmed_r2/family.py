@@ -35,10 +35,12 @@ from modeling.vlm import IGNORE, VLM, VLMFamily
 from modeling.templates import get_template
 from modeling.vision import image_stats, input_size, preprocess_image
 from shards.passes.reasoning.annotate import SIDECAR as ANNOTATION  # the overlay `rrg annotate reasoning` writes
-from shards.passes.reasoning.chain import TARGETS, extract_final_report, target_text
+from shards.passes.reasoning.chain import TARGETS, extract_final_report, perception_lines, target_text
+from shards.passes.reasoning.ontology import NORMAL
 
 
 _DEFAULT_MAX_LEN = {"report": 160, "reasoning": 1024, "reflection": 1152}
+REFLECTION_MODES = ("prompt", "inline")
 
 
 @dataclass
@@ -66,8 +68,20 @@ class LvmedR2Options:
     reasoning_instruction: str = "Reason step by step, then write the report."
     reflection_instruction: str = "Reason step by step, check each perception and correct it, then write the report."
     max_new_tokens: int = 0  # generation budget for a chain; 0 = max_len of the generated target
+    # how reflection is asked for.  "prompt": the reflection stage learns under its own instruction and
+    # reflection on generates under it.  "inline": one instruction for every stage; the model reflects where
+    # its chain calls for it, reflection on lets it, reflection off bans the reflection header while decoding
+    # (same model, same prompt: the two settings differ exactly where a reflection fires).
+    reflection_mode: str = "prompt"
+    # loss weight of a training study whose findings describe nothing abnormal (every perception line normal,
+    # no device; perception_lines of its own report): below 1 counters greedy decoding's pull to "normal"
+    normal_weight: float = 1.0
 
     def validate(self, key: str = "model.options") -> None:
+        if not 0.0 < self.normal_weight <= 1.0:
+            raise ConfigError(f"{key}.normal_weight", f"{self.normal_weight}: must be in (0, 1]")
+        if self.reflection_mode not in REFLECTION_MODES:
+            raise ConfigError(f"{key}.reflection_mode", f"{self.reflection_mode!r}; known: {list(REFLECTION_MODES)}")
         for t, n in self.max_len.items():
             if t not in TARGETS:
                 raise ConfigError(f"{key}.max_len.{t}", f"unknown target; known: {list(TARGETS)}")
@@ -81,6 +95,30 @@ def prompt_text(cfg: ModelConfig, opts: LvmedR2Options, target: str) -> str:
     """The templated prompt of a target: reports get the plain instruction, chains add theirs."""
     extra = {"report": "", "reasoning": opts.reasoning_instruction, "reflection": opts.reflection_instruction}[target]
     return get_template(cfg.lm.chat_template).prompt(f"{cfg.prompt} {extra}".strip())
+
+
+def prompt_target(opts: LvmedR2Options, target: str) -> str:
+    """The target whose prompt a ``target`` row is asked with: reflection rows use the reasoning prompt inline."""
+    return "reasoning" if target == "reflection" and opts.reflection_mode == "inline" else target
+
+
+def reflection_ban(tok) -> list[list[int]]:
+    """The token sequences that open a reflection line as a chain writes one (``bad_words_ids`` of
+    reflection off, inline): the word ``Reflection`` opening a line after a perception line, in both chain formats."""
+    from shards.passes.reasoning.chain import REFLECTION, REFLECTION_COMPACT
+
+    out: list[list[int]] = []
+    for sentence in (REFLECTION, REFLECTION_COMPACT):
+        text = f"- Heart (normal)\n{sentence.format(organ='heart')}"
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        start = text.index("Reflection:")
+        end = start + len("Reflection:")
+        seq = [i for i, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]) if a < end and b > start]
+        # up to the token that completes the word: banning "Reflection" itself, not only the colon after it
+        seq = next((seq[:n] for n in range(1, len(seq) + 1) if "Reflection" in tok.decode(seq[:n])), seq)
+        if seq and seq not in out:
+            out.append(seq)
+    return out
 
 
 def prompt_ids(tok, cfg: ModelConfig, opts: LvmedR2Options, target: str) -> list[int]:
@@ -137,11 +175,13 @@ def build_lvmed_sample(sample: Any, tok, cfg: ModelConfig, opts: LvmedR2Options,
         return [row]
     target = train_target(sample, target)
     text, spans = target_text(sample.report, sample.annotations.get(ANNOTATION), target, opts.include_corrupt_span)
-    prompt = prompts[target]
+    prompt = prompts[prompt_target(opts, target)]
     ids, labels = target_tokens(tok, text, spans, cfg.lm.chat_template)
     room = opts.max_len[target] - len(prompt)
     row["input_ids"] = torch.tensor(prompt + ids[:room], dtype=torch.long)
     row["labels"] = torch.tensor([IGNORE] * len(prompt) + labels[:room], dtype=torch.long)
+    if opts.normal_weight != 1.0 and all(c == [NORMAL] for _, c, _ in perception_lines(sample.report)):
+        row["sample_weight"] = opts.normal_weight
     return [row]
 
 
@@ -237,11 +277,12 @@ class LvmedR2Family(VLMFamily):
             ids = self._prompt_batch(tok, batch, "report")
             return super().generate(model, tok, {**batch, "input_ids": ids, "attention_mask": torch.ones_like(ids)}, gen)
         target = "reflection" if reflection else "reasoning"
-        ids = self._prompt_batch(tok, batch, target)
+        ids = self._prompt_batch(tok, batch, prompt_target(self.opts, target))
         budget = self.opts.max_new_tokens or (self.opts.max_len[target] - ids.shape[1])
+        ban = {"bad_words_ids": reflection_ban(tok)} if self.opts.reflection_mode == "inline" and not reflection else {}
         out = model.generate(pixel_values=batch["pixel_values"], input_ids=ids, attention_mask=torch.ones_like(ids),
                              max_new_tokens=max(budget, gen.max_new_tokens), num_beams=gen.num_beams,
-                             synced_gpus=gen.synced_gpus)
+                             synced_gpus=gen.synced_gpus, **ban)
         chains = tok.batch_decode(out, skip_special_tokens=True)
         gens = []
         for i, w in enumerate(batch["sample_weight"].tolist()):
