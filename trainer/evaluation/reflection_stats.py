@@ -112,8 +112,8 @@ def report_collapse(records: list[dict]) -> dict[str, Any]:
     reports = Counter((r.get("generated") or "").strip() for r in records)
     out = {"generated_distinct_reports": len(reports),
            "generated_top_report_share": max(reports.values()) / len(records) if records else 0.0}
-    for side in ("generated", "reference"):
-        labels = [r.get(f"{side[:3]}_labels") for r in records]
+    for side, key in (("generated", "gen_labels"), ("reference", "ref_labels")):
+        labels = [r.get(key) for r in records]
         if records and all(isinstance(x, dict) for x in labels):
             sets = Counter(tuple(sorted(k for k, v in x.items() if v == 1)) for x in labels)
             out[f"{side}_top_findings_share"] = max(sets.values()) / len(records)

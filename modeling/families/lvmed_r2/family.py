@@ -35,7 +35,8 @@ from modeling.vlm import IGNORE, VLM, VLMFamily
 from modeling.templates import get_template
 from modeling.vision import image_stats, input_size, preprocess_image
 from shards.passes.reasoning.annotate import SIDECAR as ANNOTATION  # the overlay `rrg annotate reasoning` writes
-from shards.passes.reasoning.chain import TARGETS, extract_final_report, perception_lines, target_text
+from shards.passes.reasoning.chain import (REFLECTION, REFLECTION_COMPACT, TARGETS, extract_final_report,
+                                           perception_lines, target_text)
 from shards.passes.reasoning.ontology import NORMAL
 
 
@@ -105,8 +106,6 @@ def prompt_target(opts: LvmedR2Options, target: str) -> str:
 def reflection_ban(tok) -> list[list[int]]:
     """The token sequences that open a reflection line as a chain writes one (``bad_words_ids`` of
     reflection off, inline): the word ``Reflection`` opening a line after a perception line, in both chain formats."""
-    from shards.passes.reasoning.chain import REFLECTION, REFLECTION_COMPACT
-
     out: list[list[int]] = []
     for sentence in (REFLECTION, REFLECTION_COMPACT):
         text = f"- Heart (normal)\n{sentence.format(organ='heart')}"
@@ -192,7 +191,7 @@ class LvmedR2(VLM):
 def chain_vocabulary() -> list[str]:
     """The fixed text of every chain (thinking sentences, headers, ontology knowledge, organ and condition
     names): the tokenizer learns it beside the training reports, so chains tokenize compactly."""
-    from shards.passes.reasoning.chain import HEADERS, REFLECTION, REFLECTION_COMPACT, THINKING
+    from shards.passes.reasoning.chain import HEADERS, THINKING
     from shards.passes.reasoning.ontology import ONTOLOGY, conditions
 
     out = [*THINKING, *HEADERS, "Fine-grained report: no abnormality"]
